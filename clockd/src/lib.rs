@@ -1,0 +1,1 @@
+//! clockd: time server role, skewed clocks, offset and drift estimation.

@@ -1,0 +1,1 @@
+//! pbkv roles: view service, replica, client.

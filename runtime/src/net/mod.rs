@@ -1,0 +1,24 @@
+//! The real driver: one single-threaded mio event loop per node, over TCP.
+//!
+//! A turn: poll (sleeping until the earliest timer or connect deadline); read `now` once;
+//! accept, read every ready socket until `WouldBlock` and deliver each complete frame in
+//! arrival order; report breaks; fire due timers; call `on_turn_end`; write the turn's event
+//! log lines in one write; only then write sockets. mio is edge-triggered, so every read,
+//! write and accept is repeated until `WouldBlock`; `Interrupted` is retried; spurious events
+//! are harmless because the operation's result is what counts.
+//!
+//! Connections begin with a hello from both ends. An outbound link is opened on demand by a
+//! send; frames sent while it connects are queued (bounded); it is up for the role once the
+//! remote hello arrived. A failed link is reported down and reconnected, with backoff, on the
+//! next send. A connect times out after `connect_timeout`, and `TCP_USER_TIMEOUT` bounds how
+//! long unacknowledged data may sit on a silently dead link.
+//!
+//! A bad frame or a dead peer closes that one connection, logged with the reason.
+//! Backpressure never blocks progress: replies and acks on this node's own outbound links
+//! are always read; when an outbound link's write buffer passes its bound, reading of new
+//! requests on inbound connections pauses until it drains, and an inbound connection whose
+//! own replies back up is not read until its peer reads them.
+
+mod driver;
+
+pub use driver::{NetDriver, NetOptions, StopHandle};

@@ -1,0 +1,408 @@
+//! The deterministic simulator: many nodes in one thread, virtual time, seeded faults.
+//!
+//! It drives the same [`NodeCore`] as the real event loop, with the same turns:
+//! input reaching an idle node schedules a turn after a short seeded latency, and whatever
+//! arrives before that turn starts joins it; a turn delivers its inputs in arrival order,
+//! fires due timers, calls `on_turn_end`, writes the event log, and only then sends.
+//!
+//! Links behave like TCP: FIFO per connection, reordering only across connections; a broken
+//! connection loses whatever was in flight and is reported at both ends (`on_link(Down)` at
+//! the connecting node, `on_closed` at the accepting one). Frames are real bytes, encoded by
+//! the sender and decoded by the receiver.
+//!
+//! Faults: a frame drop (discards the frame and breaks its connection); partitions, one-way
+//! or symmetric, which hold frames until they heal or `link_timeout` passes, then break the
+//! connection; crash (the node and everything in it is gone) and restart (empty state, a new
+//! incarnation, `on_start` again); the lab's unreliable mode per node.
+//!
+//! Determinism: one root seed derives every random choice; the event queue orders by
+//! (time, insertion sequence); all tables are ordered maps. The same seed gives the same run,
+//! event logs included, byte for byte.
+
+mod net;
+
+use std::time::Duration;
+
+use proto::{Addr, Incarnation, NodeId};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::clock::ClockSkew;
+use crate::event_log::{MemorySink, RUN_ID_DEFAULT};
+use crate::node::{NodeCore, NodeOptions, PeerInfo};
+use crate::role::{Ctx, MonoTime, Role};
+
+use net::{Input, Net};
+
+/// Wall-clock time (ns since the Unix epoch) that virtual time 0 stands for.
+pub const SIM_EPOCH_NS: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+
+/// Network behaviour of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Shortest one-way frame latency.
+    pub latency_min: Duration,
+    /// Longest one-way frame latency (uniform between the two).
+    pub latency_max: Duration,
+    /// Share of frames that take `latency_tail` extra (a slow path).
+    pub latency_tail_rate: f64,
+    /// Extra latency of a slow frame.
+    pub latency_tail: Duration,
+    /// Longest wait between an input reaching an idle node and its turn.
+    pub turn_latency_max: Duration,
+    /// How long a partition holds frames (or a connect hangs) before the link breaks.
+    pub link_timeout: Duration,
+    /// Probability that a frame is dropped (which breaks its connection).
+    pub drop_rate: f64,
+    /// Frames a link still connecting will queue; past it, the link fails.
+    pub connecting_queue_max: usize,
+    /// First reconnect backoff after a failed connect; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect backoff.
+    pub backoff_max: Duration,
+    /// Run id written in every node's log.
+    pub run: String,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            latency_min: Duration::from_micros(50),
+            latency_max: Duration::from_micros(300),
+            latency_tail_rate: 0.0,
+            latency_tail: Duration::from_millis(5),
+            turn_latency_max: Duration::from_micros(20),
+            link_timeout: Duration::from_secs(1),
+            drop_rate: 0.0,
+            connecting_queue_max: 1024,
+            backoff_min: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(200),
+            run: RUN_ID_DEFAULT.to_string(),
+        }
+    }
+}
+
+/// How one simulated node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Node id.
+    pub id: NodeId,
+    /// Listening address; `None` for clients.
+    pub addr: Option<Addr>,
+    /// Keep an event log (in memory, across restarts).
+    pub logs: bool,
+    /// The lab's unreliable mode for incoming requests.
+    pub unreliable: bool,
+    /// Injected physical-clock skew.
+    pub skew: ClockSkew,
+    /// A fixed incarnation for every start (test stand-ins); `None` draws a fresh one.
+    pub fixed_incarnation: Option<Incarnation>,
+}
+
+impl NodeSpec {
+    /// A server listening at `addr`, with its event log on.
+    pub fn server(id: &str, addr: Addr) -> NodeSpec {
+        NodeSpec { addr: Some(addr), ..NodeSpec::client(id) }
+    }
+
+    /// A client (no listening address), with its event log on.
+    ///
+    /// # Panics
+    /// If `id` is not a valid node id (a bug in the test).
+    pub fn client(id: &str) -> NodeSpec {
+        NodeSpec {
+            id: NodeId::new(id).expect("valid node id in a simulation"),
+            addr: None,
+            logs: true,
+            unreliable: false,
+            skew: ClockSkew::default(),
+            fixed_incarnation: None,
+        }
+    }
+}
+
+/// A node's index in its simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIndex(pub usize);
+
+/// Counters of what the simulated network did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Frames delivered to a node.
+    pub frames_delivered: u64,
+    /// Frames dropped by fault injection.
+    pub frames_dropped: u64,
+    /// Connections broken (drops, timeouts, crashes, closes).
+    pub connections_broken: u64,
+    /// Turns run.
+    pub turns: u64,
+    /// Frames that failed to decode (their connection was closed).
+    pub decode_errors: u64,
+}
+
+struct Host<R: Role> {
+    spec: NodeSpec,
+    core: Option<NodeCore<R>>,
+    log: MemorySink,
+    start_true_ns: i64,
+}
+
+/// A simulation of nodes all hosting role type `R` (use an enum role to mix kinds).
+pub struct Sim<R: Role> {
+    seed: u64,
+    net: Net,
+    hosts: Vec<Host<R>>,
+}
+
+impl<R: Role> Sim<R> {
+    /// A simulation whose every random choice derives from `seed`.
+    pub fn new(seed: u64, config: SimConfig) -> Sim<R> {
+        Sim { seed, net: Net::new(StdRng::seed_from_u64(seed), config), hosts: Vec::new() }
+    }
+
+    /// The root seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> MonoTime {
+        MonoTime(self.net.now)
+    }
+
+    /// Network counters.
+    pub fn stats(&self) -> SimStats {
+        self.net.stats
+    }
+
+    /// Adds a node and starts it (its `on_start` runs in a turn at the current time).
+    ///
+    /// # Panics
+    /// If another node already listens at the same address (a bug in the test).
+    pub fn add_node(&mut self, spec: NodeSpec, role: R) -> NodeIndex {
+        let index = self.hosts.len();
+        if let Some(addr) = spec.addr {
+            assert!(self.net.register_addr(addr, index), "two nodes listen at {addr}");
+        }
+        self.net.add_endpoint(spec.id.clone());
+        self.hosts.push(Host { spec, core: None, log: MemorySink::default(), start_true_ns: 0 });
+        self.boot(index, role);
+        NodeIndex(index)
+    }
+
+    /// Crashes a node: it and everything in it is gone; its connections break.
+    pub fn crash(&mut self, node: NodeIndex) {
+        if self.hosts[node.0].core.take().is_some() {
+            self.net.crash(node.0);
+        }
+    }
+
+    /// Restarts a crashed (or running: it crashes first) node with a fresh role value, a
+    /// new incarnation and empty state.
+    pub fn restart(&mut self, node: NodeIndex, role: R) {
+        self.crash(node);
+        self.boot(node.0, role);
+    }
+
+    /// Whether a node is running.
+    pub fn is_up(&self, node: NodeIndex) -> bool {
+        self.hosts[node.0].core.is_some()
+    }
+
+    fn boot(&mut self, index: usize, role: R) {
+        let host = &mut self.hosts[index];
+        let incarnation = match host.spec.fixed_incarnation {
+            Some(fixed) => fixed,
+            None => Incarnation(self.net.rng.random::<u64>() | 1),
+        };
+        let options = NodeOptions {
+            node: host.spec.id.clone(),
+            addr: host.spec.addr,
+            run: self.net.config.run.clone(),
+            frame_len_max: proto::FRAME_LEN_MAX_DEFAULT,
+            unreliable: host.spec.unreliable,
+            skew: host.spec.skew,
+            events: host.spec.logs.then(|| Box::new(host.log.clone()) as _),
+        };
+        let peer = PeerInfo {
+            node: host.spec.id.clone(),
+            incarnation,
+            addr: host.spec.addr,
+            logs: host.spec.logs,
+        };
+        let core_seed = self.net.rng.random::<u64>();
+        host.core = Some(NodeCore::new(role, options, incarnation, core_seed));
+        host.start_true_ns = SIM_EPOCH_NS + self.net.now as i64;
+        self.net.boot(index, peer);
+        self.net.push_input(index, Input::Start);
+    }
+
+    /// The role of a running node.
+    pub fn role(&self, node: NodeIndex) -> Option<&R> {
+        self.hosts[node.0].core.as_ref().map(|core| core.role())
+    }
+
+    /// The node's incarnation, if it is running.
+    pub fn incarnation(&self, node: NodeIndex) -> Option<Incarnation> {
+        self.hosts[node.0].core.as_ref().map(|core| core.hello().incarnation)
+    }
+
+    /// Runs `call` against a running node's role at the current time, as part of a turn of
+    /// its own, and carries out what it records (how tests inject client operations).
+    /// Returns `None` if the node is down.
+    pub fn with_role<T>(
+        &mut self,
+        node: NodeIndex,
+        call: impl FnOnce(&mut R, &mut Ctx<R::Timer>) -> T,
+    ) -> Option<T> {
+        let now = self.net.now;
+        let physical = self.physical_now_ns(node.0);
+        let core = self.hosts[node.0].core.as_mut()?;
+        core.begin_turn(MonoTime(now), physical);
+        let mut result = None;
+        let mut transport = self.net.transport(node.0);
+        core.with_role(&mut transport, |role, ctx| result = Some(call(role, ctx)));
+        if let Err(error) = core.flush_log() {
+            panic!("memory event log cannot fail: {error}");
+        }
+        self.schedule_timers(node.0);
+        result
+    }
+
+    /// The node's event log so far (all incarnations).
+    pub fn event_log(&self, node: NodeIndex) -> Vec<u8> {
+        self.hosts[node.0].log.0.borrow().clone()
+    }
+
+    /// Every node's event log, by node id.
+    pub fn event_logs(&self) -> Vec<(NodeId, Vec<u8>)> {
+        self.hosts.iter().map(|host| (host.spec.id.clone(), host.log.0.borrow().clone())).collect()
+    }
+
+    /// Stops frames from `from` reaching `to` (one way). Held frames break their connection
+    /// after `link_timeout` unless the block is lifted first.
+    pub fn block(&mut self, from: NodeIndex, to: NodeIndex) {
+        self.net.block(from.0, to.0);
+    }
+
+    /// Lifts a one-way block; held frames are delivered in order.
+    pub fn unblock(&mut self, from: NodeIndex, to: NodeIndex) {
+        self.net.unblock(from.0, to.0);
+    }
+
+    /// Blocks both ways between every node of `side_a` and every node of `side_b`.
+    pub fn partition(&mut self, side_a: &[NodeIndex], side_b: &[NodeIndex]) {
+        for a in side_a {
+            for b in side_b {
+                self.block(*a, *b);
+                self.block(*b, *a);
+            }
+        }
+    }
+
+    /// Lifts every block.
+    pub fn heal(&mut self) {
+        self.net.heal();
+    }
+
+    /// Sets the probability that a frame is dropped (breaking its connection).
+    pub fn set_drop_rate(&mut self, rate: f64) {
+        self.net.config.drop_rate = rate;
+    }
+
+    /// Sets a node's unreliable mode (takes effect at its next start).
+    pub fn set_unreliable(&mut self, node: NodeIndex, unreliable: bool) {
+        self.hosts[node.0].spec.unreliable = unreliable;
+    }
+
+    /// Runs until virtual time `until` (events at exactly `until` included).
+    pub fn run_until(&mut self, until: MonoTime) {
+        while self.net.next_event_at().is_some_and(|at| at <= until.0) {
+            self.step();
+        }
+        self.net.now = self.net.now.max(until.0);
+    }
+
+    /// Runs for `duration` of virtual time.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now().add(duration);
+        self.run_until(until);
+    }
+
+    /// Runs until `done` holds (checked after every event) or `limit` of virtual time
+    /// passes; returns whether it held.
+    pub fn run_until_true(&mut self, limit: Duration, mut done: impl FnMut(&Sim<R>) -> bool) -> bool {
+        let until = self.now().add(limit);
+        loop {
+            if done(self) {
+                return true;
+            }
+            match self.net.next_event_at() {
+                Some(at) if at <= until.0 => {
+                    self.step();
+                }
+                _ => {
+                    self.net.now = self.net.now.max(until.0);
+                    return done(self);
+                }
+            }
+        }
+    }
+
+    /// Processes the next event; returns false if none is left.
+    pub fn step(&mut self) -> bool {
+        match self.net.pop_due_turn() {
+            None => false,
+            Some(Some(node)) => {
+                self.turn(node);
+                true
+            }
+            Some(None) => true,
+        }
+    }
+
+    fn physical_now_ns(&self, index: usize) -> i64 {
+        let host = &self.hosts[index];
+        host.spec.skew.apply(SIM_EPOCH_NS + self.net.now as i64, host.start_true_ns)
+    }
+
+    fn turn(&mut self, index: usize) {
+        let physical = self.physical_now_ns(index);
+        let Some(core) = self.hosts[index].core.as_mut() else { return };
+        self.net.stats.turns += 1;
+        core.begin_turn(MonoTime(self.net.now), physical);
+        let inputs = self.net.take_inbox(index);
+        let decoder = proto::FrameDecoder::new(core.frame_len_max());
+        let mut transport = self.net.transport(index);
+        for input in inputs {
+            match input {
+                Input::Start => core.start(&mut transport),
+                Input::Frame { conn, inbound, peer, bytes } => match decoder.decode_whole(bytes) {
+                    Ok(frame) => core.frame(&mut transport, conn, inbound, &peer, frame),
+                    Err(error) => {
+                        log::warn!("sim node {index}: closing {conn:?}: {error}");
+                        transport.count_decode_error();
+                        transport.close_conn(conn);
+                    }
+                },
+                Input::Link { to, link } => core.link(&mut transport, to, link),
+                Input::Closed { conn } => core.closed(&mut transport, conn),
+            }
+        }
+        if let Err(error) = core.end_turn(&mut transport) {
+            panic!("memory event log cannot fail: {error}");
+        }
+        core.role().check_invariants();
+        if core.stop_requested() {
+            self.crash(NodeIndex(index));
+            return;
+        }
+        self.schedule_timers(index);
+    }
+
+    fn schedule_timers(&mut self, index: usize) {
+        if let Some(deadline) = self.hosts[index].core.as_ref().and_then(|core| core.next_deadline()) {
+            self.net.schedule_turn(index, deadline.0.max(self.net.now));
+        }
+    }
+}
