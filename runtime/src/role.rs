@@ -153,7 +153,7 @@ pub struct Ctx<T> {
     pub(crate) incarnation: Incarnation,
     pub(crate) now: MonoTime,
     pub(crate) physical_now_ns: i64,
-    pub(crate) rng: StdRng,
+    pub(crate) rng: Option<StdRng>,
     pub(crate) next_corr: u64,
     pub(crate) actions: Vec<Action<T>>,
 }
@@ -165,7 +165,7 @@ impl<T> Ctx<T> {
             incarnation,
             now: MonoTime(0),
             physical_now_ns: 0,
-            rng,
+            rng: Some(rng),
             next_corr: 1,
             actions: Vec::new(),
         }
@@ -193,7 +193,35 @@ impl<T> Ctx<T> {
 
     /// The node's random source: seeded in the simulator, from the OS in the real driver.
     pub fn rng(&mut self) -> &mut StdRng {
-        &mut self.rng
+        self.rng.as_mut().expect("the rng is only lent out during a nested call")
+    }
+
+    /// Runs `call` with a context for a sub-role whose timers are `S`, then records its
+    /// actions here with each timer wrapped by `wrap`. This is how one node hosts several
+    /// roles (view service, replica, time server) behind one timer enum.
+    pub fn nested<S, U>(&mut self, wrap: impl Fn(S) -> T, call: impl FnOnce(&mut Ctx<S>) -> U) -> U {
+        let mut inner = Ctx {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            now: self.now,
+            physical_now_ns: self.physical_now_ns,
+            rng: self.rng.take(),
+            next_corr: self.next_corr,
+            actions: Vec::new(),
+        };
+        let result = call(&mut inner);
+        self.rng = inner.rng.take();
+        self.next_corr = inner.next_corr;
+        self.actions.extend(inner.actions.into_iter().map(|action| match action {
+            Action::Send { to, corr, message } => Action::Send { to, corr, message },
+            Action::Reply { conn, corr, message } => Action::Reply { conn, corr, message },
+            Action::SetTimer { timer, at } => Action::SetTimer { timer: wrap(timer), at },
+            Action::CancelTimer(timer) => Action::CancelTimer(wrap(timer)),
+            Action::Event(text) => Action::Event(text),
+            Action::Close(conn) => Action::Close(conn),
+            Action::Stop => Action::Stop,
+        }));
+        result
     }
 
     /// Sends `message` over this node's link to `to`; returns the correlation id it carries.

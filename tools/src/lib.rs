@@ -1,1 +1,7 @@
-//! The pbkv tools.
+//! The `pbkv` tools: the node daemon and, over time, the client CLI, bench, demo, log and
+//! clock commands. Each subcommand lives in its own module under [`cmd`].
+
+pub mod cmd;
+pub mod config;
+pub mod exit;
+pub mod logging;

@@ -1,0 +1,233 @@
+//! The node's TOML configuration. Unknown keys and bad values are rejected with the line
+//! and column; `pbkv node --check` prints the resolved result.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A role a node can host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    /// The view service.
+    Viewservice,
+    /// A primary/backup replica.
+    Replica,
+    /// The reference time server.
+    Timeserver,
+    /// The demonstration ping-pong role.
+    Echo,
+}
+
+/// `[timing]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// Interval between pings, in milliseconds.
+    pub ping_interval_ms: u64,
+    /// Missed ping intervals after which a server is dead.
+    pub dead_pings: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing { ping_interval_ms: 100, dead_pings: 5 }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// stderr log level.
+    pub level: String,
+    /// Event-log file; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<PathBuf>,
+    /// Run id (else `PBKV_RUN`, else the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Event-log size before rotation, in MiB.
+    pub events_len_max_mib: u64,
+    /// Rotated event-log files kept.
+    pub events_keep: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: "info".into(),
+            events: None,
+            run: None,
+            events_len_max_mib: 256,
+            events_keep: 4,
+        }
+    }
+}
+
+/// `[faults]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Lab mode: 10 % of incoming requests dropped, 18 % lose their reply.
+    pub unreliable: bool,
+}
+
+/// `[clock]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockConfig {
+    /// Injected offset of this node's physical clock, in milliseconds.
+    pub offset_ms: f64,
+    /// Injected drift, in parts per million.
+    pub drift_ppm: f64,
+}
+
+/// `[echo]`: the demonstration role.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EchoSection {
+    /// Peer to ping; absent = only answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
+    /// Rounds to complete, then stop.
+    pub rounds: u64,
+    /// Requests in flight.
+    pub window: u64,
+    /// Payload bytes.
+    pub payload_len: usize,
+}
+
+impl Default for EchoSection {
+    fn default() -> EchoSection {
+        EchoSection { peer: None, rounds: 100, window: 1, payload_len: 16 }
+    }
+}
+
+/// A whole node configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id.
+    pub node_id: String,
+    /// Listen address (also the address in views unless `advertise` is set).
+    pub listen: SocketAddr,
+    /// The address others use, where it differs from `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
+    /// Roles hosted.
+    pub roles: Vec<RoleName>,
+    /// Where replicas find the view service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewservice: Option<SocketAddr>,
+    /// Timing.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Fault injection.
+    #[serde(default)]
+    pub faults: Faults,
+    /// Clock skew.
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// The echo role.
+    #[serde(default)]
+    pub echo: EchoSection,
+}
+
+impl NodeConfig {
+    /// Parses and validates a configuration file's text.
+    ///
+    /// # Errors
+    /// A message naming the line and column (parse errors) or the key (validation).
+    pub fn parse(text: &str) -> Result<NodeConfig, String> {
+        let config: NodeConfig = toml::from_str(text).map_err(|error| error.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        proto::NodeId::new(self.node_id.clone()).map_err(|why| format!("node_id: {why}"))?;
+        if self.roles.is_empty() {
+            return Err("roles: name at least one of viewservice, replica, timeserver, echo".into());
+        }
+        let mut sorted = self.roles.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.roles.len() {
+            return Err("roles: a role is listed twice".into());
+        }
+        if self.roles.contains(&RoleName::Replica) && self.viewservice.is_none() {
+            return Err("viewservice: a replica needs the view service's address".into());
+        }
+        if self.timing.ping_interval_ms == 0 {
+            return Err("timing.ping_interval_ms: must be at least 1".into());
+        }
+        if self.timing.dead_pings == 0 {
+            return Err("timing.dead_pings: must be at least 1".into());
+        }
+        crate::logging::parse_level(&self.log.level).map_err(|e| format!("log.level: {e}"))?;
+        if let Some(run) = &self.log.run {
+            if run.is_empty() || run.len() > proto::types::RUN_ID_LEN_MAX {
+                return Err("log.run: 1 to 64 bytes".into());
+            }
+        }
+        if !self.clock.offset_ms.is_finite() || !self.clock.drift_ppm.is_finite() {
+            return Err("clock: offset_ms and drift_ppm must be finite numbers".into());
+        }
+        if self.clock.drift_ppm.abs() > 100_000.0 {
+            return Err("clock.drift_ppm: at most 100000 in magnitude".into());
+        }
+        if self.echo.window == 0 {
+            return Err("echo.window: must be at least 1".into());
+        }
+        if self.echo.payload_len > proto::echo::ECHO_PAYLOAD_LEN_MAX {
+            return Err(format!("echo.payload_len: at most {}", proto::echo::ECHO_PAYLOAD_LEN_MAX));
+        }
+        Ok(())
+    }
+
+    /// The run id: config, else `PBKV_RUN`, else the default.
+    pub fn run_id(&self) -> String {
+        self.log
+            .run
+            .clone()
+            .or_else(|| std::env::var("PBKV_RUN").ok().filter(|run| !run.is_empty()))
+            .unwrap_or_else(|| runtime::event_log::RUN_ID_DEFAULT.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_name_line_and_column() {
+        let error = NodeConfig::parse("node_id = \"a\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\nbogus = 3\n")
+            .expect_err("unknown key");
+        assert!(error.contains("line 4, column 1"), "{error}");
+        assert!(error.contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let base = "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\n";
+        let cases = [
+            ("roles = [\"nope\"]", "unknown variant"),
+            ("roles = []", "roles"),
+            ("roles = [\"replica\"]", "viewservice"),
+            ("roles = [\"echo\"]\n[timing]\ndead_pings = 0", "dead_pings"),
+            ("roles = [\"echo\"]\n[log]\nlevel = \"loud\"", "log.level"),
+        ];
+        for (tail, expected) in cases {
+            let error = NodeConfig::parse(&format!("{base}{tail}\n")).expect_err(tail);
+            assert!(error.contains(expected), "{tail}: {error}");
+        }
+        let error = NodeConfig::parse("node_id = \"a b\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\n")
+            .expect_err("bad id");
+        assert!(error.contains("node_id"), "{error}");
+    }
+}
