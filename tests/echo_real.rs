@@ -26,10 +26,23 @@ fn two_processes_ping_pong_with_lamport_consistent_logs() {
          [echo]\npeer = \"{}\"\nrounds = 200\nwindow = 4\n",
         responder.addr
     );
-    let mut pinger = Node::start(dir.path(), "pinger", &pinger_config, Duration::from_secs(20));
-    assert_eq!(pinger.wait_exit(Duration::from_secs(30)), Some(0), "pinger finishes its rounds");
+    let mut pinger = Node::start(
+        dir.path(),
+        "pinger",
+        &pinger_config,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        pinger.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "pinger finishes its rounds"
+    );
     responder.terminate();
-    assert_eq!(responder.wait_exit(Duration::from_secs(10)), Some(0), "clean stop on SIGTERM");
+    assert_eq!(
+        responder.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "clean stop on SIGTERM"
+    );
 
     let mut events = Vec::new();
     for name in ["echo", "pinger"] {
@@ -39,18 +52,31 @@ fn two_processes_ping_pong_with_lamport_consistent_logs() {
     }
     let report = check(&events);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
-    assert_eq!(report.messages_matched, 400, "200 requests and 200 replies matched");
+    assert_eq!(
+        report.messages_matched, 400,
+        "200 requests and 200 replies matched"
+    );
     assert_eq!(report.unmatched_sends, 0);
     merge(&mut events);
-    assert!(events.windows(2).all(|pair| (pair[0].lc, &pair[0].node) <= (pair[1].lc, &pair[1].node)));
-    let stops = events.iter().filter(|event| event.text == "stopped").count();
+    assert!(
+        events
+            .windows(2)
+            .all(|pair| (pair[0].lc, &pair[0].node) <= (pair[1].lc, &pair[1].node))
+    );
+    let stops = events
+        .iter()
+        .filter(|event| event.text == "stopped")
+        .count();
     assert_eq!(stops, 2, "both processes logged a clean stop");
 }
 
 /// Goal: `pbkv --version` prints the version.
 #[test]
 fn version_is_printed() {
-    let output = std::process::Command::new(pbkv_bin()).arg("--version").output().expect("run");
+    let output = std::process::Command::new(pbkv_bin())
+        .arg("--version")
+        .output()
+        .expect("run");
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(text.trim(), format!("pbkv {}", env!("CARGO_PKG_VERSION")));

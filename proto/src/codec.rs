@@ -77,7 +77,10 @@ impl Reader {
 
     fn need(&self, needed: usize) -> Result<(), DecodeError> {
         if self.bytes.len() < needed {
-            return Err(DecodeError::Truncated { needed, available: self.bytes.len() });
+            return Err(DecodeError::Truncated {
+                needed,
+                available: self.bytes.len(),
+            });
         }
         Ok(())
     }
@@ -148,7 +151,11 @@ impl Reader {
 
     /// Reads a u32 element count and checks that `count * element_len_min` bytes remain, so a
     /// hostile count cannot make the caller reserve memory the payload does not back.
-    pub fn count(&mut self, name: &'static str, element_len_min: usize) -> Result<usize, DecodeError> {
+    pub fn count(
+        &mut self,
+        name: &'static str,
+        element_len_min: usize,
+    ) -> Result<usize, DecodeError> {
         let count = self.u32()? as usize;
         let needed = count.checked_mul(element_len_min.max(1));
         match needed {
@@ -159,7 +166,11 @@ impl Reader {
 
     /// Fails with `TrailingBytes` unless every byte was read.
     pub fn finish(self) -> Result<(), DecodeError> {
-        if self.bytes.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes(self.bytes.len())) }
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes(self.bytes.len()))
+        }
     }
 }
 

@@ -31,7 +31,11 @@ pub struct EchoReply {
 }
 
 fn encode_echo(out: &mut BytesMut, round: u64, payload: &[u8]) {
-    assert!(payload.len() <= ECHO_PAYLOAD_LEN_MAX, "echo payload of {} bytes", payload.len());
+    assert!(
+        payload.len() <= ECHO_PAYLOAD_LEN_MAX,
+        "echo payload of {} bytes",
+        payload.len()
+    );
     out.put_u64(round);
     put_bytes(out, payload);
 }

@@ -60,7 +60,11 @@ pub fn encode_frame(
     header: FrameHeader,
     frame_len_max: usize,
 ) {
-    assert_eq!(header.message_type, message.message_type(), "header type mismatch");
+    assert_eq!(
+        header.message_type,
+        message.message_type(),
+        "header type mismatch"
+    );
     let start = out.len();
     out.put_u32(0);
     out.put_u8(VERSION);
@@ -70,7 +74,10 @@ pub fn encode_frame(
     out.put_u64(header.corr);
     message.encode_payload(out);
     let frame_len = out.len() - start;
-    assert!(frame_len <= frame_len_max, "frame of {frame_len} bytes over {frame_len_max}");
+    assert!(
+        frame_len <= frame_len_max,
+        "frame of {frame_len} bytes over {frame_len_max}"
+    );
     let len = u32::try_from(frame_len - 4).expect("bounded by frame_len_max");
     BigEndian::write_u32(&mut out[start..start + 4], len);
 }
@@ -90,7 +97,10 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder that rejects frames longer than `frame_len_max` bytes (header included).
     pub fn new(frame_len_max: usize) -> FrameDecoder {
-        assert!(frame_len_max >= HEADER_LEN, "frame_len_max below the header length");
+        assert!(
+            frame_len_max >= HEADER_LEN,
+            "frame_len_max below the header length"
+        );
         FrameDecoder { frame_len_max }
     }
 
@@ -105,14 +115,19 @@ impl FrameDecoder {
     /// # Errors
     /// `FrameTooLong` / `FrameTooShort` for a length field out of bounds.
     pub fn peek_frame_len(&self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
-        let Some(prefix) = buf.get(..4) else { return Ok(None) };
+        let Some(prefix) = buf.get(..4) else {
+            return Ok(None);
+        };
         let len = BigEndian::read_u32(prefix) as usize;
         if len < HEADER_AFTER_LEN {
             return Err(DecodeError::FrameTooShort { len });
         }
         let frame_len = len + 4;
         if frame_len > self.frame_len_max {
-            return Err(DecodeError::FrameTooLong { len: frame_len, max: self.frame_len_max });
+            return Err(DecodeError::FrameTooLong {
+                len: frame_len,
+                max: self.frame_len_max,
+            });
         }
         Ok(Some(frame_len))
     }
@@ -123,7 +138,9 @@ impl FrameDecoder {
     /// # Errors
     /// A typed [`DecodeError`] for any frame that is not valid.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
-        let Some(frame_len) = self.peek_frame_len(buf)? else { return Ok(None) };
+        let Some(frame_len) = self.peek_frame_len(buf)? else {
+            return Ok(None);
+        };
         if buf.len() < frame_len {
             return Ok(None);
         }
@@ -138,10 +155,16 @@ impl FrameDecoder {
     /// that disagrees with the bytes given.
     pub fn decode_whole(&self, mut frame: Bytes) -> Result<Frame, DecodeError> {
         let Some(frame_len) = self.peek_frame_len(&frame)? else {
-            return Err(DecodeError::Truncated { needed: 4, available: frame.len() });
+            return Err(DecodeError::Truncated {
+                needed: 4,
+                available: frame.len(),
+            });
         };
         if frame.len() < frame_len {
-            return Err(DecodeError::Truncated { needed: frame_len, available: frame.len() });
+            return Err(DecodeError::Truncated {
+                needed: frame_len,
+                available: frame.len(),
+            });
         }
         if frame.len() > frame_len {
             return Err(DecodeError::TrailingBytes(frame.len() - frame_len));
@@ -160,6 +183,13 @@ impl FrameDecoder {
         let mut reader = Reader::new(frame);
         let message = Message::decode_payload(message_type, &mut reader)?;
         reader.finish()?;
-        Ok(Frame { header: FrameHeader { message_type, lamport, corr }, message })
+        Ok(Frame {
+            header: FrameHeader {
+                message_type,
+                lamport,
+                corr,
+            },
+            message,
+        })
     }
 }

@@ -200,8 +200,16 @@ pub struct Hello {
 
 impl Encode for Hello {
     fn encode(&self, out: &mut BytesMut) {
-        assert!(self.software.len() <= SOFTWARE_LEN_MAX, "software {:?} too long", self.software);
-        assert!(self.run.len() <= RUN_ID_LEN_MAX, "run id {:?} too long", self.run);
+        assert!(
+            self.software.len() <= SOFTWARE_LEN_MAX,
+            "software {:?} too long",
+            self.software
+        );
+        assert!(
+            self.run.len() <= RUN_ID_LEN_MAX,
+            "run id {:?} too long",
+            self.run
+        );
         out.put_u16(self.protocol);
         put_string(out, &self.software);
         self.node.encode(out);

@@ -11,7 +11,11 @@ use proto::{
 
 fn frame_bytes(message: &Message, lamport: u64, corr: u64) -> BytesMut {
     let mut out = BytesMut::new();
-    let header = FrameHeader { message_type: message.message_type(), lamport, corr };
+    let header = FrameHeader {
+        message_type: message.message_type(),
+        lamport,
+        corr,
+    };
     encode_frame(&mut out, message, header, FRAME_LEN_MAX_DEFAULT);
     out
 }
@@ -21,7 +25,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str) -> Vec<u8> {
-    let digits: Vec<u8> = text.bytes().filter(|byte| byte.is_ascii_hexdigit()).collect();
+    let digits: Vec<u8> = text
+        .bytes()
+        .filter(|byte| byte.is_ascii_hexdigit())
+        .collect();
     digits
         .chunks(2)
         .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).expect("ascii"), 16).expect("hex"))
@@ -45,12 +52,18 @@ fn golden() -> Vec<(Message, &'static str)> {
              0001 0005 302e312e30 0002 7331 0102030405060708 01 04 7f000001 1bbd 0001 72 01",
         ),
         (
-            Message::EchoRequest(EchoRequest { round: 3, payload: Bytes::from_static(b"hi") }),
+            Message::EchoRequest(EchoRequest {
+                round: 3,
+                payload: Bytes::from_static(b"hi"),
+            }),
             "00000022 01 00 0002 0000000000000005 0000000000000009 \
              0000000000000003 00000002 6869",
         ),
         (
-            Message::EchoReply(EchoReply { round: 3, payload: Bytes::from_static(b"hi") }),
+            Message::EchoReply(EchoReply {
+                round: 3,
+                payload: Bytes::from_static(b"hi"),
+            }),
             "00000022 01 00 0003 0000000000000005 0000000000000009 \
              0000000000000003 00000002 6869",
         ),
@@ -63,13 +76,20 @@ fn golden() -> Vec<(Message, &'static str)> {
 fn golden_bytes_both_ways_for_every_message_type() {
     let fixtures = golden();
     let covered: Vec<MessageType> = fixtures.iter().map(|(m, _)| m.message_type()).collect();
-    assert_eq!(covered, MessageType::ALL, "one fixture per message type, in code order");
+    assert_eq!(
+        covered,
+        MessageType::ALL,
+        "one fixture per message type, in code order"
+    );
     for (message, expected) in fixtures {
         let expected = unhex(expected);
         let encoded = frame_bytes(&message, 5, 9);
         assert_eq!(hex(&encoded), hex(&expected), "{}", message.message_type());
         let mut buffer = BytesMut::from(&expected[..]);
-        let frame = FrameDecoder::default().decode(&mut buffer).expect("valid").expect("whole");
+        let frame = FrameDecoder::default()
+            .decode(&mut buffer)
+            .expect("valid")
+            .expect("whole");
         assert_eq!(frame.message, message);
         assert_eq!(frame.header.lamport, 5);
         assert_eq!(frame.header.corr, 9);
@@ -81,7 +101,10 @@ fn golden_bytes_both_ways_for_every_message_type() {
 #[test]
 fn wire_format_doc_registry_matches_the_enum() {
     let doc = include_str!("../../docs/wire-format.md");
-    let section = doc.split("## Message-type registry").nth(1).expect("registry section");
+    let section = doc
+        .split("## Message-type registry")
+        .nth(1)
+        .expect("registry section");
     let section = section.split("\n## ").next().expect("section text");
     let mut documented = Vec::new();
     for line in section.lines() {
@@ -89,11 +112,15 @@ fn wire_format_doc_registry_matches_the_enum() {
         if cells.len() < 3 {
             continue;
         }
-        let Ok(code) = cells[1].parse::<u16>() else { continue };
+        let Ok(code) = cells[1].parse::<u16>() else {
+            continue;
+        };
         documented.push((code, cells[2].trim_matches('`').to_string()));
     }
-    let actual: Vec<(u16, String)> =
-        MessageType::ALL.iter().map(|t| (*t as u16, t.name().to_string())).collect();
+    let actual: Vec<(u16, String)> = MessageType::ALL
+        .iter()
+        .map(|t| (*t as u16, t.name().to_string()))
+        .collect();
     assert_eq!(documented, actual);
 }
 
@@ -103,9 +130,13 @@ fn node_id() -> impl Strategy<Value = NodeId> {
 
 fn addr() -> impl Strategy<Value = Addr> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| Addr::v4(ip[0], ip[1], ip[2], ip[3], port)),
+        (any::<[u8; 4]>(), any::<u16>())
+            .prop_map(|(ip, port)| Addr::v4(ip[0], ip[1], ip[2], ip[3], port)),
         (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| {
-            Addr(std::net::SocketAddr::new(std::net::Ipv6Addr::from(ip).into(), port))
+            Addr(std::net::SocketAddr::new(
+                std::net::Ipv6Addr::from(ip).into(),
+                port,
+            ))
         }),
     ]
 }
@@ -116,12 +147,30 @@ fn payload() -> impl Strategy<Value = Bytes> {
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (any::<u16>(), "[0-9.a-z]{0,32}", node_id(), any::<u64>(), proptest::option::of(addr()), "[a-z0-9-]{0,64}", any::<bool>())
+        (
+            any::<u16>(),
+            "[0-9.a-z]{0,32}",
+            node_id(),
+            any::<u64>(),
+            proptest::option::of(addr()),
+            "[a-z0-9-]{0,64}",
+            any::<bool>()
+        )
             .prop_map(|(protocol, software, node, incarnation, addr, run, logs)| {
-                Message::Hello(Hello { protocol, software, node, incarnation: Incarnation(incarnation), addr, run, logs })
+                Message::Hello(Hello {
+                    protocol,
+                    software,
+                    node,
+                    incarnation: Incarnation(incarnation),
+                    addr,
+                    run,
+                    logs,
+                })
             }),
-        (any::<u64>(), payload()).prop_map(|(round, payload)| Message::EchoRequest(EchoRequest { round, payload })),
-        (any::<u64>(), payload()).prop_map(|(round, payload)| Message::EchoReply(EchoReply { round, payload })),
+        (any::<u64>(), payload())
+            .prop_map(|(round, payload)| Message::EchoRequest(EchoRequest { round, payload })),
+        (any::<u64>(), payload())
+            .prop_map(|(round, payload)| Message::EchoReply(EchoReply { round, payload })),
     ]
 }
 
@@ -170,7 +219,10 @@ fn decode(bytes: &[u8]) -> Result<Option<proto::Frame>, DecodeError> {
 }
 
 fn echo_frame() -> BytesMut {
-    let message = Message::EchoRequest(EchoRequest { round: 1, payload: Bytes::from_static(b"abcd") });
+    let message = Message::EchoRequest(EchoRequest {
+        round: 1,
+        payload: Bytes::from_static(b"abcd"),
+    });
     frame_bytes(&message, 1, 1)
 }
 
@@ -179,7 +231,13 @@ fn echo_frame() -> BytesMut {
 fn corrupted_fields_give_typed_errors() {
     let mut long = echo_frame();
     long[..4].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert_eq!(decode(&long), Err(DecodeError::FrameTooLong { len: u32::MAX as usize + 4, max: FRAME_LEN_MAX_DEFAULT }));
+    assert_eq!(
+        decode(&long),
+        Err(DecodeError::FrameTooLong {
+            len: u32::MAX as usize + 4,
+            max: FRAME_LEN_MAX_DEFAULT
+        })
+    );
 
     let mut short = echo_frame();
     short[..4].copy_from_slice(&3u32.to_be_bytes());
@@ -201,7 +259,13 @@ fn corrupted_fields_give_typed_errors() {
     let mut nested = echo_frame();
     let at = HEADER_LEN + 8;
     nested[at..at + 4].copy_from_slice(&5u32.to_be_bytes());
-    assert_eq!(decode(&nested), Err(DecodeError::Truncated { needed: 5, available: 4 }));
+    assert_eq!(
+        decode(&nested),
+        Err(DecodeError::Truncated {
+            needed: 5,
+            available: 4
+        })
+    );
 
     // The nested length is below what the payload holds: bytes are left over.
     let mut trailing = echo_frame();
@@ -242,5 +306,8 @@ fn invalid_hello_fields_are_named() {
     let mut bad_option = clean;
     // The addr option tag follows the 8-byte incarnation.
     bad_option[HEADER_LEN + 5 + 4 + 8] = 7;
-    assert_eq!(decode(&bad_option), Err(DecodeError::InvalidField("option.tag")));
+    assert_eq!(
+        decode(&bad_option),
+        Err(DecodeError::InvalidField("option.tag"))
+    );
 }

@@ -27,9 +27,15 @@ mod tests {
 
     #[test]
     fn offset_and_drift_add_up() {
-        let skew = ClockSkew { offset_ns: 1_000.0, drift_ppm: 500.0 };
+        let skew = ClockSkew {
+            offset_ns: 1_000.0,
+            drift_ppm: 500.0,
+        };
         // One second after the epoch a +500 ppm clock has gained 500 µs.
-        assert_eq!(skew.apply(2_000_000_000, 1_000_000_000), 2_000_000_000 + 1_000 + 500_000);
+        assert_eq!(
+            skew.apply(2_000_000_000, 1_000_000_000),
+            2_000_000_000 + 1_000 + 500_000
+        );
         assert_eq!(ClockSkew::default().apply(42, 0), 42);
     }
 }

@@ -111,7 +111,13 @@ impl EchoRole {
     }
 
     fn send_request(&self, ctx: &mut Ctx<EchoTimer>, peer: Addr, round: u64) {
-        ctx.send(peer, EchoRequest { round, payload: self.payload.clone() });
+        ctx.send(
+            peer,
+            EchoRequest {
+                round,
+                payload: self.payload.clone(),
+            },
+        );
     }
 
     fn on_echo_reply(&mut self, ctx: &mut Ctx<EchoTimer>, reply: EchoReply) {
@@ -151,7 +157,13 @@ impl Role for EchoRole {
         match message {
             Message::EchoRequest(request) => {
                 self.answered += 1;
-                ctx.reply(origin, EchoReply { round: request.round, payload: request.payload });
+                ctx.reply(
+                    origin,
+                    EchoReply {
+                        round: request.round,
+                        payload: request.payload,
+                    },
+                );
             }
             Message::EchoReply(reply) => self.on_echo_reply(ctx, reply),
             other => log::debug!("echo: ignoring {}", other.message_type()),

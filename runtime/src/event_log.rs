@@ -121,7 +121,13 @@ impl FileSink {
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
-        Ok(FileSink { path: path.to_path_buf(), file, len, len_max, keep: keep.max(1) })
+        Ok(FileSink {
+            path: path.to_path_buf(),
+            file,
+            len,
+            len_max,
+            keep: keep.max(1),
+        })
     }
 
     fn rotate(&mut self) -> io::Result<()> {
@@ -132,7 +138,10 @@ impl FileSink {
             }
         }
         fs::rename(&self.path, rotated_path(&self.path, 1))?;
-        self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
         self.len = 0;
         Ok(())
     }
@@ -186,7 +195,14 @@ impl EventLog {
         prefix.extend_from_slice(b"\",\"seq\":");
         let mut node_json = Vec::new();
         push_json_string(&mut node_json, node.as_str());
-        EventLog { prefix, node_json, incarnation_text, seq: 0, buffer: Vec::new(), sink }
+        EventLog {
+            prefix,
+            node_json,
+            incarnation_text,
+            seq: 0,
+            buffer: Vec::new(),
+            sink,
+        }
     }
 
     /// Whether events are being written.
@@ -305,8 +321,17 @@ mod tests {
     fn lines_are_valid_json_with_numbered_events() {
         let sink = MemorySink::default();
         let node = NodeId::new("n1").expect("valid");
-        let mut log = EventLog::new("run\"1", &node, Incarnation(0xab), Some(Box::new(sink.clone())));
-        let id = MessageId { node: &node, incarnation: Incarnation(0xab), lamport: 2 };
+        let mut log = EventLog::new(
+            "run\"1",
+            &node,
+            Incarnation(0xab),
+            Some(Box::new(sink.clone())),
+        );
+        let id = MessageId {
+            node: &node,
+            incarnation: Incarnation(0xab),
+            lamport: 2,
+        };
         log.record(&EventRecord {
             lamport: 1,
             kind: EventKind::Local,
@@ -329,8 +354,10 @@ mod tests {
         });
         log.flush_turn().expect("memory sink");
         let text = String::from_utf8(sink.0.borrow().clone()).expect("utf-8");
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|line| serde_json::from_str(line).expect("json")).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("json"))
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["run"], "run\"1");
         assert_eq!(lines[0]["text"], "start\n\u{1}");
@@ -349,7 +376,10 @@ mod tests {
         sink.write_turn(b"0123456789\n").expect("write");
         sink.write_turn(b"abc\n").expect("write");
         sink.write_turn(b"0123456789\n").expect("write");
-        assert_eq!(fs::read(rotated_path(&path, 2)).expect("r2"), b"0123456789\n");
+        assert_eq!(
+            fs::read(rotated_path(&path, 2)).expect("r2"),
+            b"0123456789\n"
+        );
         assert_eq!(fs::read(rotated_path(&path, 1)).expect("r1"), b"abc\n");
         assert_eq!(fs::read(&path).expect("current"), b"0123456789\n");
     }

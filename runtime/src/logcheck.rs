@@ -7,8 +7,8 @@
 //!
 //! The check, per incarnation (each is its own lifeline): `seq` runs 1, 2, 3, … with no gap;
 //! `lc` strictly increases; every receive names a send that is in the logs (unless its sender
-//! keeps no log: external), carries that send's stamp, and has `lc = max(previous lc, stamp)
-//! + 1` exactly; all lines share one run id. Receives that precede their send in physical
+//! keeps no log: external), carries that send's stamp, and has
+//! `lc = max(previous lc, stamp) + 1` exactly; all lines share one run id. Receives that precede their send in physical
 //! (wall) time are counted, not flagged: physical clocks may be skewed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -101,22 +101,27 @@ pub struct CheckReport {
 
 /// Checks events (in any order) against the Lamport rules; see the module docs.
 pub fn check(events: &[LoggedEvent]) -> CheckReport {
-    let mut report = CheckReport { events: events.len(), ..CheckReport::default() };
+    let mut report = CheckReport {
+        events: events.len(),
+        ..CheckReport::default()
+    };
     let mut sends: HashMap<LoggedMessageId, &LoggedEvent> = HashMap::new();
     let mut lifelines: BTreeMap<(&str, &str), Vec<&LoggedEvent>> = BTreeMap::new();
     for event in events {
-        lifelines.entry((&event.node, &event.inc)).or_default().push(event);
-        if event.kind == "send" {
-            if let Some(id) = &event.msg {
-                sends.insert(id.clone(), event);
-            }
+        lifelines
+            .entry((&event.node, &event.inc))
+            .or_default()
+            .push(event);
+        if let (true, Some(id)) = (event.kind == "send", &event.msg) {
+            sends.insert(id.clone(), event);
         }
     }
     report.lifelines = lifelines.len();
-    if let Some(first) = events.first() {
-        if let Some(other) = events.iter().find(|event| event.run != first.run) {
-            report.violations.push(format!("mixed runs: {:?} and {:?}", first.run, other.run));
-        }
+    let first_run = events.first().map(|event| &event.run);
+    if let Some(other) = events.iter().find(|event| Some(&event.run) != first_run) {
+        report
+            .violations
+            .push(format!("mixed runs: {:?} and {:?}", first_run, other.run));
     }
     let mut received: HashMap<&LoggedMessageId, usize> = HashMap::new();
     for ((node, inc), mut line) in lifelines {
@@ -125,13 +130,27 @@ pub fn check(events: &[LoggedEvent]) -> CheckReport {
         for (index, event) in line.iter().enumerate() {
             let lifeline = format!("{node}/{inc}");
             if event.seq != index as u64 + 1 {
-                report.violations.push(format!("{lifeline}: seq {} at position {}", event.seq, index + 1));
+                report.violations.push(format!(
+                    "{lifeline}: seq {} at position {}",
+                    event.seq,
+                    index + 1
+                ));
             }
             if event.lc <= previous_lc {
-                report.violations.push(format!("{lifeline} seq {}: lc {} not above {previous_lc}", event.seq, event.lc));
+                report.violations.push(format!(
+                    "{lifeline} seq {}: lc {} not above {previous_lc}",
+                    event.seq, event.lc
+                ));
             }
             if event.kind == "recv" {
-                check_receive(&mut report, &sends, &mut received, event, previous_lc, &lifeline);
+                check_receive(
+                    &mut report,
+                    &sends,
+                    &mut received,
+                    event,
+                    previous_lc,
+                    &lifeline,
+                );
             }
             previous_lc = event.lc;
         }
@@ -149,7 +168,9 @@ fn check_receive<'a>(
     lifeline: &str,
 ) {
     let Some(id) = &event.msg else {
-        report.violations.push(format!("{lifeline} seq {}: recv without msg", event.seq));
+        report
+            .violations
+            .push(format!("{lifeline} seq {}: recv without msg", event.seq));
         return;
     };
     if event.lc != previous_lc.max(id.lc) + 1 {
@@ -163,7 +184,9 @@ fn check_receive<'a>(
             report.messages_matched += 1;
             *received.entry(id).or_default() += 1;
             if send.lc != id.lc {
-                report.violations.push(format!("{lifeline} seq {}: send stamp mismatch", event.seq));
+                report
+                    .violations
+                    .push(format!("{lifeline} seq {}: send stamp mismatch", event.seq));
             }
             if event.wall_ns < send.wall_ns {
                 report.physical_inversions += 1;

@@ -325,7 +325,10 @@ impl<R: Role> NodeCore<R> {
         for action in actions.drain(..) {
             self.execute(transport, action);
         }
-        debug_assert!(self.ctx.actions.is_empty(), "actions recorded while executing");
+        debug_assert!(
+            self.ctx.actions.is_empty(),
+            "actions recorded while executing"
+        );
         self.ctx.actions = actions;
         if cfg!(debug_assertions) {
             self.role.check_invariants();
@@ -343,7 +346,11 @@ impl<R: Role> NodeCore<R> {
                 }
                 transport.send(to, &self.scratch);
             }
-            Action::Reply { conn, corr, message } => {
+            Action::Reply {
+                conn,
+                corr,
+                message,
+            } => {
                 if self.muted.contains(&conn) {
                     return; // Lost by the unreliable mode: not an event.
                 }
@@ -379,7 +386,11 @@ impl<R: Role> NodeCore<R> {
 
     fn encode(&mut self, message: &Message, lamport: u64, corr: u64) {
         self.scratch.clear();
-        let header = FrameHeader { message_type: message.message_type(), lamport, corr };
+        let header = FrameHeader {
+            message_type: message.message_type(),
+            lamport,
+            corr,
+        };
         encode_frame(&mut self.scratch, message, header, self.frame_len_max);
     }
 
@@ -403,7 +414,11 @@ impl<R: Role> NodeCore<R> {
 
 /// The log's name for a destination: its address, with the lane when not the default.
 fn dest_name(to: &Dest) -> String {
-    if to.lane == 0 { to.addr.to_string() } else { format!("{}#{}", to.addr, to.lane) }
+    if to.lane == 0 {
+        to.addr.to_string()
+    } else {
+        format!("{}#{}", to.addr, to.lane)
+    }
 }
 
 impl<R: Role> NodeCore<R> {

@@ -31,7 +31,7 @@ pub struct MonoTime(pub u64);
 
 impl MonoTime {
     /// `self + after`, saturating.
-    pub fn add(self, after: Duration) -> MonoTime {
+    pub fn plus(self, after: Duration) -> MonoTime {
         let after_ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
         MonoTime(self.0.saturating_add(after_ns))
     }
@@ -81,7 +81,10 @@ impl Origin {
     /// The handle [`Ctx::reply`] needs; small and `Copy`, so a role can keep it while an
     /// answer waits (for example until an operation commits).
     pub fn reply_to(&self) -> ReplyTo {
-        ReplyTo { conn: self.conn, corr: self.corr }
+        ReplyTo {
+            conn: self.conn,
+            corr: self.corr,
+        }
     }
 }
 
@@ -193,13 +196,19 @@ impl<T> Ctx<T> {
 
     /// The node's random source: seeded in the simulator, from the OS in the real driver.
     pub fn rng(&mut self) -> &mut StdRng {
-        self.rng.as_mut().expect("the rng is only lent out during a nested call")
+        self.rng
+            .as_mut()
+            .expect("the rng is only lent out during a nested call")
     }
 
     /// Runs `call` with a context for a sub-role whose timers are `S`, then records its
     /// actions here with each timer wrapped by `wrap`. This is how one node hosts several
     /// roles (view service, replica, time server) behind one timer enum.
-    pub fn nested<S, U>(&mut self, wrap: impl Fn(S) -> T, call: impl FnOnce(&mut Ctx<S>) -> U) -> U {
+    pub fn nested<S, U>(
+        &mut self,
+        wrap: impl Fn(S) -> T,
+        call: impl FnOnce(&mut Ctx<S>) -> U,
+    ) -> U {
         let mut inner = Ctx {
             node: self.node.clone(),
             incarnation: self.incarnation,
@@ -212,15 +221,27 @@ impl<T> Ctx<T> {
         let result = call(&mut inner);
         self.rng = inner.rng.take();
         self.next_corr = inner.next_corr;
-        self.actions.extend(inner.actions.into_iter().map(|action| match action {
-            Action::Send { to, corr, message } => Action::Send { to, corr, message },
-            Action::Reply { conn, corr, message } => Action::Reply { conn, corr, message },
-            Action::SetTimer { timer, at } => Action::SetTimer { timer: wrap(timer), at },
-            Action::CancelTimer(timer) => Action::CancelTimer(wrap(timer)),
-            Action::Event(text) => Action::Event(text),
-            Action::Close(conn) => Action::Close(conn),
-            Action::Stop => Action::Stop,
-        }));
+        self.actions
+            .extend(inner.actions.into_iter().map(|action| match action {
+                Action::Send { to, corr, message } => Action::Send { to, corr, message },
+                Action::Reply {
+                    conn,
+                    corr,
+                    message,
+                } => Action::Reply {
+                    conn,
+                    corr,
+                    message,
+                },
+                Action::SetTimer { timer, at } => Action::SetTimer {
+                    timer: wrap(timer),
+                    at,
+                },
+                Action::CancelTimer(timer) => Action::CancelTimer(wrap(timer)),
+                Action::Event(text) => Action::Event(text),
+                Action::Close(conn) => Action::Close(conn),
+                Action::Stop => Action::Stop,
+            }));
         result
     }
 
@@ -228,7 +249,11 @@ impl<T> Ctx<T> {
     pub fn send(&mut self, to: impl Into<Dest>, message: impl Into<Message>) -> u64 {
         let corr = self.next_corr;
         self.next_corr += 1;
-        self.actions.push(Action::Send { to: to.into(), corr, message: message.into() });
+        self.actions.push(Action::Send {
+            to: to.into(),
+            corr,
+            message: message.into(),
+        });
         corr
     }
 
@@ -236,12 +261,16 @@ impl<T> Ctx<T> {
     /// connection has closed meanwhile, the answer is dropped (the sender will retry).
     pub fn reply(&mut self, to: impl Into<ReplyTo>, message: impl Into<Message>) {
         let to = to.into();
-        self.actions.push(Action::Reply { conn: to.conn, corr: to.corr, message: message.into() });
+        self.actions.push(Action::Reply {
+            conn: to.conn,
+            corr: to.corr,
+            message: message.into(),
+        });
     }
 
     /// Arms `timer` to fire `after` from now, replacing an earlier setting.
     pub fn set_timer(&mut self, timer: T, after: Duration) {
-        let at = self.now.add(after);
+        let at = self.now.plus(after);
         self.actions.push(Action::SetTimer { timer, at });
     }
 

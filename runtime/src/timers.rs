@@ -14,7 +14,10 @@ pub struct TimerTable<T: Ord + Clone> {
 
 impl<T: Ord + Clone> Default for TimerTable<T> {
     fn default() -> TimerTable<T> {
-        TimerTable { by_timer: BTreeMap::new(), by_deadline: BTreeSet::new() }
+        TimerTable {
+            by_timer: BTreeMap::new(),
+            by_deadline: BTreeSet::new(),
+        }
     }
 }
 
@@ -43,7 +46,11 @@ impl<T: Ord + Clone> TimerTable<T> {
     /// each through [`TimerTable::remove_if_armed_at`], so that a due timer cancelled or
     /// re-armed by an earlier handler of the same turn does not fire.
     pub fn due(&self, now: MonoTime) -> Vec<(MonoTime, T)> {
-        self.by_deadline.iter().take_while(|(at, _)| *at <= now).cloned().collect()
+        self.by_deadline
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .cloned()
+            .collect()
     }
 
     /// Disarms `timer` if it is armed at exactly `at`; returns whether it was.
@@ -93,6 +100,9 @@ mod tests {
         let mut timers = TimerTable::default();
         timers.set(2, MonoTime(7));
         timers.set(1, MonoTime(7));
-        assert_eq!(timers.due(MonoTime(7)), vec![(MonoTime(7), 1), (MonoTime(7), 2)]);
+        assert_eq!(
+            timers.due(MonoTime(7)),
+            vec![(MonoTime(7), 1), (MonoTime(7), 2)]
+        );
     }
 }

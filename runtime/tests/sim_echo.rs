@@ -15,12 +15,21 @@ fn seeds() -> std::ops::Range<u64> {
         let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
         return seed..seed + 1;
     }
-    let count = std::env::var("PBKV_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(SEEDS_DEFAULT);
+    let count = std::env::var("PBKV_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(SEEDS_DEFAULT);
     0..count
 }
 
 fn pinger(server: Addr, rounds: u64, window: u64) -> EchoRole {
-    EchoRole::new(EchoConfig { peer: Some(server), rounds, window, payload_len: 16, stop_when_done: false })
+    EchoRole::new(EchoConfig {
+        peer: Some(server),
+        rounds,
+        window,
+        payload_len: 16,
+        stop_when_done: false,
+    })
 }
 
 fn two_nodes(seed: u64, config: SimConfig, rounds: u64) -> (Sim<EchoRole>, NodeIndex, NodeIndex) {
@@ -49,12 +58,26 @@ fn echo_rounds_complete_and_logs_obey_lamport_rules() {
         let done = sim.run_until_true(Duration::from_secs(10), |sim| {
             sim.role(client).is_some_and(|role| role.completed() == 200)
         });
-        assert!(done, "seed {seed}: rounds did not complete (replay: PBKV_SEED={seed})");
-        assert_eq!(sim.role(server).map(|role| role.answered()), Some(200), "seed {seed}");
+        assert!(
+            done,
+            "seed {seed}: rounds did not complete (replay: PBKV_SEED={seed})"
+        );
+        assert_eq!(
+            sim.role(server).map(|role| role.answered()),
+            Some(200),
+            "seed {seed}"
+        );
         let events = all_events(&sim);
         let report = check(&events);
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
-        assert_eq!(report.messages_matched, 400, "seed {seed}: every request and reply matched");
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        assert_eq!(
+            report.messages_matched, 400,
+            "seed {seed}: every request and reply matched"
+        );
         assert_eq!(report.unmatched_sends, 0, "seed {seed}");
     }
 }
@@ -66,7 +89,10 @@ fn echo_rounds_complete_and_logs_obey_lamport_rules() {
 fn echo_survives_drops_and_a_restart() {
     let mut broken = 0;
     for seed in seeds() {
-        let config = SimConfig { drop_rate: 0.05, ..SimConfig::default() };
+        let config = SimConfig {
+            drop_rate: 0.05,
+            ..SimConfig::default()
+        };
         let (mut sim, server, client) = two_nodes(seed, config, 100);
         sim.run_for(Duration::from_millis(5));
         sim.restart(server, EchoRole::responder());
@@ -76,10 +102,20 @@ fn echo_survives_drops_and_a_restart() {
         assert!(done, "seed {seed}: pinger stuck (replay: PBKV_SEED={seed})");
         broken += sim.stats().connections_broken;
         let report = check(&all_events(&sim));
-        assert!(report.violations.is_empty(), "seed {seed}: {:?}", report.violations);
-        assert_eq!(report.lifelines, 3, "seed {seed}: two responder incarnations and the pinger");
+        assert!(
+            report.violations.is_empty(),
+            "seed {seed}: {:?}",
+            report.violations
+        );
+        assert_eq!(
+            report.lifelines, 3,
+            "seed {seed}: two responder incarnations and the pinger"
+        );
     }
-    assert!(broken > 0, "no connection ever broke: the fault injection did nothing");
+    assert!(
+        broken > 0,
+        "no connection ever broke: the fault injection did nothing"
+    );
 }
 
 /// Goal: a one-way partition holds frames and, past the link timeout, breaks the link;
@@ -92,13 +128,19 @@ fn partition_breaks_links_after_timeout_and_heals() {
         sim.block(server, client);
         let before = sim.stats().connections_broken;
         sim.run_for(Duration::from_secs(3));
-        assert!(sim.stats().connections_broken > before, "seed {seed}: held link never broke");
+        assert!(
+            sim.stats().connections_broken > before,
+            "seed {seed}: held link never broke"
+        );
         let stalled = sim.role(client).map(|role| role.completed());
         sim.heal();
         let done = sim.run_until_true(Duration::from_secs(10), |sim| {
             sim.role(client).is_some_and(|role| role.completed() == 50)
         });
-        assert!(done, "seed {seed}: stuck after heal at {stalled:?} (replay: PBKV_SEED={seed})");
+        assert!(
+            done,
+            "seed {seed}: stuck after heal at {stalled:?} (replay: PBKV_SEED={seed})"
+        );
     }
 }
 
@@ -107,7 +149,10 @@ fn partition_breaks_links_after_timeout_and_heals() {
 #[test]
 fn same_seed_gives_identical_event_logs() {
     let run = |seed: u64| {
-        let config = SimConfig { drop_rate: 0.02, ..SimConfig::default() };
+        let config = SimConfig {
+            drop_rate: 0.02,
+            ..SimConfig::default()
+        };
         let (mut sim, server, _) = two_nodes(seed, config, 100);
         sim.run_for(Duration::from_millis(3));
         sim.restart(server, EchoRole::responder());
@@ -122,11 +167,15 @@ fn same_seed_gives_identical_event_logs() {
 #[test]
 fn merged_order_puts_sends_before_receives() {
     let (mut sim, _, client) = two_nodes(3, SimConfig::default(), 50);
-    sim.run_until_true(Duration::from_secs(5), |sim| sim.role(client).is_some_and(|r| r.completed() == 50));
+    sim.run_until_true(Duration::from_secs(5), |sim| {
+        sim.role(client).is_some_and(|r| r.completed() == 50)
+    });
     let mut events = all_events(&sim);
     merge(&mut events);
     let position = |node: &str, inc: &str, lc: u64| {
-        events.iter().position(|e| e.kind == "send" && e.node == node && e.inc == inc && e.lc == lc)
+        events
+            .iter()
+            .position(|e| e.kind == "send" && e.node == node && e.inc == inc && e.lc == lc)
     };
     let mut receives = 0;
     for (index, event) in events.iter().enumerate() {

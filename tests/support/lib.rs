@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 /// If the binary cannot be found or built.
 pub fn pbkv_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
     let bin = profile_dir.join("pbkv");
     if !bin.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -72,12 +75,17 @@ impl Node {
             match stderr_lines.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(addr) = line.split(" ready on ").nth(1) {
-                        return Node { child, addr: addr.trim().to_string(), stderr_lines };
+                        return Node {
+                            child,
+                            addr: addr.trim().to_string(),
+                            stderr_lines,
+                        };
                     }
                     seen.push(line);
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("{name} not ready within {timeout:?}; stderr: {seen:#?}");
                 }
             }

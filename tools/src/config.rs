@@ -32,7 +32,10 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Timing {
-        Timing { ping_interval_ms: 100, dead_pings: 5 }
+        Timing {
+            ping_interval_ms: 100,
+            dead_pings: 5,
+        }
     }
 }
 
@@ -101,7 +104,12 @@ pub struct EchoSection {
 
 impl Default for EchoSection {
     fn default() -> EchoSection {
-        EchoSection { peer: None, rounds: 100, window: 1, payload_len: 16 }
+        EchoSection {
+            peer: None,
+            rounds: 100,
+            window: 1,
+            payload_len: 16,
+        }
     }
 }
 
@@ -152,7 +160,9 @@ impl NodeConfig {
     fn validate(&self) -> Result<(), String> {
         proto::NodeId::new(self.node_id.clone()).map_err(|why| format!("node_id: {why}"))?;
         if self.roles.is_empty() {
-            return Err("roles: name at least one of viewservice, replica, timeserver, echo".into());
+            return Err(
+                "roles: name at least one of viewservice, replica, timeserver, echo".into(),
+            );
         }
         let mut sorted = self.roles.clone();
         sorted.sort();
@@ -185,7 +195,10 @@ impl NodeConfig {
             return Err("echo.window: must be at least 1".into());
         }
         if self.echo.payload_len > proto::echo::ECHO_PAYLOAD_LEN_MAX {
-            return Err(format!("echo.payload_len: at most {}", proto::echo::ECHO_PAYLOAD_LEN_MAX));
+            return Err(format!(
+                "echo.payload_len: at most {}",
+                proto::echo::ECHO_PAYLOAD_LEN_MAX
+            ));
         }
         Ok(())
     }
@@ -206,8 +219,10 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_line_and_column() {
-        let error = NodeConfig::parse("node_id = \"a\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\nbogus = 3\n")
-            .expect_err("unknown key");
+        let error = NodeConfig::parse(
+            "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\nbogus = 3\n",
+        )
+        .expect_err("unknown key");
         assert!(error.contains("line 4, column 1"), "{error}");
         assert!(error.contains("bogus"), "{error}");
     }
@@ -226,8 +241,9 @@ mod tests {
             let error = NodeConfig::parse(&format!("{base}{tail}\n")).expect_err(tail);
             assert!(error.contains(expected), "{tail}: {error}");
         }
-        let error = NodeConfig::parse("node_id = \"a b\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\n")
-            .expect_err("bad id");
+        let error =
+            NodeConfig::parse("node_id = \"a b\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\n")
+                .expect_err("bad id");
         assert!(error.contains("node_id"), "{error}");
     }
 }

@@ -11,7 +11,8 @@ use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 /// # Errors
 /// The names that are accepted.
 pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
-    text.parse().map_err(|_| format!("log level {text:?}: expected off, error, warn, info, debug or trace"))
+    text.parse()
+        .map_err(|_| format!("log level {text:?}: expected off, error, warn, info, debug or trace"))
 }
 
 /// Installs the stderr logger. `PBKV_LOG`, when set, overrides `level`.
@@ -29,7 +30,11 @@ pub fn init(level: LevelFilter) -> Result<(), String> {
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .build();
-    let choice = if colour { ColorChoice::Auto } else { ColorChoice::Never };
+    let choice = if colour {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
     // A second init (tests calling into the library) keeps the first logger.
     let _ = TermLogger::init(level, config, TerminalMode::Stderr, choice);
     Ok(())

@@ -11,12 +11,22 @@ fn pbkv() -> Command {
 fn bad_config_exits_78_with_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "node_id = \"a\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\nbogus = 1\n")
-        .expect("write");
-    let output = pbkv().args(["node", "--config"]).arg(&path).output().expect("run");
+    std::fs::write(
+        &path,
+        "node_id = \"a\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\nbogus = 1\n",
+    )
+    .expect("write");
+    let output = pbkv()
+        .args(["node", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 4, column 1") && stderr.contains("bogus"), "{stderr}");
+    assert!(
+        stderr.contains("line 4, column 1") && stderr.contains("bogus"),
+        "{stderr}"
+    );
 }
 
 /// Goal: `--check` validates and prints the resolved configuration, defaults included.
@@ -24,17 +34,31 @@ fn bad_config_exits_78_with_line_and_column() {
 fn check_prints_the_resolved_config() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("ok.toml");
-    std::fs::write(&path, "node_id = \"a\"\nlisten = \"127.0.0.1:7000\"\nroles = [\"echo\"]\n").expect("write");
-    let output = pbkv().args(["node", "--check", "--config"]).arg(&path).output().expect("run");
+    std::fs::write(
+        &path,
+        "node_id = \"a\"\nlisten = \"127.0.0.1:7000\"\nroles = [\"echo\"]\n",
+    )
+    .expect("write");
+    let output = pbkv()
+        .args(["node", "--check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("ping_interval_ms = 100") && stdout.contains("dead_pings = 5"), "{stdout}");
+    assert!(
+        stdout.contains("ping_interval_ms = 100") && stdout.contains("dead_pings = 5"),
+        "{stdout}"
+    );
 }
 
 /// Goal: a missing config file exits 78; a usage error exits 2.
 #[test]
 fn missing_file_and_usage_errors() {
-    let output = pbkv().args(["node", "--config", "/nonexistent/x.toml"]).output().expect("run");
+    let output = pbkv()
+        .args(["node", "--config", "/nonexistent/x.toml"])
+        .output()
+        .expect("run");
     assert_eq!(output.status.code(), Some(78));
     let output = pbkv().arg("--bogus").output().expect("run");
     assert_eq!(output.status.code(), Some(2));

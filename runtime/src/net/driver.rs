@@ -186,7 +186,9 @@ pub struct NetDriver<R: Role> {
 }
 
 fn true_now_ns() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
 }
 
@@ -211,7 +213,8 @@ impl<R: Role> NetDriver<R> {
         let mut listener = options.listen.map(bind_listener).transpose()?;
         let local_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         if let Some(listener) = listener.as_mut() {
-            poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
         }
         let mut signals = None;
         if options.handle_signals {
@@ -219,7 +222,8 @@ impl<R: Role> NetDriver<R> {
                 signal_hook::consts::SIGTERM,
                 signal_hook::consts::SIGINT,
             ])?;
-            poll.registry().register(&mut handle, SIGNALS, Interest::READABLE)?;
+            poll.registry()
+                .register(&mut handle, SIGNALS, Interest::READABLE)?;
             signals = Some(handle);
         }
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -237,7 +241,11 @@ impl<R: Role> NetDriver<R> {
         let core = NodeCore::new(role, node_options, incarnation, rand::rng().random());
         let mut hello_frame = BytesMut::new();
         let hello = Message::Hello(core.hello().clone());
-        let header = FrameHeader { message_type: hello.message_type(), lamport: 0, corr: 0 };
+        let header = FrameHeader {
+            message_type: hello.message_type(),
+            lamport: 0,
+            corr: 0,
+        };
         encode_frame(&mut hello_frame, &hello, header, options.frame_len_max);
         let io = Io {
             poll,
@@ -284,13 +292,17 @@ impl<R: Role> NetDriver<R> {
 
     /// A handle that stops the loop from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle { flag: Arc::clone(&self.stop_flag), waker: Arc::clone(&self.waker) }
+        StopHandle {
+            flag: Arc::clone(&self.stop_flag),
+            waker: Arc::clone(&self.waker),
+        }
     }
 
     fn begin_turn(&mut self) {
         let now = Instant::now();
         self.io.now = now;
-        let mono = MonoTime(u64::try_from(now.duration_since(self.start).as_nanos()).unwrap_or(u64::MAX));
+        let mono =
+            MonoTime(u64::try_from(now.duration_since(self.start).as_nanos()).unwrap_or(u64::MAX));
         let physical = self.core.skew().apply(true_now_ns(), self.start_true_ns);
         self.core.begin_turn(mono, physical);
     }
@@ -335,8 +347,10 @@ impl<R: Role> NetDriver<R> {
                     self.io.poll.registry().deregister(&mut listener)?;
                 }
             }
-            if let Some(since) = stopping_since {
-                if !self.io.has_pending_writes() || since.elapsed() >= self.shutdown_grace {
+            if let Some(since) = stopping_since
+                && (!self.io.has_pending_writes() || since.elapsed() >= self.shutdown_grace)
+            {
+                {
                     self.core.driver_event("stopped");
                     self.core.flush_log()?;
                     return Ok(self.into_role());
@@ -351,7 +365,9 @@ impl<R: Role> NetDriver<R> {
     }
 
     fn on_signals(&mut self, stopping_since: &mut Option<Instant>) -> io::Result<()> {
-        let Some(signals) = self.signals.as_mut() else { return Ok(()) };
+        let Some(signals) = self.signals.as_mut() else {
+            return Ok(());
+        };
         for signal in signals.pending() {
             log::info!("received signal {signal}, shutting down");
             if stopping_since.is_some() || self.stop_flag.load(Ordering::SeqCst) {
@@ -377,7 +393,10 @@ impl<R: Role> NetDriver<R> {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        let mut deadline = self.core.next_deadline().map(|at| self.start + Duration::from_nanos(at.0));
+        let mut deadline = self
+            .core
+            .next_deadline()
+            .map(|at| self.start + Duration::from_nanos(at.0));
         for conn in self.io.conns.iter().map(|(_, conn)| conn) {
             let conn_deadline = match conn.state {
                 ConnState::Backoff { until } => Some(until),
@@ -399,7 +418,9 @@ impl<R: Role> NetDriver<R> {
     }
 
     fn accept(&mut self) {
-        let Some(listener) = self.listener.as_ref() else { return };
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
@@ -442,7 +463,9 @@ impl<R: Role> NetDriver<R> {
 
     /// Reads `key` until `WouldBlock`, delivering each complete frame as it is cut.
     fn read_conn(&mut self, key: usize) {
-        let Some(conn) = self.io.conns.get(key) else { return };
+        let Some(conn) = self.io.conns.get(key) else {
+            return;
+        };
         let paused = self.io.reads_paused_for(conn);
         let conn = &mut self.io.conns[key];
         conn.read_deferred = paused;
@@ -452,8 +475,12 @@ impl<R: Role> NetDriver<R> {
         let id = conn.id;
         let mut chunk = [0u8; READ_CHUNK_LEN];
         loop {
-            let Some(conn) = self.io.conns.get_mut(key).filter(|conn| conn.id == id) else { return };
-            let Some(stream) = conn.stream.as_mut() else { return };
+            let Some(conn) = self.io.conns.get_mut(key).filter(|conn| conn.id == id) else {
+                return;
+            };
+            let Some(stream) = conn.stream.as_mut() else {
+                return;
+            };
             match stream.read(&mut chunk) {
                 Ok(0) => {
                     self.io.fail(key, "closed by peer");
@@ -511,11 +538,17 @@ impl<R: Role> NetDriver<R> {
             return false;
         };
         if hello.protocol != crate::node::PROTOCOL_VERSION {
-            self.io.fail(key, &format!("peer speaks protocol {}", hello.protocol));
+            self.io
+                .fail(key, &format!("peer speaks protocol {}", hello.protocol));
             return false;
         }
         if hello.run != self.core.hello().run {
-            log::warn!("peer {} is in run {:?}, not {:?}", hello.node, hello.run, self.core.hello().run);
+            log::warn!(
+                "peer {} is in run {:?}, not {:?}",
+                hello.node,
+                hello.run,
+                self.core.hello().run
+            );
         }
         let conn = &mut self.io.conns[key];
         conn.state = ConnState::Open(PeerInfo::from(&hello));
@@ -547,15 +580,16 @@ impl Io {
             return true; // Its peer is not reading our answers.
         }
         self.links.values().any(|key| {
-            self.conns.get(*key).is_some_and(|link| {
-                link.write_buffer.len() > self.options.write_buffer_len_max
-            })
+            self.conns
+                .get(*key)
+                .is_some_and(|link| link.write_buffer.len() > self.options.write_buffer_len_max)
         })
     }
 
     fn has_pending_writes(&self) -> bool {
         self.conns.iter().any(|(_, conn)| {
-            !conn.write_buffer.is_empty() && matches!(conn.state, ConnState::Open(_) | ConnState::AwaitingHello)
+            !conn.write_buffer.is_empty()
+                && matches!(conn.state, ConnState::Open(_) | ConnState::AwaitingHello)
         })
     }
 
@@ -587,7 +621,11 @@ impl Io {
         let key = entry.key();
         let id = ConnId(self.next_generation << 32 | key as u64);
         self.next_generation += 1;
-        self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
         let mut write_buffer = BytesMut::with_capacity(4096);
         write_buffer.extend_from_slice(&self.hello_frame);
         entry.insert(Conn {
@@ -608,9 +646,9 @@ impl Io {
         let mut write_buffer = BytesMut::with_capacity(4096);
         write_buffer.extend_from_slice(&self.hello_frame);
         let state = match self.backoff.get(&dest) {
-            Some(backoff) if backoff.next_attempt_at > self.now => {
-                ConnState::Backoff { until: backoff.next_attempt_at }
-            }
+            Some(backoff) if backoff.next_attempt_at > self.now => ConnState::Backoff {
+                until: backoff.next_attempt_at,
+            },
             _ => ConnState::Backoff { until: self.now },
         };
         let key = self.conns.insert(Conn {
@@ -630,26 +668,38 @@ impl Io {
     }
 
     fn connect(&mut self, key: usize) {
-        let ConnKind::Outbound(dest) = self.conns[key].kind else { return };
+        let ConnKind::Outbound(dest) = self.conns[key].kind else {
+            return;
+        };
         let result = TcpStream::connect(dest.addr.0).and_then(|mut stream| {
             self.tune(&stream)?;
-            self.poll.registry().register(&mut stream, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         match result {
             Ok(stream) => {
                 let conn = &mut self.conns[key];
                 conn.stream = Some(stream);
-                conn.state = ConnState::Connecting { deadline: self.now + self.options.connect_timeout };
+                conn.state = ConnState::Connecting {
+                    deadline: self.now + self.options.connect_timeout,
+                };
             }
             Err(error) => self.fail(key, &format!("connect to {}: {error}", dest.addr)),
         }
     }
 
     fn on_writable<R: Role>(&mut self, key: usize, core: &mut NodeCore<R>) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if let ConnState::Connecting { .. } = conn.state {
-            let Some(stream) = conn.stream.as_ref() else { return };
+            let Some(stream) = conn.stream.as_ref() else {
+                return;
+            };
             match stream.take_error() {
                 Ok(Some(error)) | Err(error) => {
                     self.fail(key, &format!("connect: {error}"));
@@ -705,11 +755,15 @@ impl Io {
 
     /// Writes what `key` has buffered until done or `WouldBlock`.
     fn flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if !matches!(conn.state, ConnState::AwaitingHello | ConnState::Open(_)) {
             return;
         }
-        let Some(stream) = conn.stream.as_mut() else { return };
+        let Some(stream) = conn.stream.as_mut() else {
+            return;
+        };
         while !conn.write_buffer.is_empty() {
             match stream.write(&conn.write_buffer) {
                 Ok(0) => {
@@ -729,11 +783,13 @@ impl Io {
 
     /// Closes `key`, logs why, and owes the role a report (link down, or closed).
     fn fail(&mut self, key: usize, why: &str) {
-        let Some(mut conn) = self.conns.try_remove(key) else { return };
-        if let Some(stream) = conn.stream.as_mut() {
-            if let Err(error) = self.poll.registry().deregister(stream) {
-                log::debug!("deregister: {error}");
-            }
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        if let Some(stream) = conn.stream.as_mut()
+            && let Err(error) = self.poll.registry().deregister(stream)
+        {
+            log::debug!("deregister: {error}");
         }
         match conn.kind {
             ConnKind::Outbound(dest) => {
@@ -743,10 +799,19 @@ impl Io {
                 }
                 let opened = matches!(conn.state, ConnState::Open(_));
                 if !opened {
-                    let delay = self.backoff.get(&dest).map_or(self.options.backoff_min, |b| {
-                        (b.delay * 2).min(self.options.backoff_max)
-                    });
-                    self.backoff.insert(dest, Backoff { next_attempt_at: self.now + delay, delay });
+                    let delay = self
+                        .backoff
+                        .get(&dest)
+                        .map_or(self.options.backoff_min, |b| {
+                            (b.delay * 2).min(self.options.backoff_max)
+                        });
+                    self.backoff.insert(
+                        dest,
+                        Backoff {
+                            next_attempt_at: self.now + delay,
+                            delay,
+                        },
+                    );
                 }
                 self.reports.push(Report::Link(dest, Link::Down));
             }
@@ -763,7 +828,10 @@ impl Io {
 
     fn key_of(&self, id: ConnId) -> Option<usize> {
         let key = usize::try_from(id.0 & 0xffff_ffff).ok()?;
-        self.conns.get(key).filter(|conn| conn.id == id).map(|_| key)
+        self.conns
+            .get(key)
+            .filter(|conn| conn.id == id)
+            .map(|_| key)
     }
 }
 
@@ -773,9 +841,13 @@ impl Transport for Io {
             Some(&key) => key,
             None => self.open_link(to),
         };
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let connecting = !matches!(conn.state, ConnState::Open(_));
-        if connecting && conn.write_buffer.len() + frame.len() > self.options.connecting_queue_len_max {
+        if connecting
+            && conn.write_buffer.len() + frame.len() > self.options.connecting_queue_len_max
+        {
             self.fail(key, "too much queued while connecting");
             return;
         }

@@ -102,7 +102,10 @@ pub struct NodeSpec {
 impl NodeSpec {
     /// A server listening at `addr`, with its event log on.
     pub fn server(id: &str, addr: Addr) -> NodeSpec {
-        NodeSpec { addr: Some(addr), ..NodeSpec::client(id) }
+        NodeSpec {
+            addr: Some(addr),
+            ..NodeSpec::client(id)
+        }
     }
 
     /// A client (no listening address), with its event log on.
@@ -157,7 +160,11 @@ pub struct Sim<R: Role> {
 impl<R: Role> Sim<R> {
     /// A simulation whose every random choice derives from `seed`.
     pub fn new(seed: u64, config: SimConfig) -> Sim<R> {
-        Sim { seed, net: Net::new(StdRng::seed_from_u64(seed), config), hosts: Vec::new() }
+        Sim {
+            seed,
+            net: Net::new(StdRng::seed_from_u64(seed), config),
+            hosts: Vec::new(),
+        }
     }
 
     /// The root seed.
@@ -182,10 +189,18 @@ impl<R: Role> Sim<R> {
     pub fn add_node(&mut self, spec: NodeSpec, role: R) -> NodeIndex {
         let index = self.hosts.len();
         if let Some(addr) = spec.addr {
-            assert!(self.net.register_addr(addr, index), "two nodes listen at {addr}");
+            assert!(
+                self.net.register_addr(addr, index),
+                "two nodes listen at {addr}"
+            );
         }
         self.net.add_endpoint(spec.id.clone());
-        self.hosts.push(Host { spec, core: None, log: MemorySink::default(), start_true_ns: 0 });
+        self.hosts.push(Host {
+            spec,
+            core: None,
+            log: MemorySink::default(),
+            start_true_ns: 0,
+        });
         self.boot(index, role);
         NodeIndex(index)
     }
@@ -244,7 +259,10 @@ impl<R: Role> Sim<R> {
 
     /// The node's incarnation, if it is running.
     pub fn incarnation(&self, node: NodeIndex) -> Option<Incarnation> {
-        self.hosts[node.0].core.as_ref().map(|core| core.hello().incarnation)
+        self.hosts[node.0]
+            .core
+            .as_ref()
+            .map(|core| core.hello().incarnation)
     }
 
     /// Runs `call` against a running node's role at the current time, as part of a turn of
@@ -276,7 +294,10 @@ impl<R: Role> Sim<R> {
 
     /// Every node's event log, by node id.
     pub fn event_logs(&self) -> Vec<(NodeId, Vec<u8>)> {
-        self.hosts.iter().map(|host| (host.spec.id.clone(), host.log.0.borrow().clone())).collect()
+        self.hosts
+            .iter()
+            .map(|host| (host.spec.id.clone(), host.log.0.borrow().clone()))
+            .collect()
     }
 
     /// Stops frames from `from` reaching `to` (one way). Held frames break their connection
@@ -325,14 +346,18 @@ impl<R: Role> Sim<R> {
 
     /// Runs for `duration` of virtual time.
     pub fn run_for(&mut self, duration: Duration) {
-        let until = self.now().add(duration);
+        let until = self.now().plus(duration);
         self.run_until(until);
     }
 
     /// Runs until `done` holds (checked after every event) or `limit` of virtual time
     /// passes; returns whether it held.
-    pub fn run_until_true(&mut self, limit: Duration, mut done: impl FnMut(&Sim<R>) -> bool) -> bool {
-        let until = self.now().add(limit);
+    pub fn run_until_true(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Sim<R>) -> bool,
+    ) -> bool {
+        let until = self.now().plus(limit);
         loop {
             if done(self) {
                 return true;
@@ -363,12 +388,16 @@ impl<R: Role> Sim<R> {
 
     fn physical_now_ns(&self, index: usize) -> i64 {
         let host = &self.hosts[index];
-        host.spec.skew.apply(SIM_EPOCH_NS + self.net.now as i64, host.start_true_ns)
+        host.spec
+            .skew
+            .apply(SIM_EPOCH_NS + self.net.now as i64, host.start_true_ns)
     }
 
     fn turn(&mut self, index: usize) {
         let physical = self.physical_now_ns(index);
-        let Some(core) = self.hosts[index].core.as_mut() else { return };
+        let Some(core) = self.hosts[index].core.as_mut() else {
+            return;
+        };
         self.net.stats.turns += 1;
         core.begin_turn(MonoTime(self.net.now), physical);
         let inputs = self.net.take_inbox(index);
@@ -377,7 +406,12 @@ impl<R: Role> Sim<R> {
         for input in inputs {
             match input {
                 Input::Start => core.start(&mut transport),
-                Input::Frame { conn, inbound, peer, bytes } => match decoder.decode_whole(bytes) {
+                Input::Frame {
+                    conn,
+                    inbound,
+                    peer,
+                    bytes,
+                } => match decoder.decode_whole(bytes) {
                     Ok(frame) => core.frame(&mut transport, conn, inbound, &peer, frame),
                     Err(error) => {
                         log::warn!("sim node {index}: closing {conn:?}: {error}");
@@ -401,7 +435,11 @@ impl<R: Role> Sim<R> {
     }
 
     fn schedule_timers(&mut self, index: usize) {
-        if let Some(deadline) = self.hosts[index].core.as_ref().and_then(|core| core.next_deadline()) {
+        if let Some(deadline) = self.hosts[index]
+            .core
+            .as_ref()
+            .and_then(|core| core.next_deadline())
+        {
             self.net.schedule_turn(index, deadline.0.max(self.net.now));
         }
     }

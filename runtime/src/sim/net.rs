@@ -16,9 +16,19 @@ use crate::role::{ConnId, Dest, Link};
 /// One input waiting in a node's inbox for its next turn.
 pub(super) enum Input {
     Start,
-    Frame { conn: ConnId, inbound: bool, peer: PeerInfo, bytes: Bytes },
-    Link { to: Dest, link: Link },
-    Closed { conn: ConnId },
+    Frame {
+        conn: ConnId,
+        inbound: bool,
+        peer: PeerInfo,
+        bytes: Bytes,
+    },
+    Link {
+        to: Dest,
+        link: Link,
+    },
+    Closed {
+        conn: ConnId,
+    },
 }
 
 /// Direction of travel on a connection.
@@ -32,11 +42,27 @@ enum Payload {
 }
 
 enum Event {
-    Turn { node: usize, epoch: u64 },
-    Connect { conn: u64 },
-    Arrive { conn: u64, direction: usize, payload: Payload },
-    HoldTimeout { conn: u64, direction: usize },
-    Notify { node: usize, epoch: u64, input: NotifyInput },
+    Turn {
+        node: usize,
+        epoch: u64,
+    },
+    Connect {
+        conn: u64,
+    },
+    Arrive {
+        conn: u64,
+        direction: usize,
+        payload: Payload,
+    },
+    HoldTimeout {
+        conn: u64,
+        direction: usize,
+    },
+    Notify {
+        node: usize,
+        epoch: u64,
+        input: NotifyInput,
+    },
 }
 
 enum NotifyInput {
@@ -180,7 +206,11 @@ impl Net {
 
     fn schedule(&mut self, at: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at, seq: self.seq, event });
+        self.queue.push(Scheduled {
+            at,
+            seq: self.seq,
+            event,
+        });
     }
 
     pub(super) fn next_event_at(&self) -> Option<u64> {
@@ -191,7 +221,8 @@ impl Net {
         let min = nanos(self.config.latency_min);
         let max = nanos(self.config.latency_max).max(min);
         let mut latency = self.rng.random_range(min..=max);
-        if self.config.latency_tail_rate > 0.0 && self.rng.random_bool(self.config.latency_tail_rate)
+        if self.config.latency_tail_rate > 0.0
+            && self.rng.random_bool(self.config.latency_tail_rate)
         {
             latency += nanos(self.config.latency_tail);
         }
@@ -199,7 +230,8 @@ impl Net {
     }
 
     fn turn_latency(&mut self) -> u64 {
-        self.rng.random_range(0..=nanos(self.config.turn_latency_max))
+        self.rng
+            .random_range(0..=nanos(self.config.turn_latency_max))
     }
 
     /// Makes sure `node` has a turn at or before `at`.
@@ -245,12 +277,19 @@ impl Net {
                 self.connect(conn);
                 Some(None)
             }
-            Event::Arrive { conn, direction, payload } => {
+            Event::Arrive {
+                conn,
+                direction,
+                payload,
+            } => {
                 self.arrive(conn, direction, payload);
                 Some(None)
             }
             Event::HoldTimeout { conn, direction } => {
-                let still_held = self.conns.get(&conn).is_some_and(|c| !c.held[direction].is_empty());
+                let still_held = self
+                    .conns
+                    .get(&conn)
+                    .is_some_and(|c| !c.held[direction].is_empty());
                 if still_held {
                     self.break_conn(conn);
                 }
@@ -259,7 +298,10 @@ impl Net {
             Event::Notify { node, epoch, input } => {
                 if self.endpoints[node].epoch == epoch {
                     let input = match input {
-                        NotifyInput::LinkDown(to) => Input::Link { to, link: Link::Down },
+                        NotifyInput::LinkDown(to) => Input::Link {
+                            to,
+                            link: Link::Down,
+                        },
                         NotifyInput::Closed(conn) => Input::Closed { conn },
                     };
                     self.push_input(node, input);
@@ -272,7 +314,10 @@ impl Net {
     fn open_link(&mut self, client: usize, dest: Dest, frame: Bytes) {
         let id = self.next_conn;
         self.next_conn += 1;
-        let client_peer = self.endpoints[client].peer.clone().expect("a live node has a peer");
+        let client_peer = self.endpoints[client]
+            .peer
+            .clone()
+            .expect("a live node has a peer");
         self.conns.insert(
             id,
             Conn {
@@ -281,21 +326,32 @@ impl Net {
                 dest,
                 client_peer,
                 server_peer: None,
-                state: ConnState::Connecting { queued: vec![frame] },
+                state: ConnState::Connecting {
+                    queued: vec![frame],
+                },
                 last_arrival: [0; 2],
                 held: [VecDeque::new(), VecDeque::new()],
             },
         );
         self.endpoints[client].links.insert(dest, id);
-        let not_before = self.endpoints[client].backoff.get(&dest).map_or(0, |b| b.next_attempt_at);
+        let not_before = self.endpoints[client]
+            .backoff
+            .get(&dest)
+            .map_or(0, |b| b.next_attempt_at);
         let at = self.now.max(not_before) + self.latency();
         self.schedule(at, Event::Connect { conn: id });
     }
 
     fn connect(&mut self, id: u64) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         let (client, dest) = (conn.client, conn.dest);
-        let server = self.by_addr.get(&dest.addr).copied().filter(|s| self.endpoints[*s].alive);
+        let server = self
+            .by_addr
+            .get(&dest.addr)
+            .copied()
+            .filter(|s| self.endpoints[*s].alive);
         let Some(server) = server else {
             // Refused: nobody listens there.
             self.fail_connect(id);
@@ -304,7 +360,13 @@ impl Net {
         if self.blocked.contains(&(client, server)) || self.blocked.contains(&(server, client)) {
             // The SYN (or its answer) is lost: the connect times out.
             let at = self.now + nanos(self.config.link_timeout);
-            self.schedule(at, Event::HoldTimeout { conn: id, direction: TO_SERVER });
+            self.schedule(
+                at,
+                Event::HoldTimeout {
+                    conn: id,
+                    direction: TO_SERVER,
+                },
+            );
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.held[TO_SERVER].push_back(Payload::Hello);
             }
@@ -327,12 +389,22 @@ impl Net {
     }
 
     fn fail_connect(&mut self, id: u64) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         let (client, dest) = (conn.client, conn.dest);
         let backoff = self.endpoints[client].backoff.get(&dest).copied();
-        let delay = backoff.map_or(self.config.backoff_min, |b| (b.delay * 2).min(self.config.backoff_max));
+        let delay = backoff.map_or(self.config.backoff_min, |b| {
+            (b.delay * 2).min(self.config.backoff_max)
+        });
         let next_attempt_at = self.now + nanos(delay);
-        self.endpoints[client].backoff.insert(dest, Backoff { next_attempt_at, delay });
+        self.endpoints[client].backoff.insert(
+            dest,
+            Backoff {
+                next_attempt_at,
+                delay,
+            },
+        );
         self.break_conn(id);
     }
 
@@ -347,22 +419,43 @@ impl Net {
             return;
         }
         let latency = self.latency();
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let at = (self.now + latency).max(conn.last_arrival[direction]);
         conn.last_arrival[direction] = at;
-        self.schedule(at, Event::Arrive { conn: id, direction, payload });
+        self.schedule(
+            at,
+            Event::Arrive {
+                conn: id,
+                direction,
+                payload,
+            },
+        );
     }
 
     fn arrive(&mut self, id: u64, direction: usize, payload: Payload) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let Some(server) = conn.server else { return };
-        let (from, to) = if direction == TO_SERVER { (conn.client, server) } else { (server, conn.client) };
+        let (from, to) = if direction == TO_SERVER {
+            (conn.client, server)
+        } else {
+            (server, conn.client)
+        };
         if !conn.held[direction].is_empty() || self.blocked.contains(&(from, to)) {
             let first = conn.held[direction].is_empty();
             conn.held[direction].push_back(payload);
             if first {
                 let at = self.now + nanos(self.config.link_timeout);
-                self.schedule(at, Event::HoldTimeout { conn: id, direction });
+                self.schedule(
+                    at,
+                    Event::HoldTimeout {
+                        conn: id,
+                        direction,
+                    },
+                );
             }
             return;
         }
@@ -370,26 +463,46 @@ impl Net {
     }
 
     fn deliver(&mut self, id: u64, direction: usize, payload: Payload) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         let Some(server) = conn.server else { return };
         let input = match payload {
-            Payload::Hello => Input::Link { to: conn.dest, link: Link::Up },
+            Payload::Hello => Input::Link {
+                to: conn.dest,
+                link: Link::Up,
+            },
             Payload::Frame(bytes) => {
                 self.stats.frames_delivered += 1;
                 let inbound = direction == TO_SERVER;
-                let peer = if inbound { conn.client_peer.clone() } else {
-                    conn.server_peer.clone().expect("an open connection knows its server")
+                let peer = if inbound {
+                    conn.client_peer.clone()
+                } else {
+                    conn.server_peer
+                        .clone()
+                        .expect("an open connection knows its server")
                 };
-                Input::Frame { conn: ConnId(id), inbound, peer, bytes }
+                Input::Frame {
+                    conn: ConnId(id),
+                    inbound,
+                    peer,
+                    bytes,
+                }
             }
         };
-        let to = if direction == TO_SERVER { server } else { conn.client };
+        let to = if direction == TO_SERVER {
+            server
+        } else {
+            conn.client
+        };
         self.push_input(to, input);
     }
 
     /// Breaks a connection: what is in flight is lost; both live ends hear of it.
     pub(super) fn break_conn(&mut self, id: u64) {
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         self.stats.connections_broken += 1;
         let client = &mut self.endpoints[conn.client];
         if client.links.get(&conn.dest) == Some(&id) {
@@ -399,7 +512,14 @@ impl Net {
         let (client_alive, client_epoch) = (client.alive, client.epoch);
         if client_alive {
             let input = NotifyInput::LinkDown(conn.dest);
-            self.schedule(at, Event::Notify { node: conn.client, epoch: client_epoch, input });
+            self.schedule(
+                at,
+                Event::Notify {
+                    node: conn.client,
+                    epoch: client_epoch,
+                    input,
+                },
+            );
         }
         if let Some(server) = conn.server {
             let endpoint = &mut self.endpoints[server];
@@ -407,7 +527,14 @@ impl Net {
             if endpoint.alive {
                 let epoch = endpoint.epoch;
                 let input = NotifyInput::Closed(ConnId(id));
-                self.schedule(at, Event::Notify { node: server, epoch, input });
+                self.schedule(
+                    at,
+                    Event::Notify {
+                        node: server,
+                        epoch,
+                        input,
+                    },
+                );
             }
         }
     }
@@ -432,14 +559,17 @@ impl Net {
         let ids: Vec<u64> = self.conns.keys().copied().collect();
         for id in ids {
             for direction in [TO_SERVER, TO_CLIENT] {
-                let Some(conn) = self.conns.get_mut(&id) else { break };
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    break;
+                };
                 let Some(server) = conn.server else {
                     // A connect held by a partition: retry it now.
                     if direction == TO_SERVER && !conn.held[TO_SERVER].is_empty() {
                         let (client, dest) = (conn.client, conn.dest);
                         let server = self.by_addr.get(&dest.addr).copied();
                         let free = server.is_none_or(|s| {
-                            !self.blocked.contains(&(client, s)) && !self.blocked.contains(&(s, client))
+                            !self.blocked.contains(&(client, s))
+                                && !self.blocked.contains(&(s, client))
                         });
                         if free {
                             conn.held[TO_SERVER].clear();
@@ -448,8 +578,11 @@ impl Net {
                     }
                     break;
                 };
-                let (from, to) =
-                    if direction == TO_SERVER { (conn.client, server) } else { (server, conn.client) };
+                let (from, to) = if direction == TO_SERVER {
+                    (conn.client, server)
+                } else {
+                    (server, conn.client)
+                };
                 if self.blocked.contains(&(from, to)) {
                     continue;
                 }
@@ -490,7 +623,11 @@ impl Transport for SimTransport<'_> {
             return;
         };
         let queue_max = self.net.config.connecting_queue_max;
-        let conn = self.net.conns.get_mut(&id).expect("links name live connections");
+        let conn = self
+            .net
+            .conns
+            .get_mut(&id)
+            .expect("links name live connections");
         match &mut conn.state {
             ConnState::Connecting { queued } if queued.len() >= queue_max => {
                 self.net.break_conn(id);
@@ -503,14 +640,28 @@ impl Transport for SimTransport<'_> {
     fn peer_name(&self, conn: ConnId) -> Option<&str> {
         let conn = self.net.conns.get(&conn.0)?;
         let server = conn.server?;
-        let other = if conn.client == self.node { server } else { conn.client };
+        let other = if conn.client == self.node {
+            server
+        } else {
+            conn.client
+        };
         Some(self.net.endpoints[other].node_id.as_str())
     }
 
     fn reply(&mut self, conn: ConnId, frame: &[u8]) {
-        let Some(state) = self.net.conns.get(&conn.0) else { return };
-        let direction = if state.client == self.node { TO_SERVER } else { TO_CLIENT };
-        self.net.transmit(conn.0, direction, Payload::Frame(Bytes::copy_from_slice(frame)));
+        let Some(state) = self.net.conns.get(&conn.0) else {
+            return;
+        };
+        let direction = if state.client == self.node {
+            TO_SERVER
+        } else {
+            TO_CLIENT
+        };
+        self.net.transmit(
+            conn.0,
+            direction,
+            Payload::Frame(Bytes::copy_from_slice(frame)),
+        );
     }
 
     fn close(&mut self, conn: ConnId) {

@@ -64,13 +64,19 @@ impl Role for Hosted {
         match message.message_type() {
             MessageType::EchoRequest | MessageType::EchoReply => {
                 if let Some(echo) = self.echo.as_mut() {
-                    ctx.nested(HostedTimer::Echo, |ctx| echo.on_message(ctx, origin, message));
+                    ctx.nested(HostedTimer::Echo, |ctx| {
+                        echo.on_message(ctx, origin, message)
+                    });
                     return;
                 }
             }
             MessageType::Hello => {}
         }
-        log::debug!("no hosted role takes {} from {}", message.message_type(), origin.node);
+        log::debug!(
+            "no hosted role takes {} from {}",
+            message.message_type(),
+            origin.node
+        );
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<HostedTimer>, timer: HostedTimer) {
@@ -179,7 +185,9 @@ fn serve(config: &NodeConfig) -> Result<(), String> {
     }
     let driver = NetDriver::new(Hosted::from_config(config), options)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let bound = driver.local_addr().map_or_else(String::new, |addr| addr.to_string());
+    let bound = driver
+        .local_addr()
+        .map_or_else(String::new, |addr| addr.to_string());
     log::info!(
         "pbkv {} node {} pid {} roles {:?} incarnation {}",
         env!("CARGO_PKG_VERSION"),
