@@ -8,8 +8,9 @@
 //! The check, per incarnation (each is its own lifeline): `seq` runs 1, 2, 3, … with no gap;
 //! `lc` strictly increases; every receive names a send that is in the logs (unless its sender
 //! keeps no log: external), carries that send's stamp, and has
-//! `lc = max(previous lc, stamp) + 1` exactly; all lines share one run id. Receives that precede their send in physical
-//! (wall) time are counted, not flagged: physical clocks may be skewed.
+//! `lc = max(previous lc, stamp) + 1` exactly; all lines share one run id. Receives that
+//! precede their send in physical (wall) time are counted, not flagged: physical clocks may
+//! be skewed.
 
 use std::collections::{BTreeMap, HashMap};
 
