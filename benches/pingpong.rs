@@ -9,14 +9,19 @@ use runtime::echo::{EchoConfig, EchoRole};
 use runtime::net::{NetDriver, NetOptions};
 
 fn responder() -> (Addr, runtime::net::StopHandle, std::thread::JoinHandle<()>) {
-    let mut options = NetOptions::new(NodeId::new("echo").expect("valid"));
-    options.listen = Some("127.0.0.1:0".parse().expect("addr"));
-    let driver = NetDriver::new(EchoRole::responder(), options).expect("bind");
-    let addr = Addr(driver.local_addr().expect("bound"));
-    let stop = driver.stop_handle();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    // The driver is built in its own thread: event sinks are not `Send`.
     let thread = std::thread::spawn(move || {
+        let mut options = NetOptions::new(NodeId::new("echo").expect("valid"));
+        options.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        let driver = NetDriver::new(EchoRole::responder(), options).expect("bind");
+        let addr = Addr(driver.local_addr().expect("bound"));
+        sender
+            .send((addr, driver.stop_handle()))
+            .expect("bench thread waits");
         driver.run().expect("responder loop");
     });
+    let (addr, stop) = receiver.recv().expect("responder started");
     (addr, stop, thread)
 }
 

@@ -180,10 +180,10 @@ impl NodeConfig {
             return Err("timing.dead_pings: must be at least 1".into());
         }
         crate::logging::parse_level(&self.log.level).map_err(|e| format!("log.level: {e}"))?;
-        if let Some(run) = &self.log.run {
-            if run.is_empty() || run.len() > proto::types::RUN_ID_LEN_MAX {
-                return Err("log.run: 1 to 64 bytes".into());
-            }
+        if let Some(run) = &self.log.run
+            && (run.is_empty() || run.len() > proto::types::RUN_ID_LEN_MAX)
+        {
+            return Err("log.run: 1 to 64 bytes".into());
         }
         if !self.clock.offset_ms.is_finite() || !self.clock.drift_ppm.is_finite() {
             return Err("clock: offset_ms and drift_ppm must be finite numbers".into());
