@@ -15,13 +15,16 @@
 //! - [`message`]: [`MessageType`] (the one numbering table) and the [`Message`] enum.
 //! - [`types`]: identifiers shared by every protocol (node ids, incarnations, addresses).
 //! - [`echo`]: the demonstration ping-pong protocol.
+//! - [`viewservice`]: pings and views. [`kv`]: client requests, forwards, state transfer.
 #![deny(missing_docs)]
 
 pub mod codec;
 pub mod echo;
 pub mod frame;
+pub mod kv;
 pub mod message;
 pub mod types;
+pub mod viewservice;
 
 pub use codec::{Decode, DecodeError, Encode, Reader};
 pub use frame::{

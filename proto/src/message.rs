@@ -7,7 +7,12 @@ use bytes::BytesMut;
 
 use crate::codec::{Decode, DecodeError, Encode, Reader};
 use crate::echo::{EchoReply, EchoRequest};
+use crate::kv::{
+    ForwardReply, ForwardRequest, GetReply, GetRequest, InfoReply, InfoRequest, OpenSessionReply,
+    OpenSessionRequest, PutReply, PutRequest, TransferReply, TransferRequest,
+};
 use crate::types::Hello;
+use crate::viewservice::{GetViewReply, GetViewRequest, PingReply, PingRequest};
 
 macro_rules! messages {
     ($($code:literal => $name:ident,)*) => {
@@ -96,6 +101,22 @@ messages! {
     1 => Hello,
     2 => EchoRequest,
     3 => EchoReply,
+    10 => PingRequest,
+    11 => PingReply,
+    12 => GetViewRequest,
+    13 => GetViewReply,
+    20 => OpenSessionRequest,
+    21 => OpenSessionReply,
+    22 => GetRequest,
+    23 => GetReply,
+    24 => PutRequest,
+    25 => PutReply,
+    30 => ForwardRequest,
+    31 => ForwardReply,
+    32 => TransferRequest,
+    33 => TransferReply,
+    40 => InfoRequest,
+    41 => InfoReply,
 }
 
 impl std::fmt::Display for MessageType {

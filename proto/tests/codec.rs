@@ -4,6 +4,12 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proto::echo::{EchoReply, EchoRequest};
+use proto::kv::{
+    Entry, ForwardReply, ForwardRequest, GetReply, GetRequest, InfoReply, InfoRequest, Op,
+    OpenSessionReply, OpenSessionRequest, Outcome, PutReply, PutRequest, SessionRecord, Status,
+    TransferReply, TransferRequest,
+};
+use proto::viewservice::{GetViewReply, GetViewRequest, Member, PingReply, PingRequest, View};
 use proto::{
     Addr, DecodeError, FRAME_LEN_MAX_DEFAULT, FrameDecoder, FrameHeader, HEADER_LEN, Hello,
     Incarnation, Message, MessageType, NodeId, encode_frame,
@@ -35,7 +41,45 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// 127.0.0.1:7101, incarnation 0x11 (15 bytes: 04 7f000001 1bbd 0000000000000011).
+fn m1() -> Member {
+    Member {
+        addr: Addr::v4(127, 0, 0, 1, 7101),
+        incarnation: Incarnation(0x11),
+    }
+}
+
+/// 127.0.0.1:7102, incarnation 0x22 (15 bytes: 04 7f000001 1bbe 0000000000000022).
+fn m2() -> Member {
+    Member {
+        addr: Addr::v4(127, 0, 0, 1, 7102),
+        incarnation: Incarnation(0x22),
+    }
+}
+
+/// View 2: primary m1, backup m2, service 0x99 (48 bytes, spelled out at `golden`).
+fn view2() -> View {
+    View {
+        viewnum: 2,
+        primary: Some(m1()),
+        backup: Some(m2()),
+        service: Incarnation(0x99),
+    }
+}
+
+fn k() -> Bytes {
+    Bytes::from_static(b"k")
+}
+
+fn v() -> Bytes {
+    Bytes::from_static(b"v")
+}
+
 /// One example of every message type, with its expected frame (lamport 5, corr 9).
+///
+/// The fixtures for views spell `view2()` out as (8 + 1 + 15 + 1 + 15 + 8 = 48 bytes):
+/// `0000000000000002 01 047f0000011bbd0000000000000011 01 047f0000011bbe0000000000000022
+/// 0000000000000099`.
 fn golden() -> Vec<(Message, &'static str)> {
     vec![
         (
@@ -66,6 +110,217 @@ fn golden() -> Vec<(Message, &'static str)> {
             }),
             "00000022 01 00 0003 0000000000000005 0000000000000009 \
              0000000000000003 00000002 6869",
+        ),
+        // Payload 7 + 8 + 8 = 23 bytes: len 20 + 23 = 43.
+        (
+            Message::PingRequest(PingRequest {
+                server: Addr::v4(127, 0, 0, 1, 7101),
+                incarnation: Incarnation(0x11),
+                viewnum: 1,
+            }),
+            "0000002b 01 00 000a 0000000000000005 0000000000000009 \
+             047f000001 1bbd 0000000000000011 0000000000000001",
+        ),
+        // Payload: a 48-byte view. len 68.
+        (
+            Message::PingReply(PingReply { view: view2() }),
+            "00000044 01 00 000b 0000000000000005 0000000000000009 \
+             0000000000000002 \
+             01 047f000001 1bbd 0000000000000011 \
+             01 047f000001 1bbe 0000000000000022 \
+             0000000000000099",
+        ),
+        // Empty payload. len 20.
+        (
+            Message::GetViewRequest(GetViewRequest {}),
+            "00000014 01 00 000c 0000000000000005 0000000000000009",
+        ),
+        // A view with a primary and no backup: 8 + 1 + 15 + 1 + 8 = 33 bytes. len 53.
+        (
+            Message::GetViewReply(GetViewReply {
+                view: View {
+                    viewnum: 1,
+                    primary: Some(m1()),
+                    backup: None,
+                    service: Incarnation(0x99),
+                },
+            }),
+            "00000035 01 00 000d 0000000000000005 0000000000000009 \
+             0000000000000001 01 047f000001 1bbd 0000000000000011 00 0000000000000099",
+        ),
+        // Payload 8. len 28.
+        (
+            Message::OpenSessionRequest(OpenSessionRequest { nonce: 0x42 }),
+            "0000001c 01 00 0014 0000000000000005 0000000000000009 \
+             0000000000000042",
+        ),
+        // Payload 1 + 8 + 8 = 17. len 37.
+        (
+            Message::OpenSessionReply(OpenSessionReply {
+                status: Status::Ok,
+                nonce: 0x42,
+                session: 7,
+            }),
+            "00000025 01 00 0015 0000000000000005 0000000000000009 \
+             00 0000000000000042 0000000000000007",
+        ),
+        // Payload 4 + 1 = 5. len 25.
+        (
+            Message::GetRequest(GetRequest { key: k() }),
+            "00000019 01 00 0016 0000000000000005 0000000000000009 \
+             00000001 6b",
+        ),
+        // Payload 1 + 4 + 1 = 6. len 26.
+        (
+            Message::GetReply(GetReply {
+                status: Status::Ok,
+                value: v(),
+            }),
+            "0000001a 01 00 0017 0000000000000005 0000000000000009 \
+             00 00000001 76",
+        ),
+        // Payload 8 + 8 + 1 + 5 + 5 = 27. len 47.
+        (
+            Message::PutRequest(PutRequest {
+                session: 7,
+                seq: 1,
+                hash: true,
+                key: k(),
+                value: v(),
+            }),
+            "0000002f 01 00 0018 0000000000000005 0000000000000009 \
+             0000000000000007 0000000000000001 01 00000001 6b 00000001 76",
+        ),
+        // Payload 1 + 4 = 5. len 25.
+        (
+            Message::PutReply(PutReply {
+                status: Status::ErrTooLarge,
+                previous: Bytes::new(),
+            }),
+            "00000019 01 00 0019 0000000000000005 0000000000000009 \
+             05 00000000",
+        ),
+        // Payload 48 + 8 + 4 + entries (17 + 27 + 27 + 25 + 37 = 133) = 193. len 213.
+        (
+            Message::ForwardRequest(ForwardRequest {
+                view: view2(),
+                first_index: 10,
+                entries: vec![
+                    Entry {
+                        session: 0,
+                        seq: 0,
+                        op: Op::Noop,
+                    },
+                    Entry {
+                        session: 7,
+                        seq: 1,
+                        op: Op::Put {
+                            key: k(),
+                            value: v(),
+                        },
+                    },
+                    Entry {
+                        session: 7,
+                        seq: 2,
+                        op: Op::PutHash {
+                            key: k(),
+                            value: v(),
+                        },
+                    },
+                    Entry {
+                        session: 0,
+                        seq: 0,
+                        op: Op::OpenSession { nonce: 0x42 },
+                    },
+                    Entry {
+                        session: 0,
+                        seq: 0,
+                        op: Op::ExpireSessions {
+                            sessions: vec![7, 8],
+                        },
+                    },
+                ],
+            }),
+            "000000d5 01 00 001e 0000000000000005 0000000000000009 \
+             0000000000000002 \
+             01 047f000001 1bbd 0000000000000011 \
+             01 047f000001 1bbe 0000000000000022 \
+             0000000000000099 \
+             000000000000000a 00000005 \
+             0000000000000000 0000000000000000 00 \
+             0000000000000007 0000000000000001 01 00000001 6b 00000001 76 \
+             0000000000000007 0000000000000002 02 00000001 6b 00000001 76 \
+             0000000000000000 0000000000000000 03 0000000000000042 \
+             0000000000000000 0000000000000000 04 00000002 0000000000000007 0000000000000008",
+        ),
+        // Payload 48 + 8 + 1 + 8 = 65. len 85.
+        (
+            Message::ForwardReply(ForwardReply {
+                view: view2(),
+                incarnation: Incarnation(0x22),
+                outcome: Outcome::Acked,
+                applied: 14,
+            }),
+            "00000055 01 00 001f 0000000000000005 0000000000000009 \
+             0000000000000002 \
+             01 047f000001 1bbd 0000000000000011 \
+             01 047f000001 1bbe 0000000000000022 \
+             0000000000000099 \
+             0000000000000022 00 000000000000000e",
+        ),
+        // Payload 48 + 8 + 4 + 8 + 1 + (4 + 10) + (4 + 29) = 116. len 136.
+        (
+            Message::TransferRequest(TransferRequest {
+                view: view2(),
+                transfer_id: 3,
+                chunk: 1,
+                snapshot_index: 14,
+                last: true,
+                items: vec![(k(), v())],
+                sessions: vec![SessionRecord {
+                    session: 7,
+                    last_seq: 2,
+                    index: 12,
+                    reply: v(),
+                }],
+            }),
+            "00000088 01 00 0020 0000000000000005 0000000000000009 \
+             0000000000000002 \
+             01 047f000001 1bbd 0000000000000011 \
+             01 047f000001 1bbe 0000000000000022 \
+             0000000000000099 \
+             0000000000000003 00000001 000000000000000e 01 \
+             00000001 00000001 6b 00000001 76 \
+             00000001 0000000000000007 0000000000000002 000000000000000c 00000001 76",
+        ),
+        // Payload 48 + 8 + 8 + 4 + 1 + 1 + 8 = 78. len 98.
+        (
+            Message::TransferReply(TransferReply {
+                view: view2(),
+                incarnation: Incarnation(0x22),
+                transfer_id: 3,
+                chunk: 1,
+                outcome: Outcome::Rejected,
+                installed: false,
+                applied: 14,
+            }),
+            "00000062 01 00 0021 0000000000000005 0000000000000009 \
+             0000000000000002 \
+             01 047f000001 1bbd 0000000000000011 \
+             01 047f000001 1bbe 0000000000000022 \
+             0000000000000099 \
+             0000000000000022 0000000000000003 00000001 01 00 000000000000000e",
+        ),
+        // Empty payload. len 20.
+        (
+            Message::InfoRequest(InfoRequest {}),
+            "00000014 01 00 0028 0000000000000005 0000000000000009",
+        ),
+        // Payload 2 + 2 = 4. len 24.
+        (
+            Message::InfoReply(InfoReply { json: "{}".into() }),
+            "00000018 01 00 0029 0000000000000005 0000000000000009 \
+             0002 7b7d",
         ),
     ]
 }
@@ -145,6 +400,193 @@ fn payload() -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..512).prop_map(Bytes::from)
 }
 
+fn incarnation() -> impl Strategy<Value = Incarnation> {
+    any::<u64>().prop_map(Incarnation)
+}
+
+fn member() -> impl Strategy<Value = Member> {
+    (addr(), incarnation()).prop_map(|(addr, incarnation)| Member { addr, incarnation })
+}
+
+/// Views as the decoder accepts them: a backup only alongside a primary.
+fn view() -> impl Strategy<Value = View> {
+    let members = prop_oneof![
+        Just((None, None)),
+        member().prop_map(|primary| (Some(primary), None)),
+        (member(), member()).prop_map(|(primary, backup)| (Some(primary), Some(backup))),
+    ];
+    (any::<u64>(), members, incarnation()).prop_map(|(viewnum, (primary, backup), service)| View {
+        viewnum,
+        primary,
+        backup,
+        service,
+    })
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    prop_oneof![
+        Just(Status::Ok),
+        Just(Status::ErrNoKey),
+        Just(Status::ErrWrongServer),
+        Just(Status::ErrSessionExpired),
+        Just(Status::ErrStaleRequest),
+        Just(Status::ErrTooLarge),
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![Just(Outcome::Acked), Just(Outcome::Rejected)]
+}
+
+/// Keys and values, kept small so the tests stay fast (the empty string included).
+fn blob() -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        Just(Op::Noop),
+        (blob(), blob()).prop_map(|(key, value)| Op::Put { key, value }),
+        (blob(), blob()).prop_map(|(key, value)| Op::PutHash { key, value }),
+        any::<u64>().prop_map(|nonce| Op::OpenSession { nonce }),
+        proptest::collection::vec(any::<u64>(), 0..8)
+            .prop_map(|sessions| Op::ExpireSessions { sessions }),
+    ]
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    (any::<u64>(), any::<u64>(), op()).prop_map(|(session, seq, op)| Entry { session, seq, op })
+}
+
+fn session_record() -> impl Strategy<Value = SessionRecord> {
+    (any::<u64>(), any::<u64>(), any::<u64>(), blob()).prop_map(
+        |(session, last_seq, index, reply)| SessionRecord {
+            session,
+            last_seq,
+            index,
+            reply,
+        },
+    )
+}
+
+fn viewservice_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (addr(), incarnation(), any::<u64>()).prop_map(|(server, incarnation, viewnum)| {
+            Message::PingRequest(PingRequest {
+                server,
+                incarnation,
+                viewnum,
+            })
+        }),
+        view().prop_map(|view| Message::PingReply(PingReply { view })),
+        Just(Message::GetViewRequest(GetViewRequest {})),
+        view().prop_map(|view| Message::GetViewReply(GetViewReply { view })),
+    ]
+}
+
+fn client_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        any::<u64>().prop_map(|nonce| Message::OpenSessionRequest(OpenSessionRequest { nonce })),
+        (status(), any::<u64>(), any::<u64>()).prop_map(|(status, nonce, session)| {
+            Message::OpenSessionReply(OpenSessionReply {
+                status,
+                nonce,
+                session,
+            })
+        }),
+        blob().prop_map(|key| Message::GetRequest(GetRequest { key })),
+        (status(), blob())
+            .prop_map(|(status, value)| Message::GetReply(GetReply { status, value })),
+        (any::<u64>(), any::<u64>(), any::<bool>(), blob(), blob()).prop_map(
+            |(session, seq, hash, key, value)| {
+                Message::PutRequest(PutRequest {
+                    session,
+                    seq,
+                    hash,
+                    key,
+                    value,
+                })
+            }
+        ),
+        (status(), blob())
+            .prop_map(|(status, previous)| Message::PutReply(PutReply { status, previous })),
+    ]
+}
+
+fn replication_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (
+            view(),
+            any::<u64>(),
+            proptest::collection::vec(entry(), 0..8)
+        )
+            .prop_map(|(view, first_index, entries)| {
+                Message::ForwardRequest(ForwardRequest {
+                    view,
+                    first_index,
+                    entries,
+                })
+            }),
+        (view(), incarnation(), outcome(), any::<u64>()).prop_map(
+            |(view, incarnation, outcome, applied)| {
+                Message::ForwardReply(ForwardReply {
+                    view,
+                    incarnation,
+                    outcome,
+                    applied,
+                })
+            }
+        ),
+        (
+            view(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<bool>(),
+            proptest::collection::vec((blob(), blob()), 0..8),
+            proptest::collection::vec(session_record(), 0..4)
+        )
+            .prop_map(
+                |(view, transfer_id, chunk, snapshot_index, last, items, sessions)| {
+                    Message::TransferRequest(TransferRequest {
+                        view,
+                        transfer_id,
+                        chunk,
+                        snapshot_index,
+                        last,
+                        items,
+                        sessions,
+                    })
+                }
+            ),
+        (
+            view(),
+            incarnation(),
+            any::<u64>(),
+            any::<u32>(),
+            outcome(),
+            any::<bool>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(view, incarnation, transfer_id, chunk, outcome, installed, applied)| {
+                    Message::TransferReply(TransferReply {
+                        view,
+                        incarnation,
+                        transfer_id,
+                        chunk,
+                        outcome,
+                        installed,
+                        applied,
+                    })
+                }
+            ),
+        Just(Message::InfoRequest(InfoRequest {})),
+        // Any UTF-8, multi-byte characters included; well under INFO_LEN_MAX.
+        ".{0,64}".prop_map(|json| Message::InfoReply(InfoReply { json })),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (
@@ -171,6 +613,9 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(round, payload)| Message::EchoRequest(EchoRequest { round, payload })),
         (any::<u64>(), payload())
             .prop_map(|(round, payload)| Message::EchoReply(EchoReply { round, payload })),
+        viewservice_message(),
+        client_message(),
+        replication_message(),
     ]
 }
 
@@ -310,4 +755,26 @@ fn invalid_hello_fields_are_named() {
         decode(&bad_option),
         Err(DecodeError::InvalidField("option.tag"))
     );
+}
+
+/// Goal: the decoder rules docs/wire-format.md states for views and keys hold.
+#[test]
+fn view_and_key_decoder_rules() {
+    // A GetViewReply whose view has a backup (m1) but no primary: 8 + 1 + 1 + 15 + 8 = 33.
+    let backup_only = unhex(
+        "00000035 01 00 000d 0000000000000005 0000000000000009 \
+         0000000000000001 00 01 047f000001 1bbd 0000000000000011 0000000000000099",
+    );
+    assert_eq!(
+        decode(&backup_only),
+        Err(DecodeError::InvalidField("view.backup"))
+    );
+
+    // A key over KEY_LEN_MAX still decodes, so the replica can answer ErrTooLarge.
+    let key = Bytes::from(vec![b'k'; proto::kv::KEY_LEN_MAX + 1]);
+    let oversized = Message::GetRequest(GetRequest { key });
+    let frame = decode(&frame_bytes(&oversized, 1, 1))
+        .expect("valid")
+        .expect("whole");
+    assert_eq!(frame.message, oversized);
 }

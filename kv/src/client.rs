@@ -1,0 +1,383 @@
+//! The client role: opens a session, caches the view, sends each operation to the primary,
+//! and on an error or timeout re-reads the view and retries the same request (same session
+//! and sequence number, so the service applies it at most once). It asks the view service
+//! nothing while nothing fails.
+//!
+//! One operation is outstanding at a time; the rest queue. Every operation ends in one
+//! [`Outcome`]: done, missing key, refused (over a size limit), or unknown (its session
+//! expired, so it may or may not have been applied).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::kv::{
+    GetReply, GetRequest, KEY_LEN_MAX, OpenSessionReply, OpenSessionRequest, PutReply, PutRequest,
+    Status, VALUE_LEN_MAX,
+};
+use proto::viewservice::{GetViewRequest, View};
+use proto::{Addr, Message};
+use rand::RngExt;
+use runtime::{Ctx, Dest, Link, MonoTime, Origin, Role};
+
+/// An operation a client runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    /// Read a key.
+    Get {
+        /// Key.
+        key: Bytes,
+    },
+    /// Write a key.
+    Put {
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+    },
+    /// PutHash: returns the previous value.
+    PutHash {
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+    },
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Get: the value. Put: empty. PutHash: the previous value.
+    Done(Bytes),
+    /// Get: the key does not exist.
+    NoKey,
+    /// Refused, not applied (a key or value over its limit).
+    Refused(String),
+    /// May or may not have been applied (its session expired).
+    Unknown(String),
+}
+
+/// A finished operation, with its invocation and completion times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completed {
+    /// The id `submit` returned.
+    pub id: u64,
+    /// The operation.
+    pub op: ClientOp,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// When it was submitted.
+    pub invoked_at: MonoTime,
+    /// When it ended.
+    pub completed_at: MonoTime,
+    /// Whether a request for it was ever sent (false: nothing left this client).
+    pub sent: bool,
+}
+
+/// How a client runs.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The view service.
+    pub view_service: Addr,
+    /// How long to wait for an answer before re-reading the view and retrying.
+    pub retry_after: Duration,
+    /// Pause before retrying after an error reply or a broken link (the lab's PingInterval).
+    pub retry_pause: Duration,
+    /// The lane this client's links use (several clients in one node use distinct lanes).
+    pub lane: u32,
+}
+
+impl ClientConfig {
+    /// Defaults for the view service at `view_service`.
+    pub fn new(view_service: Addr) -> ClientConfig {
+        ClientConfig {
+            view_service,
+            retry_after: Duration::from_secs(1),
+            retry_pause: Duration::from_millis(100),
+            lane: 0,
+        }
+    }
+}
+
+/// The client's timers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClientTimer {
+    /// No answer in time, or a pause before retrying, is over.
+    Retry,
+}
+
+#[derive(Debug)]
+struct Current {
+    id: u64,
+    op: ClientOp,
+    invoked_at: MonoTime,
+    /// Sequence number, once the operation has a session (Put/PutHash).
+    seq: Option<u64>,
+    sent: bool,
+}
+
+/// The client role.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    view: Option<View>,
+    session: Option<u64>,
+    /// The nonce of an OpenSession in progress.
+    opening: Option<u64>,
+    next_seq: u64,
+    next_id: u64,
+    queue: VecDeque<(u64, ClientOp, MonoTime)>,
+    current: Option<Current>,
+    /// The correlation id of the request whose answer is awaited.
+    awaiting: Option<u64>,
+    completed: Vec<Completed>,
+    view_requests: u64,
+}
+
+impl Client {
+    /// A client with `config`.
+    pub fn new(config: ClientConfig) -> Client {
+        Client {
+            config,
+            view: None,
+            session: None,
+            opening: None,
+            next_seq: 1,
+            next_id: 1,
+            queue: VecDeque::new(),
+            current: None,
+            awaiting: None,
+            completed: Vec::new(),
+            view_requests: 0,
+        }
+    }
+
+    /// Queues `op`; returns its id.
+    pub fn submit(&mut self, ctx: &mut Ctx<ClientTimer>, op: ClientOp) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queue.push_back((id, op, ctx.now()));
+        if self.current.is_none() {
+            self.next(ctx);
+        }
+        id
+    }
+
+    /// Finished operations, oldest first.
+    pub fn completed(&self) -> &[Completed] {
+        &self.completed
+    }
+
+    /// Takes the finished operations.
+    pub fn take_completed(&mut self) -> Vec<Completed> {
+        std::mem::take(&mut self.completed)
+    }
+
+    /// Operations not finished (outstanding and queued).
+    pub fn pending(&self) -> usize {
+        self.queue.len() + usize::from(self.current.is_some())
+    }
+
+    /// The outstanding operation, if any: (id, op, invoked_at, sent).
+    pub fn outstanding(&self) -> Option<(u64, &ClientOp, MonoTime, bool)> {
+        self.current.as_ref().map(|c| (c.id, &c.op, c.invoked_at, c.sent))
+    }
+
+    /// GetView requests sent so far (the client asks only when something failed).
+    pub fn view_requests(&self) -> u64 {
+        self.view_requests
+    }
+
+    fn dest(&self, addr: Addr) -> Dest {
+        Dest { addr, lane: self.config.lane }
+    }
+
+    fn next(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        while self.current.is_none() {
+            let Some((id, op, invoked_at)) = self.queue.pop_front() else { return };
+            if let Some(why) = oversized(&op) {
+                self.finish_with(ctx, Current { id, op, invoked_at, seq: None, sent: false }, Outcome::Refused(why));
+                continue;
+            }
+            self.current = Some(Current { id, op, invoked_at, seq: None, sent: false });
+        }
+        self.send_current(ctx);
+    }
+
+    /// Sends the outstanding operation (or what it needs first: a view, a session).
+    fn send_current(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        let Some(current) = self.current.as_mut() else { return };
+        let Some(primary) = self.view.and_then(|view| view.primary) else {
+            self.ask_view(ctx);
+            return;
+        };
+        let to = Dest { addr: primary.addr, lane: self.config.lane };
+        let corr = match &current.op {
+            ClientOp::Get { key } => ctx.send(to, GetRequest { key: key.clone() }),
+            ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => {
+                let Some(session) = self.session else {
+                    let nonce = *self.opening.get_or_insert_with(|| ctx.rng().random::<u64>());
+                    let corr = ctx.send(to, OpenSessionRequest { nonce });
+                    self.awaiting = Some(corr);
+                    ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+                    return;
+                };
+                let seq = *current.seq.get_or_insert_with(|| {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    seq
+                });
+                let hash = matches!(current.op, ClientOp::PutHash { .. });
+                let request =
+                    PutRequest { session, seq, hash, key: key.clone(), value: value.clone() };
+                ctx.send(to, request)
+            }
+        };
+        current.sent = true;
+        self.awaiting = Some(corr);
+        ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+    }
+
+    fn ask_view(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        self.view_requests += 1;
+        let corr = ctx.send(self.dest(self.config.view_service), GetViewRequest {});
+        self.awaiting = Some(corr);
+        ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+    }
+
+    /// Something failed: forget the cached view, pause, then ask again and retry.
+    fn retry_later(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        self.view = None;
+        self.awaiting = None;
+        ctx.set_timer(ClientTimer::Retry, self.config.retry_pause);
+    }
+
+    fn finish(&mut self, ctx: &mut Ctx<ClientTimer>, outcome: Outcome) {
+        let Some(current) = self.current.take() else { return };
+        self.finish_with(ctx, current, outcome);
+        self.awaiting = None;
+        ctx.cancel_timer(ClientTimer::Retry);
+        self.next(ctx);
+    }
+
+    fn finish_with(&mut self, ctx: &mut Ctx<ClientTimer>, current: Current, outcome: Outcome) {
+        self.completed.push(Completed {
+            id: current.id,
+            op: current.op,
+            outcome,
+            invoked_at: current.invoked_at,
+            completed_at: ctx.now(),
+            sent: current.sent,
+        });
+    }
+
+    fn on_reply(&mut self, ctx: &mut Ctx<ClientTimer>, message: Message) {
+        match message {
+            Message::GetViewReply(reply) => {
+                if self.view.is_none_or(|view| reply.view.viewnum >= view.viewnum) {
+                    self.view = Some(reply.view);
+                }
+                if reply.view.primary.is_none() {
+                    self.retry_later(ctx);
+                } else {
+                    self.send_current(ctx);
+                }
+            }
+            Message::OpenSessionReply(reply) => self.on_open_session_reply(ctx, reply),
+            Message::GetReply(reply) => self.on_get_reply(ctx, reply),
+            Message::PutReply(reply) => self.on_put_reply(ctx, reply),
+            other => log::debug!("client: ignoring {}", other.message_type()),
+        }
+    }
+
+    fn on_open_session_reply(&mut self, ctx: &mut Ctx<ClientTimer>, reply: OpenSessionReply) {
+        if self.opening != Some(reply.nonce) {
+            return;
+        }
+        match reply.status {
+            Status::Ok => {
+                self.opening = None;
+                self.session = Some(reply.session);
+                self.next_seq = 1;
+                self.send_current(ctx);
+            }
+            _ => self.retry_later(ctx),
+        }
+    }
+
+    fn on_get_reply(&mut self, ctx: &mut Ctx<ClientTimer>, reply: GetReply) {
+        match reply.status {
+            Status::Ok => self.finish(ctx, Outcome::Done(reply.value)),
+            Status::ErrNoKey => self.finish(ctx, Outcome::NoKey),
+            Status::ErrTooLarge => self.finish(ctx, Outcome::Refused("key too large".into())),
+            _ => self.retry_later(ctx),
+        }
+    }
+
+    fn on_put_reply(&mut self, ctx: &mut Ctx<ClientTimer>, reply: PutReply) {
+        match reply.status {
+            Status::Ok => self.finish(ctx, Outcome::Done(reply.previous)),
+            Status::ErrTooLarge => {
+                self.finish(ctx, Outcome::Refused("key or value too large".into()))
+            }
+            Status::ErrSessionExpired | Status::ErrStaleRequest => {
+                // The request may have been applied before the session expired: unknown.
+                self.session = None;
+                self.finish(ctx, Outcome::Unknown(reply.status.name().to_string()));
+            }
+            _ => self.retry_later(ctx),
+        }
+    }
+}
+
+/// Why `op` exceeds a size limit, if it does.
+fn oversized(op: &ClientOp) -> Option<String> {
+    let (key, value) = match op {
+        ClientOp::Get { key } => (key, None),
+        ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => (key, Some(value)),
+    };
+    if key.len() > KEY_LEN_MAX {
+        return Some(format!("key of {} bytes exceeds the limit of {KEY_LEN_MAX}", key.len()));
+    }
+    match value {
+        Some(value) if value.len() > VALUE_LEN_MAX => Some(format!(
+            "value of {} bytes exceeds the limit of {VALUE_LEN_MAX}",
+            value.len()
+        )),
+        _ => None,
+    }
+}
+
+impl Role for Client {
+    type Timer = ClientTimer;
+
+    fn on_start(&mut self, _ctx: &mut Ctx<ClientTimer>) {}
+
+    fn on_message(&mut self, ctx: &mut Ctx<ClientTimer>, origin: &Origin, message: Message) {
+        if self.awaiting != Some(origin.corr) {
+            return; // An answer to a request this client already gave up on.
+        }
+        self.on_reply(ctx, message);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<ClientTimer>, timer: ClientTimer) {
+        match timer {
+            ClientTimer::Retry => {
+                if self.current.is_some() {
+                    self.view = None;
+                    self.send_current(ctx);
+                }
+            }
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<ClientTimer>, to: Dest, link: Link) {
+        if link == Link::Down && to.lane == self.config.lane && self.awaiting.is_some() {
+            self.retry_later(ctx);
+        }
+    }
+
+    fn check_invariants(&self) {
+        assert!(self.current.is_some() || self.queue.is_empty(), "queued work with none outstanding");
+    }
+}

@@ -1,0 +1,286 @@
+//! The view service role: decides which server is primary and which is backup.
+//!
+//! Rules (lab 2 §1, DESIGN.md §5), each cited where it is implemented:
+//! - servers ping every ping interval; a server is dead after `dead_pings` missed intervals;
+//! - the first ping into view 0 makes view 1 with the pinger as primary;
+//! - the view changes only after the current view's primary (its named incarnation) pinged
+//!   the current view number: the ack rule;
+//! - only the previous backup may be promoted; an idle server becomes backup, never primary;
+//! - a member restarted when a ping comes from another incarnation at its address, or when it
+//!   pings 0 after having pinged a non-zero view number since it was named; a restart is
+//!   handled like a death, by one view change once the view is acknowledged — never as a
+//!   flag kept for later;
+//! - dead idle servers and dead backups are dropped; a client's GetView is not a ping.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proto::viewservice::{GetViewReply, Member, PingReply, PingRequest, View};
+use proto::{Addr, Incarnation, Message};
+use runtime::{Ctx, MonoTime, Origin, Role};
+
+/// Timing of the view service and its servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewTiming {
+    /// Interval between pings.
+    pub ping_interval: Duration,
+    /// Missed intervals after which a server is dead.
+    pub dead_pings: u32,
+}
+
+impl Default for ViewTiming {
+    fn default() -> ViewTiming {
+        ViewTiming { ping_interval: Duration::from_millis(100), dead_pings: 5 }
+    }
+}
+
+impl ViewTiming {
+    /// How long a server may stay silent before it is dead.
+    pub fn dead_after(&self) -> Duration {
+        self.ping_interval * self.dead_pings
+    }
+}
+
+/// The view service's timers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ViewServiceTimer {
+    /// Periodic check for dead servers.
+    Tick,
+}
+
+/// What the view service knows of one server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ServerState {
+    incarnation: Incarnation,
+    last_ping: MonoTime,
+    /// Pinged a non-zero view number since it was last named in a view.
+    pinged_nonzero: bool,
+}
+
+/// The view service.
+#[derive(Debug)]
+pub struct ViewService {
+    timing: ViewTiming,
+    view: View,
+    /// Whether the current view's primary acknowledged it.
+    acked: bool,
+    servers: BTreeMap<Addr, ServerState>,
+    /// Views made so far (for `pbkv info` and tests).
+    view_changes: u64,
+}
+
+impl ViewService {
+    /// A view service with `timing`.
+    pub fn new(timing: ViewTiming) -> ViewService {
+        ViewService {
+            timing,
+            view: View::initial(Incarnation(0)),
+            acked: false,
+            servers: BTreeMap::new(),
+            view_changes: 0,
+        }
+    }
+
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// Whether the current view is acknowledged by its primary.
+    pub fn acked(&self) -> bool {
+        self.acked
+    }
+
+    /// State for `pbkv info`, as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "role": "viewservice",
+            "view": crate::view_json(&self.view),
+            "acked": self.acked,
+            "servers": self.servers.len(),
+            "view_changes": self.view_changes,
+        })
+    }
+
+    fn alive(&self, now: MonoTime, addr: Addr) -> bool {
+        self.servers
+            .get(&addr)
+            .is_some_and(|server| now.since(server.last_ping) < self.timing.dead_after())
+    }
+
+    /// Whether `member` (as named by the view) is alive and the same incarnation.
+    fn member_ok(&self, now: MonoTime, member: Member) -> bool {
+        self.alive(now, member.addr)
+            && self.servers.get(&member.addr).is_some_and(|s| s.incarnation == member.incarnation)
+    }
+
+    fn on_ping(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin, ping: PingRequest) {
+        let now = ctx.now();
+        let member = Member { addr: ping.server, incarnation: ping.incarnation };
+        let previous = self.servers.get(&ping.server).copied();
+        let is_member = self.view.primary.map(|m| m.addr) == Some(ping.server)
+            || self.view.backup.map(|m| m.addr) == Some(ping.server);
+        // Lab rule: Ping(0) from a member that had pinged a non-zero view since it was named
+        // means it restarted. A fresh server pings 0 until it adopts a view, so a slow first
+        // reply is not a restart. (A new incarnation at the address is the other sign; it
+        // shows in `member_ok` at every ping and tick, so it needs no memory either.)
+        let zero_restart = is_member
+            && ping.viewnum == 0
+            && previous.is_some_and(|s| s.pinged_nonzero && s.incarnation == ping.incarnation);
+        let same_incarnation = previous.is_some_and(|s| s.incarnation == ping.incarnation);
+        let state = ServerState {
+            incarnation: ping.incarnation,
+            last_ping: now,
+            pinged_nonzero: ping.viewnum != 0
+                || (same_incarnation && !zero_restart && previous.is_some_and(|s| s.pinged_nonzero)),
+        };
+        self.servers.insert(ping.server, state);
+        if zero_restart {
+            ctx.event(format!("server {} restarted (pinged 0)", ping.server));
+        }
+        if self.view.viewnum == 0 {
+            // Lab rule: the very first view takes any server as primary.
+            self.change_view(ctx, Some(member), None);
+        } else if self.view.is_primary(member) && ping.viewnum == self.view.viewnum {
+            // The ack rule: only the named primary incarnation's ping acknowledges.
+            self.acked = true;
+        }
+        // A Ping(0) restart is acted on now, by at most one view change, or not at all if
+        // the view is not acknowledged: never remembered for later.
+        let restarted = zero_restart.then_some(ping.server);
+        self.decide(ctx, restarted);
+        ctx.reply(origin, PingReply { view: self.view });
+    }
+
+    /// Makes the one view change the current state calls for, if the view is acknowledged.
+    /// `restarted` is a member that just pinged 0: it counts as failed.
+    fn decide(&mut self, ctx: &mut Ctx<ViewServiceTimer>, restarted: Option<Addr>) {
+        if !self.acked || self.view.viewnum == 0 {
+            return; // The ack rule: never more than one view ahead of the primary.
+        }
+        let now = ctx.now();
+        let Some(primary) = self.view.primary else { return };
+        let ok = |member: Member| Some(member.addr) != restarted && self.member_ok(now, member);
+        let primary_ok = ok(primary);
+        let backup_ok = self.view.backup.map(ok);
+        match (primary_ok, backup_ok) {
+            (true, Some(true)) => {}
+            (true, Some(false)) => {
+                // Backup dead or restarted: an idle server replaces it, or none.
+                let failed = self.view.backup.expect("backup_ok is Some");
+                let idle = self.pick_idle(now, primary.addr, failed);
+                let idle = idle.or_else(|| self.pick_restarted(now, restarted));
+                self.change_view(ctx, Some(primary), idle);
+            }
+            (true, None) => {
+                if let Some(idle) = self.pick_idle(now, primary.addr, primary) {
+                    self.change_view(ctx, Some(primary), Some(idle));
+                }
+            }
+            (false, Some(true)) => {
+                // Only the previous backup may be promoted; an idle server becomes backup.
+                let backup = self.view.backup.expect("backup_ok implies a backup");
+                let idle = self.pick_idle(now, backup.addr, primary);
+                let idle = idle.or_else(|| self.pick_restarted(now, restarted));
+                self.change_view(ctx, Some(backup), idle);
+            }
+            // Primary dead and no usable backup: an idle server may never become primary;
+            // the service stalls (the lab's accepted limit).
+            (false, _) => {}
+        }
+    }
+
+    /// The member that just restarted, now alive and idle, as a backup candidate (the
+    /// handout's example names the restarted S1 backup of the very next view).
+    fn pick_restarted(&self, now: MonoTime, restarted: Option<Addr>) -> Option<Member> {
+        let addr = restarted?;
+        let state = self.servers.get(&addr)?;
+        self.alive(now, addr).then_some(Member { addr, incarnation: state.incarnation })
+    }
+
+    /// A live server, as its current incarnation, that is neither the primary-to-be nor the
+    /// member that just failed (a restarted process at that address is a new server and may
+    /// be chosen); lowest address first.
+    fn pick_idle(&self, now: MonoTime, primary: Addr, failed: Member) -> Option<Member> {
+        self.servers
+            .iter()
+            .map(|(addr, state)| Member { addr: *addr, incarnation: state.incarnation })
+            .filter(|member| member.addr != primary && *member != failed)
+            .find(|member| self.alive(now, member.addr))
+    }
+
+    fn change_view(
+        &mut self,
+        ctx: &mut Ctx<ViewServiceTimer>,
+        primary: Option<Member>,
+        backup: Option<Member>,
+    ) {
+        self.view = View {
+            viewnum: self.view.viewnum + 1,
+            primary,
+            backup,
+            service: ctx.incarnation(),
+        };
+        self.acked = false;
+        self.view_changes += 1;
+        for member in [primary, backup].into_iter().flatten() {
+            if let Some(state) = self.servers.get_mut(&member.addr) {
+                state.pinged_nonzero = false;
+            }
+        }
+        ctx.event(format!("view {}", crate::view_text(&self.view)));
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
+        let now = ctx.now();
+        let dead_after = self.timing.dead_after();
+        let view = self.view;
+        // Dead idle servers are forgotten; members stay known until a view drops them.
+        self.servers.retain(|addr, state| {
+            let member = view.primary.map(|m| m.addr) == Some(*addr)
+                || view.backup.map(|m| m.addr) == Some(*addr);
+            member || now.since(state.last_ping) < dead_after
+        });
+        self.decide(ctx, None);
+        ctx.set_timer(ViewServiceTimer::Tick, self.timing.ping_interval);
+    }
+
+    fn check(&self) {
+        if let (Some(primary), Some(backup)) = (self.view.primary, self.view.backup) {
+            assert_ne!(primary.addr, backup.addr, "primary and backup are one server");
+        }
+        assert!(self.view.primary.is_some() || self.view.backup.is_none(), "backup without primary");
+        assert!(self.view.viewnum == 0 || self.view.primary.is_some(), "a view without primary");
+    }
+}
+
+impl Role for ViewService {
+    type Timer = ViewServiceTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
+        self.view = View::initial(ctx.incarnation());
+        ctx.set_timer(ViewServiceTimer::Tick, self.timing.ping_interval);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin, message: Message) {
+        match message {
+            Message::PingRequest(ping) => self.on_ping(ctx, origin, ping),
+            Message::GetViewRequest(_) => ctx.reply(origin, GetViewReply { view: self.view }),
+            Message::InfoRequest(_) => {
+                let json = self.info().to_string();
+                ctx.reply(origin, proto::kv::InfoReply { json });
+            }
+            other => log::debug!("viewservice: ignoring {}", other.message_type()),
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<ViewServiceTimer>, timer: ViewServiceTimer) {
+        match timer {
+            ViewServiceTimer::Tick => self.on_tick(ctx),
+        }
+    }
+
+    fn check_invariants(&self) {
+        self.check();
+    }
+}

@@ -1,0 +1,327 @@
+//! The lab's view-service test (`viewservice/test_test.go: Test1`), ported phase by phase
+//! (lab2.md §3.1), run in the simulator over many seeds. The servers are stand-ins that only
+//! ping, as in the lab: each keeps one fixed incarnation and nothing listens at its address.
+
+use std::time::Duration;
+
+use proto::viewservice::{GetViewRequest, Member, PingRequest, View};
+use proto::{Addr, Incarnation, Message};
+use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
+use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
+
+use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
+
+const PING_INTERVAL: Duration = Duration::from_millis(100);
+const DEAD_PINGS: u32 = 5;
+
+fn seeds() -> std::ops::Range<u64> {
+    if let Ok(seed) = std::env::var("PBKV_SEED") {
+        let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
+        return seed..seed + 1;
+    }
+    let count = std::env::var("PBKV_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+    0..count
+}
+
+/// A lab "viewservice Clerk": pings or gets the view when told to, remembers the answer.
+#[derive(Debug, Default)]
+struct Clerk {
+    last: Option<View>,
+}
+
+#[derive(Debug)]
+enum Node {
+    ViewService(ViewService),
+    Clerk(Clerk),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    ViewService(ViewServiceTimer),
+}
+
+impl Role for Node {
+    type Timer = Timer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<Timer>) {
+        if let Node::ViewService(vs) = self {
+            ctx.nested(Timer::ViewService, |inner| vs.on_start(inner));
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<Timer>, origin: &Origin, message: Message) {
+        match self {
+            Node::ViewService(vs) => {
+                ctx.nested(Timer::ViewService, |inner| vs.on_message(inner, origin, message))
+            }
+            Node::Clerk(clerk) => match message {
+                Message::PingReply(reply) => clerk.last = Some(reply.view),
+                Message::GetViewReply(reply) => clerk.last = Some(reply.view),
+                _ => {}
+            },
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<Timer>, timer: Timer) {
+        if let (Node::ViewService(vs), Timer::ViewService(timer)) = (self, timer) {
+            ctx.nested(Timer::ViewService, |inner| vs.on_timer(inner, timer));
+        }
+    }
+
+    fn on_link(&mut self, _ctx: &mut Ctx<Timer>, _to: Dest, _link: Link) {}
+    fn on_closed(&mut self, _ctx: &mut Ctx<Timer>, _conn: ConnId) {}
+
+    fn check_invariants(&self) {
+        if let Node::ViewService(vs) = self {
+            vs.check_invariants();
+        }
+    }
+}
+
+struct Harness {
+    sim: Sim<Node>,
+    vs_addr: Addr,
+    seed: u64,
+}
+
+struct Ck {
+    node: NodeIndex,
+    addr: Addr,
+    incarnation: Incarnation,
+}
+
+impl Harness {
+    fn new(seed: u64) -> Harness {
+        let vs_addr = Addr::v4(127, 0, 0, 1, 7000);
+        let mut sim = Sim::new(seed, SimConfig::default());
+        let timing = ViewTiming { ping_interval: PING_INTERVAL, dead_pings: DEAD_PINGS };
+        sim.add_node(NodeSpec::server("vs", vs_addr), Node::ViewService(ViewService::new(timing)));
+        Harness { sim, vs_addr, seed }
+    }
+
+    fn clerk(&mut self, name: &str, port: u16) -> Ck {
+        let incarnation = Incarnation(u64::from(port));
+        let mut spec = NodeSpec::client(name);
+        spec.fixed_incarnation = Some(incarnation);
+        let node = self.sim.add_node(spec, Node::Clerk(Clerk::default()));
+        Ck { node, addr: Addr::v4(127, 0, 0, 1, port), incarnation }
+    }
+
+    fn member(ck: &Ck) -> Member {
+        Member { addr: ck.addr, incarnation: ck.incarnation }
+    }
+
+    /// A synchronous call: send, then run until the answer is back.
+    fn call(&mut self, ck: &Ck, message: Message) -> View {
+        let vs = self.vs_addr;
+        self.sim.with_role(ck.node, |node, ctx| {
+            if let Node::Clerk(clerk) = node {
+                clerk.last = None;
+            }
+            ctx.send(vs, message);
+        });
+        let node = ck.node;
+        let answered = self.sim.run_until_true(Duration::from_secs(5), |sim| {
+            matches!(sim.role(node), Some(Node::Clerk(Clerk { last: Some(_) })))
+        });
+        assert!(answered, "seed {}: the view service did not answer", self.seed);
+        match self.sim.role(ck.node) {
+            Some(Node::Clerk(Clerk { last: Some(view) })) => *view,
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    fn ping(&mut self, ck: &Ck, viewnum: u64) -> View {
+        let ping = PingRequest { server: ck.addr, incarnation: ck.incarnation, viewnum };
+        self.call(ck, ping.into())
+    }
+
+    fn get(&mut self, ck: &Ck) -> View {
+        self.call(ck, GetViewRequest {}.into())
+    }
+
+    fn sleep(&mut self) {
+        self.sim.run_for(PING_INTERVAL);
+    }
+
+    /// The lab's `check(ck, p, b, n)`.
+    fn check(&mut self, ck: &Ck, primary: Option<&Ck>, backup: Option<&Ck>, viewnum: u64, what: &str) {
+        let view = self.get(ck);
+        let seed = self.seed;
+        assert_eq!(view.primary, primary.map(Harness::member), "seed {seed}: {what}: primary");
+        assert_eq!(view.backup, backup.map(Harness::member), "seed {seed}: {what}: backup");
+        if viewnum != 0 {
+            assert_eq!(view.viewnum, viewnum, "seed {seed}: {what}: viewnum");
+        }
+    }
+}
+
+fn same(view: View, primary: &Ck, backup: Option<&Ck>) -> bool {
+    view.primary == Some(Harness::member(primary)) && view.backup == backup.map(Harness::member)
+}
+
+fn view_service_test(seed: u64) {
+    let mut h = Harness::new(seed);
+    let ck1 = h.clerk("ck1", 7101);
+    let ck2 = h.clerk("ck2", 7102);
+    let ck3 = h.clerk("ck3", 7103);
+    let dp = u64::from(DEAD_PINGS);
+    assert!(h.get(&ck1).primary.is_none(), "seed {seed}: there was a primary too soon");
+
+    // Phase 1: "First primary".
+    for _ in 0..dp * 2 {
+        let view = h.ping(&ck1, 0);
+        if view.primary == Some(Harness::member(&ck1)) {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck1, Some(&ck1), None, 1, "first primary");
+
+    // Phase 2: "First backup".
+    let vx = h.get(&ck1);
+    for _ in 0..dp * 2 {
+        h.ping(&ck1, 1);
+        let view = h.ping(&ck2, 0);
+        if view.backup == Some(Harness::member(&ck2)) {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck1, Some(&ck1), Some(&ck2), vx.viewnum + 1, "first backup");
+
+    // Phase 3: "Backup takes over if primary fails".
+    h.ping(&ck1, 2);
+    let vx = h.ping(&ck2, 2);
+    for _ in 0..dp * 2 {
+        let view = h.ping(&ck2, vx.viewnum);
+        if same(view, &ck2, None) {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck2, Some(&ck2), None, vx.viewnum + 1, "backup takes over if primary fails");
+
+    // Phase 4: "Restarted server becomes backup".
+    let vx = h.get(&ck2);
+    h.ping(&ck2, vx.viewnum);
+    for _ in 0..dp * 2 {
+        h.ping(&ck1, 0);
+        let view = h.ping(&ck2, vx.viewnum);
+        if same(view, &ck2, Some(&ck1)) {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck2, Some(&ck2), Some(&ck1), vx.viewnum + 1, "restarted server becomes backup");
+
+    // Phase 5: "Idle third server becomes backup if primary fails".
+    let mut vx = h.get(&ck2);
+    h.ping(&ck2, vx.viewnum);
+    for _ in 0..dp * 2 {
+        h.ping(&ck3, 0);
+        let view = h.ping(&ck1, vx.viewnum);
+        if same(view, &ck1, Some(&ck3)) {
+            break;
+        }
+        vx = view;
+        h.sleep();
+    }
+    h.check(&ck1, Some(&ck1), Some(&ck3), vx.viewnum + 1, "idle third server becomes backup");
+
+    // Phase 6: "Restarted primary treated as dead".
+    let vx = h.get(&ck1);
+    h.ping(&ck1, vx.viewnum);
+    for _ in 0..dp * 2 {
+        h.ping(&ck1, 0);
+        h.ping(&ck3, vx.viewnum);
+        let view = h.get(&ck3);
+        if view.primary != Some(Harness::member(&ck1)) {
+            break;
+        }
+        h.sleep();
+    }
+    let view = h.get(&ck3);
+    assert_eq!(view.primary, Some(Harness::member(&ck3)), "seed {seed}: expected primary=ck3");
+
+    // "Dead backup is removed from view".
+    for _ in 0..dp * 3 {
+        let view = h.get(&ck3);
+        h.ping(&ck3, view.viewnum);
+        h.sleep();
+    }
+    h.check(&ck3, Some(&ck3), None, 0, "wrong primary or backup");
+
+    // Phase 7: "Viewserver waits for primary to ack view".
+    let vx = h.get(&ck1);
+    for _ in 0..dp * 3 {
+        h.ping(&ck1, 0);
+        h.ping(&ck3, vx.viewnum);
+        let view = h.get(&ck1);
+        if view.viewnum > vx.viewnum {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck1, Some(&ck3), Some(&ck1), vx.viewnum + 1, "viewserver waits: ck1 joins");
+    let vy = h.get(&ck1);
+    for _ in 0..dp * 3 {
+        let view = h.ping(&ck1, vy.viewnum);
+        if view.viewnum > vy.viewnum {
+            break;
+        }
+        h.sleep();
+    }
+    h.check(&ck1, Some(&ck3), Some(&ck1), vy.viewnum, "viewserver waits for primary to ack view");
+
+    // Phase 8: "Uninitialized server can't become primary".
+    for _ in 0..dp * 2 {
+        let view = h.get(&ck1);
+        h.ping(&ck1, view.viewnum);
+        h.ping(&ck2, 0);
+        h.ping(&ck3, view.viewnum);
+        h.sleep();
+    }
+    for _ in 0..dp * 2 {
+        h.ping(&ck2, 0);
+        h.sleep();
+    }
+    let view = h.get(&ck2);
+    assert_ne!(
+        view.primary,
+        Some(Harness::member(&ck2)),
+        "seed {seed}: uninitialized backup promoted to primary"
+    );
+}
+
+/// Goal: every phase of the lab's view-service test, with its exact view numbers and timing
+/// bounds. Method: the lab's steps against the view-service role in the simulator; clerks
+/// ping with fixed incarnations like the lab's named clerks.
+#[test]
+fn lab_view_service_test1_all_phases() {
+    for seed in seeds() {
+        view_service_test(seed);
+    }
+}
+
+/// Goal: a new incarnation at a member's address is a restart even if its first Ping(0)
+/// was lost. Method: the primary's address pings a non-zero view number with a new
+/// incarnation; the backup is promoted.
+#[test]
+fn new_incarnation_at_primary_address_is_a_restart() {
+    for seed in seeds().take(20) {
+        let mut h = Harness::new(seed);
+        let ck1 = h.clerk("ck1", 7101);
+        let ck2 = h.clerk("ck2", 7102);
+        h.ping(&ck1, 0);
+        h.ping(&ck1, 1);
+        h.ping(&ck2, 0);
+        h.ping(&ck1, 2);
+        h.ping(&ck2, 2);
+        let reborn = Ck { node: ck1.node, addr: ck1.addr, incarnation: Incarnation(999) };
+        let view = h.ping(&reborn, 2);
+        assert_eq!(view.viewnum, 3, "seed {seed}: one view change");
+        assert_eq!(view.primary, Some(Harness::member(&ck2)), "seed {seed}: backup promoted");
+        assert_eq!(view.backup, Some(Harness::member(&reborn)), "seed {seed}: reborn is backup");
+    }
+}
