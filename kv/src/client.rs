@@ -180,7 +180,9 @@ impl Client {
 
     /// The outstanding operation, if any: (id, op, invoked_at, sent).
     pub fn outstanding(&self) -> Option<(u64, &ClientOp, MonoTime, bool)> {
-        self.current.as_ref().map(|c| (c.id, &c.op, c.invoked_at, c.sent))
+        self.current
+            .as_ref()
+            .map(|c| (c.id, &c.op, c.invoked_at, c.sent))
     }
 
     /// GetView requests sent so far (the client asks only when something failed).
@@ -189,34 +191,62 @@ impl Client {
     }
 
     fn dest(&self, addr: Addr) -> Dest {
-        Dest { addr, lane: self.config.lane }
+        Dest {
+            addr,
+            lane: self.config.lane,
+        }
     }
 
     fn next(&mut self, ctx: &mut Ctx<ClientTimer>) {
         while self.current.is_none() {
-            let Some((id, op, invoked_at)) = self.queue.pop_front() else { return };
+            let Some((id, op, invoked_at)) = self.queue.pop_front() else {
+                return;
+            };
             if let Some(why) = oversized(&op) {
-                self.finish_with(ctx, Current { id, op, invoked_at, seq: None, sent: false }, Outcome::Refused(why));
+                self.finish_with(
+                    ctx,
+                    Current {
+                        id,
+                        op,
+                        invoked_at,
+                        seq: None,
+                        sent: false,
+                    },
+                    Outcome::Refused(why),
+                );
                 continue;
             }
-            self.current = Some(Current { id, op, invoked_at, seq: None, sent: false });
+            self.current = Some(Current {
+                id,
+                op,
+                invoked_at,
+                seq: None,
+                sent: false,
+            });
         }
         self.send_current(ctx);
     }
 
     /// Sends the outstanding operation (or what it needs first: a view, a session).
     fn send_current(&mut self, ctx: &mut Ctx<ClientTimer>) {
-        let Some(current) = self.current.as_mut() else { return };
+        let Some(current) = self.current.as_mut() else {
+            return;
+        };
         let Some(primary) = self.view.and_then(|view| view.primary) else {
             self.ask_view(ctx);
             return;
         };
-        let to = Dest { addr: primary.addr, lane: self.config.lane };
+        let to = Dest {
+            addr: primary.addr,
+            lane: self.config.lane,
+        };
         let corr = match &current.op {
             ClientOp::Get { key } => ctx.send(to, GetRequest { key: key.clone() }),
             ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => {
                 let Some(session) = self.session else {
-                    let nonce = *self.opening.get_or_insert_with(|| ctx.rng().random::<u64>());
+                    let nonce = *self
+                        .opening
+                        .get_or_insert_with(|| ctx.rng().random::<u64>());
                     let corr = ctx.send(to, OpenSessionRequest { nonce });
                     self.awaiting = Some(corr);
                     ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
@@ -228,8 +258,13 @@ impl Client {
                     seq
                 });
                 let hash = matches!(current.op, ClientOp::PutHash { .. });
-                let request =
-                    PutRequest { session, seq, hash, key: key.clone(), value: value.clone() };
+                let request = PutRequest {
+                    session,
+                    seq,
+                    hash,
+                    key: key.clone(),
+                    value: value.clone(),
+                };
                 ctx.send(to, request)
             }
         };
@@ -253,7 +288,9 @@ impl Client {
     }
 
     fn finish(&mut self, ctx: &mut Ctx<ClientTimer>, outcome: Outcome) {
-        let Some(current) = self.current.take() else { return };
+        let Some(current) = self.current.take() else {
+            return;
+        };
         self.finish_with(ctx, current, outcome);
         self.awaiting = None;
         ctx.cancel_timer(ClientTimer::Retry);
@@ -274,7 +311,10 @@ impl Client {
     fn on_reply(&mut self, ctx: &mut Ctx<ClientTimer>, message: Message) {
         match message {
             Message::GetViewReply(reply) => {
-                if self.view.is_none_or(|view| reply.view.viewnum >= view.viewnum) {
+                if self
+                    .view
+                    .is_none_or(|view| reply.view.viewnum >= view.viewnum)
+                {
                     self.view = Some(reply.view);
                 }
                 if reply.view.primary.is_none() {
@@ -337,7 +377,10 @@ fn oversized(op: &ClientOp) -> Option<String> {
         ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => (key, Some(value)),
     };
     if key.len() > KEY_LEN_MAX {
-        return Some(format!("key of {} bytes exceeds the limit of {KEY_LEN_MAX}", key.len()));
+        return Some(format!(
+            "key of {} bytes exceeds the limit of {KEY_LEN_MAX}",
+            key.len()
+        ));
     }
     match value {
         Some(value) if value.len() > VALUE_LEN_MAX => Some(format!(
@@ -378,6 +421,9 @@ impl Role for Client {
     }
 
     fn check_invariants(&self) {
-        assert!(self.current.is_some() || self.queue.is_empty(), "queued work with none outstanding");
+        assert!(
+            self.current.is_some() || self.queue.is_empty(),
+            "queued work with none outstanding"
+        );
     }
 }

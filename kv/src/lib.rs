@@ -26,7 +26,12 @@ use proto::viewservice::{Member, View};
 /// A view as readable text: `3 (primary 127.0.0.1:7101, backup none)`.
 pub fn view_text(view: &View) -> String {
     let name = |member: Option<Member>| member.map_or("none".to_string(), |m| m.addr.to_string());
-    format!("{} (primary {}, backup {})", view.viewnum, name(view.primary), name(view.backup))
+    format!(
+        "{} (primary {}, backup {})",
+        view.viewnum,
+        name(view.primary),
+        name(view.backup)
+    )
 }
 
 /// A view as JSON, for `pbkv view --json` and `pbkv info`.

@@ -81,7 +81,8 @@ impl Role for KvNode {
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<KvTimer>, origin: &Origin, message: Message) {
-        dispatch!(self, ctx, |role, inner| role.on_message(inner, origin, message));
+        dispatch!(self, ctx, |role, inner| role
+            .on_message(inner, origin, message));
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<KvTimer>, timer: KvTimer) {

@@ -179,7 +179,10 @@ pub struct Replica {
 impl Replica {
     /// A replica with `config`; it learns its incarnation at start.
     pub fn new(config: ReplicaConfig) -> Replica {
-        let me = Member { addr: config.me, incarnation: Incarnation(0) };
+        let me = Member {
+            addr: config.me,
+            incarnation: Incarnation(0),
+        };
         Replica {
             config,
             me,
@@ -344,7 +347,12 @@ impl Replica {
             self.stats.promotions += 1;
             // Idle time restarts at promotion, on this server's own clock.
             let now = ctx.now();
-            self.last_active = self.state.sessions.keys().map(|session| (*session, now)).collect();
+            self.last_active = self
+                .state
+                .sessions
+                .keys()
+                .map(|session| (*session, now))
+                .collect();
         }
         self.begin_view_as_primary(ctx);
     }
@@ -421,35 +429,78 @@ impl Replica {
 
     fn on_open_session(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, nonce: u64) {
         if !self.serving {
-            let reply = OpenSessionReply { status: Status::ErrWrongServer, nonce, session: 0 };
+            let reply = OpenSessionReply {
+                status: Status::ErrWrongServer,
+                nonce,
+                session: 0,
+            };
             ctx.reply(origin, reply);
             return;
         }
-        let index = self.assign(Entry { session: 0, seq: 0, op: Op::OpenSession { nonce } });
+        let index = self.assign(Entry {
+            session: 0,
+            seq: 0,
+            op: Op::OpenSession { nonce },
+        });
         self.last_active.insert(index, ctx.now());
-        let reply = OpenSessionReply { status: Status::Ok, nonce, session: index };
-        self.wait_for(ctx, index, Waiting { to: origin.reply_to(), reply: reply.into() });
+        let reply = OpenSessionReply {
+            status: Status::Ok,
+            nonce,
+            session: index,
+        };
+        self.wait_for(
+            ctx,
+            index,
+            Waiting {
+                to: origin.reply_to(),
+                reply: reply.into(),
+            },
+        );
     }
 
     fn on_get(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, request: GetRequest) {
         if !self.serving {
-            ctx.reply(origin, GetReply { status: Status::ErrWrongServer, value: Bytes::new() });
+            ctx.reply(
+                origin,
+                GetReply {
+                    status: Status::ErrWrongServer,
+                    value: Bytes::new(),
+                },
+            );
             return;
         }
         if request.key.len() > KEY_LEN_MAX {
-            ctx.reply(origin, GetReply { status: Status::ErrTooLarge, value: Bytes::new() });
+            ctx.reply(
+                origin,
+                GetReply {
+                    status: Status::ErrTooLarge,
+                    value: Bytes::new(),
+                },
+            );
             return;
         }
         // Read at its place in the order; answered once a later index commits.
         let reply = match self.state.store.get(&request.key) {
-            Some(value) => GetReply { status: Status::Ok, value: value.clone() },
-            None => GetReply { status: Status::ErrNoKey, value: Bytes::new() },
+            Some(value) => GetReply {
+                status: Status::Ok,
+                value: value.clone(),
+            },
+            None => GetReply {
+                status: Status::ErrNoKey,
+                value: Bytes::new(),
+            },
         };
-        self.gets_waiting.push(Waiting { to: origin.reply_to(), reply: reply.into() });
+        self.gets_waiting.push(Waiting {
+            to: origin.reply_to(),
+            reply: reply.into(),
+        });
     }
 
     fn on_put(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, request: PutRequest) {
-        let answer = |status| PutReply { status, previous: Bytes::new() };
+        let answer = |status| PutReply {
+            status,
+            previous: Bytes::new(),
+        };
         if !self.serving {
             ctx.reply(origin, answer(Status::ErrWrongServer));
             return;
@@ -471,20 +522,54 @@ impl Replica {
         if request.seq == record.last_seq {
             // A retry of the last request: the original reply, once that request committed.
             self.stats.dedup_hits += 1;
-            let reply = PutReply { status: Status::Ok, previous: record.reply };
-            self.wait_for(ctx, record.index, Waiting { to: origin.reply_to(), reply: reply.into() });
+            let reply = PutReply {
+                status: Status::Ok,
+                previous: record.reply,
+            };
+            self.wait_for(
+                ctx,
+                record.index,
+                Waiting {
+                    to: origin.reply_to(),
+                    reply: reply.into(),
+                },
+            );
             return;
         }
         let op = if request.hash {
-            Op::PutHash { key: request.key, value: request.value }
+            Op::PutHash {
+                key: request.key,
+                value: request.value,
+            }
         } else {
-            Op::Put { key: request.key, value: request.value }
+            Op::Put {
+                key: request.key,
+                value: request.value,
+            }
         };
-        let entry = Entry { session: request.session, seq: request.seq, op };
+        let entry = Entry {
+            session: request.session,
+            seq: request.seq,
+            op,
+        };
         let index = self.assign(entry);
-        let previous = self.state.sessions.get(&request.session).map(|r| r.reply.clone());
-        let reply = PutReply { status: Status::Ok, previous: previous.unwrap_or_default() };
-        self.wait_for(ctx, index, Waiting { to: origin.reply_to(), reply: reply.into() });
+        let previous = self
+            .state
+            .sessions
+            .get(&request.session)
+            .map(|r| r.reply.clone());
+        let reply = PutReply {
+            status: Status::Ok,
+            previous: previous.unwrap_or_default(),
+        };
+        self.wait_for(
+            ctx,
+            index,
+            Waiting {
+                to: origin.reply_to(),
+                reply: reply.into(),
+            },
+        );
     }
 
     /// Gives `entry` the next index, applies it, and queues it for the backup.
@@ -494,7 +579,9 @@ impl Replica {
         if self.view.backup.is_some() {
             self.log.push_back(entry);
         } else {
+            // No backup: nothing to forward, and the entry commits at turn end.
             self.log_first = self.state.applied + 1;
+            self.sent = self.state.applied;
         }
         self.assigned_in_turn = true;
         self.state.applied
@@ -517,7 +604,10 @@ impl Replica {
         }
         self.committed = index;
         let later = self.waiting.split_off(&(index + 1));
-        for pending in std::mem::replace(&mut self.waiting, later).into_values().flatten() {
+        for pending in std::mem::replace(&mut self.waiting, later)
+            .into_values()
+            .flatten()
+        {
             self.stats.replies += 1;
             ctx.reply(pending.to, pending.reply);
         }
@@ -526,15 +616,19 @@ impl Replica {
     // ----- The forward stream (primary) -----
 
     fn send_forwards(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
-        let Some(dest) = self.backup_dest() else { return };
-        while self.sent < self.state.applied && self.in_flight.len() < self.config.forward_in_flight_max
+        let Some(dest) = self.backup_dest() else {
+            return;
+        };
+        while self.sent < self.state.applied
+            && self.in_flight.len() < self.config.forward_in_flight_max
         {
             let first_index = self.sent + 1;
             let skip = usize::try_from(first_index - self.log_first).expect("log fits in memory");
             let mut entries = Vec::new();
             let mut len = 0;
             for entry in self.log.iter().skip(skip) {
-                if !entries.is_empty() && len + entry.len_hint() > self.config.forward_batch_len_max {
+                if !entries.is_empty() && len + entry.len_hint() > self.config.forward_batch_len_max
+                {
                     break;
                 }
                 len += entry.len_hint();
@@ -543,7 +637,14 @@ impl Replica {
             assert!(!entries.is_empty(), "sent < applied implies unsent entries");
             self.sent += entries.len() as u64;
             self.in_flight.push_back(self.sent);
-            ctx.send(dest, ForwardRequest { view: self.view, first_index, entries });
+            ctx.send(
+                dest,
+                ForwardRequest {
+                    view: self.view,
+                    first_index,
+                    entries,
+                },
+            );
         }
     }
 
@@ -557,7 +658,10 @@ impl Replica {
             return; // A rejection does nothing else.
         }
         let from_backup = self.view.backup
-            == Some(Member { addr: self.me_backup_addr(), incarnation: reply.incarnation });
+            == Some(Member {
+                addr: self.me_backup_addr(),
+                incarnation: reply.incarnation,
+            });
         if !self.serving || !self.backup_synced || reply.view != self.view || !from_backup {
             return; // An ack from another view or incarnation: ignored.
         }
@@ -574,7 +678,11 @@ impl Replica {
         if applied > self.backup_acked {
             self.backup_acked = applied;
         }
-        while self.in_flight.front().is_some_and(|last| *last <= self.backup_acked) {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|last| *last <= self.backup_acked)
+        {
             self.in_flight.pop_front();
         }
         while self.log_first <= self.backup_acked && !self.log.is_empty() {
@@ -587,11 +695,15 @@ impl Replica {
     // ----- State transfer (primary) -----
 
     fn send_transfer_chunks(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
-        let Some(dest) = self.backup_dest() else { return };
+        let Some(dest) = self.backup_dest() else {
+            return;
+        };
         let view = self.view;
         let chunk_len_max = self.config.transfer_chunk_len_max;
         let sessions_max = self.config.transfer_chunk_sessions_max;
-        let Some(transfer) = self.transfer.as_mut() else { return };
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
         for _ in 0..self.config.transfer_chunks_per_turn {
             if transfer.last_sent
                 || transfer.next_chunk - transfer.chunks_acked >= self.config.transfer_window
@@ -612,9 +724,17 @@ impl Replica {
             return;
         }
         let from_backup = self.view.backup
-            == Some(Member { addr: self.me_backup_addr(), incarnation: reply.incarnation });
-        let Some(transfer) = self.transfer.as_mut() else { return };
-        if !self.serving || reply.view != self.view || !from_backup || reply.transfer_id != transfer.id
+            == Some(Member {
+                addr: self.me_backup_addr(),
+                incarnation: reply.incarnation,
+            });
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if !self.serving
+            || reply.view != self.view
+            || !from_backup
+            || reply.transfer_id != transfer.id
         {
             return;
         }
@@ -634,25 +754,39 @@ impl Replica {
 
     /// Whether a forward or chunk stamped `view` from `origin` may be taken; answers the
     /// sender with a rejection otherwise. Adopts a newer carried view first.
-    fn accept_from_primary(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, view: View) -> bool {
+    fn accept_from_primary(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        view: View,
+    ) -> bool {
         if view.viewnum > self.view.viewnum {
             self.adopt(ctx, view, true);
         }
         let primary = self.view.primary;
-        let from_primary = primary.is_some_and(|p| {
-            origin.addr == Some(p.addr) && origin.incarnation == p.incarnation
-        });
+        let from_primary = primary
+            .is_some_and(|p| origin.addr == Some(p.addr) && origin.incarnation == p.incarnation);
         // Accepted only from the primary of the current view, as the incarnation it names,
         // by the backup of that view.
         view == self.view && self.view.is_backup(self.me) && from_primary && self.refused.is_none()
     }
 
-    fn reject(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, transfer: Option<(u64, u32)>) {
+    fn reject(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        transfer: Option<(u64, u32)>,
+    ) {
         self.stats.forwards_rejected += 1;
         let (view, incarnation, applied) = (self.view, self.me.incarnation, self.state.applied);
         match transfer {
             None => {
-                let reply = ForwardReply { view, incarnation, outcome: Outcome::Rejected, applied };
+                let reply = ForwardReply {
+                    view,
+                    incarnation,
+                    outcome: Outcome::Rejected,
+                    applied,
+                };
                 ctx.reply(origin, reply);
             }
             Some((transfer_id, chunk)) => {
@@ -670,8 +804,14 @@ impl Replica {
         }
     }
 
-    fn on_forward(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, request: ForwardRequest) {
-        if !self.accept_from_primary(ctx, origin, request.view) || self.synced_view != self.view.viewnum
+    fn on_forward(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        request: ForwardRequest,
+    ) {
+        if !self.accept_from_primary(ctx, origin, request.view)
+            || self.synced_view != self.view.viewnum
         {
             self.reject(ctx, origin, None);
             return;
@@ -695,7 +835,12 @@ impl Replica {
         ctx.reply(origin, reply);
     }
 
-    fn on_transfer(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, request: TransferRequest) {
+    fn on_transfer(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        request: TransferRequest,
+    ) {
         if !self.accept_from_primary(ctx, origin, request.view) {
             self.reject(ctx, origin, Some((request.transfer_id, request.chunk)));
             return;
@@ -709,7 +854,9 @@ impl Replica {
                 sessions: OrdMap::new(),
             });
         }
-        let Some(receiving) = self.receiving.as_mut() else { return };
+        let Some(receiving) = self.receiving.as_mut() else {
+            return;
+        };
         if receiving.id != request.transfer_id || receiving.next_chunk != request.chunk {
             return; // Part of another (older) transfer: never finished here.
         }
@@ -724,11 +871,18 @@ impl Replica {
         if request.last {
             // Installed whole, never in part.
             let done = self.receiving.take().expect("checked above");
-            self.state = State { store: done.store, sessions: done.sessions, applied: done.snapshot_index };
+            self.state = State {
+                store: done.store,
+                sessions: done.sessions,
+                applied: done.snapshot_index,
+            };
             self.synced_view = self.view.viewnum;
             self.stats.transfers_installed += 1;
             installed = true;
-            ctx.event(format!("installed snapshot at index {}", done.snapshot_index));
+            ctx.event(format!(
+                "installed snapshot at index {}",
+                done.snapshot_index
+            ));
         }
         let reply = TransferReply {
             view: self.view,
@@ -757,7 +911,9 @@ impl Replica {
             .sessions
             .keys()
             .filter(|session| {
-                self.last_active.get(session).is_none_or(|at| now.since(*at) > idle_max)
+                self.last_active
+                    .get(session)
+                    .is_none_or(|at| now.since(*at) > idle_max)
             })
             .copied()
             .collect();
@@ -769,25 +925,53 @@ impl Replica {
         }
         self.stats.sessions_expired += expired.len() as u64;
         ctx.event(format!("expire {} idle sessions", expired.len()));
-        self.assign(Entry { session: 0, seq: 0, op: Op::ExpireSessions { sessions: expired } });
+        self.assign(Entry {
+            session: 0,
+            seq: 0,
+            op: Op::ExpireSessions { sessions: expired },
+        });
     }
 
     fn check(&self) {
-        assert!(self.committed <= self.state.applied, "committed past applied");
-        assert!(self.backup_acked <= self.state.applied, "acked past applied");
+        assert!(
+            self.committed <= self.state.applied,
+            "committed past applied"
+        );
+        assert!(
+            self.backup_acked <= self.state.applied,
+            "acked past applied"
+        );
         assert!(
             self.in_flight.len() <= self.config.forward_in_flight_max,
             "{} forwards in flight",
             self.in_flight.len()
         );
         if self.serving {
-            assert!(self.view.is_primary(self.me), "serving but not the view's primary");
+            assert!(
+                self.view.is_primary(self.me),
+                "serving but not the view's primary"
+            );
             assert!(self.refused.is_none(), "serving while refusing");
             let log_last = self.log_first + self.log.len() as u64;
-            assert_eq!(log_last, self.state.applied + 1, "log does not end at applied");
-            assert!(self.sent <= self.state.applied && self.log_first <= self.sent + 1);
+            assert_eq!(
+                log_last,
+                self.state.applied + 1,
+                "log does not end at applied"
+            );
+            assert!(
+                self.sent <= self.state.applied,
+                "sent {} past applied",
+                self.sent
+            );
+            assert!(
+                self.log_first <= self.sent + 1,
+                "log starts after the first unsent entry"
+            );
         } else {
-            assert!(self.waiting.is_empty(), "replies waiting on a server that may not serve");
+            assert!(
+                self.waiting.is_empty(),
+                "replies waiting on a server that may not serve"
+            );
         }
     }
 }
@@ -795,12 +979,22 @@ impl Replica {
 /// The same request's answer, saying "not here": used when stepping down.
 fn wrong_server(reply: &Message) -> Message {
     match reply {
-        Message::OpenSessionReply(open) => {
-            OpenSessionReply { status: Status::ErrWrongServer, nonce: open.nonce, session: 0 }
-                .into()
+        Message::OpenSessionReply(open) => OpenSessionReply {
+            status: Status::ErrWrongServer,
+            nonce: open.nonce,
+            session: 0,
         }
-        Message::GetReply(_) => GetReply { status: Status::ErrWrongServer, value: Bytes::new() }.into(),
-        _ => PutReply { status: Status::ErrWrongServer, previous: Bytes::new() }.into(),
+        .into(),
+        Message::GetReply(_) => GetReply {
+            status: Status::ErrWrongServer,
+            value: Bytes::new(),
+        }
+        .into(),
+        _ => PutReply {
+            status: Status::ErrWrongServer,
+            previous: Bytes::new(),
+        }
+        .into(),
     }
 }
 
@@ -849,7 +1043,12 @@ fn next_chunk(
         }
     }
     let sessions_left = match transfer.session_cursor {
-        Some(cursor) => transfer.snapshot.sessions.range((Bound::Excluded(cursor), Bound::Unbounded)).next().is_some(),
+        Some(cursor) => transfer
+            .snapshot
+            .sessions
+            .range((Bound::Excluded(cursor), Bound::Unbounded))
+            .next()
+            .is_some(),
         None => !transfer.snapshot.sessions.is_empty(),
     };
     let last = transfer.items_done && !sessions_left;
@@ -871,10 +1070,16 @@ impl Role for Replica {
     type Timer = ReplicaTimer;
 
     fn on_start(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
-        self.me = Member { addr: self.config.me, incarnation: ctx.incarnation() };
+        self.me = Member {
+            addr: self.config.me,
+            incarnation: ctx.incarnation(),
+        };
         self.send_ping(ctx);
         ctx.set_timer(ReplicaTimer::Ping, self.config.timing.ping_interval);
-        ctx.set_timer(ReplicaTimer::ExpireSessions, self.config.session_idle_max / 4);
+        ctx.set_timer(
+            ReplicaTimer::ExpireSessions,
+            self.config.session_idle_max / 4,
+        );
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, message: Message) {
@@ -891,7 +1096,12 @@ impl Role for Replica {
             Message::TransferRequest(request) => self.on_transfer(ctx, origin, request),
             Message::TransferReply(reply) => self.on_transfer_reply(ctx, reply),
             Message::InfoRequest(_) => {
-                ctx.reply(origin, InfoReply { json: self.info().to_string() });
+                ctx.reply(
+                    origin,
+                    InfoReply {
+                        json: self.info().to_string(),
+                    },
+                );
             }
             other => log::debug!("replica: ignoring {}", other.message_type()),
         }
@@ -930,7 +1140,11 @@ impl Role for Replica {
         if !self.gets_waiting.is_empty() {
             if !self.assigned_in_turn {
                 // A sync point: a no-op with its own new index, never a re-ack.
-                self.assign(Entry { session: 0, seq: 0, op: Op::Noop });
+                self.assign(Entry {
+                    session: 0,
+                    seq: 0,
+                    op: Op::Noop,
+                });
             }
             let index = self.state.applied;
             for pending in std::mem::take(&mut self.gets_waiting) {

@@ -51,12 +51,17 @@ impl State {
             }
             Op::PutHash { key, value } => {
                 let previous = self.store.get(key).cloned().unwrap_or_default();
-                self.store.insert(key.clone(), puthash_value(&previous, value));
+                self.store
+                    .insert(key.clone(), puthash_value(&previous, value));
                 previous
             }
             Op::OpenSession { .. } => {
-                let record =
-                    SessionRecord { session: index, last_seq: 0, index, reply: Bytes::new() };
+                let record = SessionRecord {
+                    session: index,
+                    last_seq: 0,
+                    index,
+                    reply: Bytes::new(),
+                };
                 self.sessions.insert(index, record);
                 Bytes::new()
             }
@@ -99,8 +104,15 @@ mod tests {
         let key = Bytes::from_static(b"counter");
         let mut previous_values = Vec::new();
         for i in 0..100 {
-            let op = Op::PutHash { key: key.clone(), value: Bytes::from(i.to_string()) };
-            previous_values.push(state.apply(&Entry { session: 0, seq: 0, op }));
+            let op = Op::PutHash {
+                key: key.clone(),
+                value: Bytes::from(i.to_string()),
+            };
+            previous_values.push(state.apply(&Entry {
+                session: 0,
+                seq: 0,
+                op,
+            }));
         }
         assert_eq!(previous_values[0], "");
         assert_eq!(previous_values[1], "890022063");
@@ -109,19 +121,40 @@ mod tests {
         assert_eq!(previous_values[4], "2838261054");
         assert_eq!(previous_values[5], "4175298000");
         assert_eq!(previous_values[99], "1507674645");
-        assert_eq!(state.store.get(&key).cloned().unwrap_or_default(), "3868028174");
+        assert_eq!(
+            state.store.get(&key).cloned().unwrap_or_default(),
+            "3868028174"
+        );
     }
 
     #[test]
     fn session_entries_record_the_reply() {
         let mut state = State::default();
-        state.apply(&Entry { session: 0, seq: 0, op: Op::OpenSession { nonce: 7 } });
+        state.apply(&Entry {
+            session: 0,
+            seq: 0,
+            op: Op::OpenSession { nonce: 7 },
+        });
         let key = Bytes::from_static(b"k");
-        let op = Op::PutHash { key: key.clone(), value: Bytes::from_static(b"x") };
-        state.apply(&Entry { session: 1, seq: 1, op });
+        let op = Op::PutHash {
+            key: key.clone(),
+            value: Bytes::from_static(b"x"),
+        };
+        state.apply(&Entry {
+            session: 1,
+            seq: 1,
+            op,
+        });
         let record = state.sessions.get(&1).cloned().expect("session 1 exists");
-        assert_eq!((record.last_seq, record.index, record.reply), (1, 2, Bytes::new()));
-        state.apply(&Entry { session: 0, seq: 0, op: Op::ExpireSessions { sessions: vec![1] } });
+        assert_eq!(
+            (record.last_seq, record.index, record.reply),
+            (1, 2, Bytes::new())
+        );
+        state.apply(&Entry {
+            session: 0,
+            seq: 0,
+            op: Op::ExpireSessions { sessions: vec![1] },
+        });
         assert!(state.sessions.is_empty());
     }
 }

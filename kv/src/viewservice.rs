@@ -30,7 +30,10 @@ pub struct ViewTiming {
 
 impl Default for ViewTiming {
     fn default() -> ViewTiming {
-        ViewTiming { ping_interval: Duration::from_millis(100), dead_pings: 5 }
+        ViewTiming {
+            ping_interval: Duration::from_millis(100),
+            dead_pings: 5,
+        }
     }
 }
 
@@ -111,12 +114,18 @@ impl ViewService {
     /// Whether `member` (as named by the view) is alive and the same incarnation.
     fn member_ok(&self, now: MonoTime, member: Member) -> bool {
         self.alive(now, member.addr)
-            && self.servers.get(&member.addr).is_some_and(|s| s.incarnation == member.incarnation)
+            && self
+                .servers
+                .get(&member.addr)
+                .is_some_and(|s| s.incarnation == member.incarnation)
     }
 
     fn on_ping(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin, ping: PingRequest) {
         let now = ctx.now();
-        let member = Member { addr: ping.server, incarnation: ping.incarnation };
+        let member = Member {
+            addr: ping.server,
+            incarnation: ping.incarnation,
+        };
         let previous = self.servers.get(&ping.server).copied();
         let is_member = self.view.primary.map(|m| m.addr) == Some(ping.server)
             || self.view.backup.map(|m| m.addr) == Some(ping.server);
@@ -132,7 +141,9 @@ impl ViewService {
             incarnation: ping.incarnation,
             last_ping: now,
             pinged_nonzero: ping.viewnum != 0
-                || (same_incarnation && !zero_restart && previous.is_some_and(|s| s.pinged_nonzero)),
+                || (same_incarnation
+                    && !zero_restart
+                    && previous.is_some_and(|s| s.pinged_nonzero)),
         };
         self.servers.insert(ping.server, state);
         if zero_restart {
@@ -159,7 +170,9 @@ impl ViewService {
             return; // The ack rule: never more than one view ahead of the primary.
         }
         let now = ctx.now();
-        let Some(primary) = self.view.primary else { return };
+        let Some(primary) = self.view.primary else {
+            return;
+        };
         let ok = |member: Member| Some(member.addr) != restarted && self.member_ok(now, member);
         let primary_ok = ok(primary);
         let backup_ok = self.view.backup.map(ok);
@@ -195,7 +208,10 @@ impl ViewService {
     fn pick_restarted(&self, now: MonoTime, restarted: Option<Addr>) -> Option<Member> {
         let addr = restarted?;
         let state = self.servers.get(&addr)?;
-        self.alive(now, addr).then_some(Member { addr, incarnation: state.incarnation })
+        self.alive(now, addr).then_some(Member {
+            addr,
+            incarnation: state.incarnation,
+        })
     }
 
     /// A live server, as its current incarnation, that is neither the primary-to-be nor the
@@ -204,7 +220,10 @@ impl ViewService {
     fn pick_idle(&self, now: MonoTime, primary: Addr, failed: Member) -> Option<Member> {
         self.servers
             .iter()
-            .map(|(addr, state)| Member { addr: *addr, incarnation: state.incarnation })
+            .map(|(addr, state)| Member {
+                addr: *addr,
+                incarnation: state.incarnation,
+            })
             .filter(|member| member.addr != primary && *member != failed)
             .find(|member| self.alive(now, member.addr))
     }
@@ -247,10 +266,19 @@ impl ViewService {
 
     fn check(&self) {
         if let (Some(primary), Some(backup)) = (self.view.primary, self.view.backup) {
-            assert_ne!(primary.addr, backup.addr, "primary and backup are one server");
+            assert_ne!(
+                primary.addr, backup.addr,
+                "primary and backup are one server"
+            );
         }
-        assert!(self.view.primary.is_some() || self.view.backup.is_none(), "backup without primary");
-        assert!(self.view.viewnum == 0 || self.view.primary.is_some(), "a view without primary");
+        assert!(
+            self.view.primary.is_some() || self.view.backup.is_none(),
+            "backup without primary"
+        );
+        assert!(
+            self.view.viewnum == 0 || self.view.primary.is_some(),
+            "a view without primary"
+        );
     }
 }
 

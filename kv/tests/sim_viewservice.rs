@@ -19,7 +19,10 @@ fn seeds() -> std::ops::Range<u64> {
         let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
         return seed..seed + 1;
     }
-    let count = std::env::var("PBKV_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(100);
+    let count = std::env::var("PBKV_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
     0..count
 }
 
@@ -51,9 +54,9 @@ impl Role for Node {
 
     fn on_message(&mut self, ctx: &mut Ctx<Timer>, origin: &Origin, message: Message) {
         match self {
-            Node::ViewService(vs) => {
-                ctx.nested(Timer::ViewService, |inner| vs.on_message(inner, origin, message))
-            }
+            Node::ViewService(vs) => ctx.nested(Timer::ViewService, |inner| {
+                vs.on_message(inner, origin, message)
+            }),
             Node::Clerk(clerk) => match message {
                 Message::PingReply(reply) => clerk.last = Some(reply.view),
                 Message::GetViewReply(reply) => clerk.last = Some(reply.view),
@@ -94,8 +97,14 @@ impl Harness {
     fn new(seed: u64) -> Harness {
         let vs_addr = Addr::v4(127, 0, 0, 1, 7000);
         let mut sim = Sim::new(seed, SimConfig::default());
-        let timing = ViewTiming { ping_interval: PING_INTERVAL, dead_pings: DEAD_PINGS };
-        sim.add_node(NodeSpec::server("vs", vs_addr), Node::ViewService(ViewService::new(timing)));
+        let timing = ViewTiming {
+            ping_interval: PING_INTERVAL,
+            dead_pings: DEAD_PINGS,
+        };
+        sim.add_node(
+            NodeSpec::server("vs", vs_addr),
+            Node::ViewService(ViewService::new(timing)),
+        );
         Harness { sim, vs_addr, seed }
     }
 
@@ -104,11 +113,18 @@ impl Harness {
         let mut spec = NodeSpec::client(name);
         spec.fixed_incarnation = Some(incarnation);
         let node = self.sim.add_node(spec, Node::Clerk(Clerk::default()));
-        Ck { node, addr: Addr::v4(127, 0, 0, 1, port), incarnation }
+        Ck {
+            node,
+            addr: Addr::v4(127, 0, 0, 1, port),
+            incarnation,
+        }
     }
 
     fn member(ck: &Ck) -> Member {
-        Member { addr: ck.addr, incarnation: ck.incarnation }
+        Member {
+            addr: ck.addr,
+            incarnation: ck.incarnation,
+        }
     }
 
     /// A synchronous call: send, then run until the answer is back.
@@ -124,7 +140,11 @@ impl Harness {
         let answered = self.sim.run_until_true(Duration::from_secs(5), |sim| {
             matches!(sim.role(node), Some(Node::Clerk(Clerk { last: Some(_) })))
         });
-        assert!(answered, "seed {}: the view service did not answer", self.seed);
+        assert!(
+            answered,
+            "seed {}: the view service did not answer",
+            self.seed
+        );
         match self.sim.role(ck.node) {
             Some(Node::Clerk(Clerk { last: Some(view) })) => *view,
             _ => unreachable!("checked above"),
@@ -132,7 +152,11 @@ impl Harness {
     }
 
     fn ping(&mut self, ck: &Ck, viewnum: u64) -> View {
-        let ping = PingRequest { server: ck.addr, incarnation: ck.incarnation, viewnum };
+        let ping = PingRequest {
+            server: ck.addr,
+            incarnation: ck.incarnation,
+            viewnum,
+        };
         self.call(ck, ping.into())
     }
 
@@ -145,11 +169,26 @@ impl Harness {
     }
 
     /// The lab's `check(ck, p, b, n)`.
-    fn check(&mut self, ck: &Ck, primary: Option<&Ck>, backup: Option<&Ck>, viewnum: u64, what: &str) {
+    fn check(
+        &mut self,
+        ck: &Ck,
+        primary: Option<&Ck>,
+        backup: Option<&Ck>,
+        viewnum: u64,
+        what: &str,
+    ) {
         let view = self.get(ck);
         let seed = self.seed;
-        assert_eq!(view.primary, primary.map(Harness::member), "seed {seed}: {what}: primary");
-        assert_eq!(view.backup, backup.map(Harness::member), "seed {seed}: {what}: backup");
+        assert_eq!(
+            view.primary,
+            primary.map(Harness::member),
+            "seed {seed}: {what}: primary"
+        );
+        assert_eq!(
+            view.backup,
+            backup.map(Harness::member),
+            "seed {seed}: {what}: backup"
+        );
         if viewnum != 0 {
             assert_eq!(view.viewnum, viewnum, "seed {seed}: {what}: viewnum");
         }
@@ -166,7 +205,10 @@ fn view_service_test(seed: u64) {
     let ck2 = h.clerk("ck2", 7102);
     let ck3 = h.clerk("ck3", 7103);
     let dp = u64::from(DEAD_PINGS);
-    assert!(h.get(&ck1).primary.is_none(), "seed {seed}: there was a primary too soon");
+    assert!(
+        h.get(&ck1).primary.is_none(),
+        "seed {seed}: there was a primary too soon"
+    );
 
     // Phase 1: "First primary".
     for _ in 0..dp * 2 {
@@ -200,7 +242,13 @@ fn view_service_test(seed: u64) {
         }
         h.sleep();
     }
-    h.check(&ck2, Some(&ck2), None, vx.viewnum + 1, "backup takes over if primary fails");
+    h.check(
+        &ck2,
+        Some(&ck2),
+        None,
+        vx.viewnum + 1,
+        "backup takes over if primary fails",
+    );
 
     // Phase 4: "Restarted server becomes backup".
     let vx = h.get(&ck2);
@@ -213,7 +261,13 @@ fn view_service_test(seed: u64) {
         }
         h.sleep();
     }
-    h.check(&ck2, Some(&ck2), Some(&ck1), vx.viewnum + 1, "restarted server becomes backup");
+    h.check(
+        &ck2,
+        Some(&ck2),
+        Some(&ck1),
+        vx.viewnum + 1,
+        "restarted server becomes backup",
+    );
 
     // Phase 5: "Idle third server becomes backup if primary fails".
     let mut vx = h.get(&ck2);
@@ -227,7 +281,13 @@ fn view_service_test(seed: u64) {
         vx = view;
         h.sleep();
     }
-    h.check(&ck1, Some(&ck1), Some(&ck3), vx.viewnum + 1, "idle third server becomes backup");
+    h.check(
+        &ck1,
+        Some(&ck1),
+        Some(&ck3),
+        vx.viewnum + 1,
+        "idle third server becomes backup",
+    );
 
     // Phase 6: "Restarted primary treated as dead".
     let vx = h.get(&ck1);
@@ -242,7 +302,11 @@ fn view_service_test(seed: u64) {
         h.sleep();
     }
     let view = h.get(&ck3);
-    assert_eq!(view.primary, Some(Harness::member(&ck3)), "seed {seed}: expected primary=ck3");
+    assert_eq!(
+        view.primary,
+        Some(Harness::member(&ck3)),
+        "seed {seed}: expected primary=ck3"
+    );
 
     // "Dead backup is removed from view".
     for _ in 0..dp * 3 {
@@ -263,7 +327,13 @@ fn view_service_test(seed: u64) {
         }
         h.sleep();
     }
-    h.check(&ck1, Some(&ck3), Some(&ck1), vx.viewnum + 1, "viewserver waits: ck1 joins");
+    h.check(
+        &ck1,
+        Some(&ck3),
+        Some(&ck1),
+        vx.viewnum + 1,
+        "viewserver waits: ck1 joins",
+    );
     let vy = h.get(&ck1);
     for _ in 0..dp * 3 {
         let view = h.ping(&ck1, vy.viewnum);
@@ -272,7 +342,13 @@ fn view_service_test(seed: u64) {
         }
         h.sleep();
     }
-    h.check(&ck1, Some(&ck3), Some(&ck1), vy.viewnum, "viewserver waits for primary to ack view");
+    h.check(
+        &ck1,
+        Some(&ck3),
+        Some(&ck1),
+        vy.viewnum,
+        "viewserver waits for primary to ack view",
+    );
 
     // Phase 8: "Uninitialized server can't become primary".
     for _ in 0..dp * 2 {
@@ -318,10 +394,22 @@ fn new_incarnation_at_primary_address_is_a_restart() {
         h.ping(&ck2, 0);
         h.ping(&ck1, 2);
         h.ping(&ck2, 2);
-        let reborn = Ck { node: ck1.node, addr: ck1.addr, incarnation: Incarnation(999) };
+        let reborn = Ck {
+            node: ck1.node,
+            addr: ck1.addr,
+            incarnation: Incarnation(999),
+        };
         let view = h.ping(&reborn, 2);
         assert_eq!(view.viewnum, 3, "seed {seed}: one view change");
-        assert_eq!(view.primary, Some(Harness::member(&ck2)), "seed {seed}: backup promoted");
-        assert_eq!(view.backup, Some(Harness::member(&reborn)), "seed {seed}: reborn is backup");
+        assert_eq!(
+            view.primary,
+            Some(Harness::member(&ck2)),
+            "seed {seed}: backup promoted"
+        );
+        assert_eq!(
+            view.backup,
+            Some(Harness::member(&reborn)),
+            "seed {seed}: reborn is backup"
+        );
     }
 }

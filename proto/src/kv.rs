@@ -267,9 +267,17 @@ impl Decode for Entry {
         let seq = reader.u64()?;
         let op = match reader.u8()? {
             0 => Op::Noop,
-            1 => Op::Put { key: key(reader)?, value: value(reader, "value")? },
-            2 => Op::PutHash { key: key(reader)?, value: value(reader, "value")? },
-            3 => Op::OpenSession { nonce: reader.u64()? },
+            1 => Op::Put {
+                key: key(reader)?,
+                value: value(reader, "value")?,
+            },
+            2 => Op::PutHash {
+                key: key(reader)?,
+                value: value(reader, "value")?,
+            },
+            3 => Op::OpenSession {
+                nonce: reader.u64()?,
+            },
             4 => {
                 let count = reader.count("sessions", 8)?;
                 let mut sessions = Vec::with_capacity(count);
@@ -449,7 +457,9 @@ impl Encode for OpenSessionRequest {
 
 impl Decode for OpenSessionRequest {
     fn decode(reader: &mut Reader) -> Result<OpenSessionRequest, DecodeError> {
-        Ok(OpenSessionRequest { nonce: reader.u64()? })
+        Ok(OpenSessionRequest {
+            nonce: reader.u64()?,
+        })
     }
 }
 
@@ -492,7 +502,10 @@ impl Encode for GetReply {
 
 impl Decode for GetReply {
     fn decode(reader: &mut Reader) -> Result<GetReply, DecodeError> {
-        Ok(GetReply { status: Status::decode(reader)?, value: value(reader, "value")? })
+        Ok(GetReply {
+            status: Status::decode(reader)?,
+            value: value(reader, "value")?,
+        })
     }
 }
 
@@ -527,7 +540,10 @@ impl Encode for PutReply {
 
 impl Decode for PutReply {
     fn decode(reader: &mut Reader) -> Result<PutReply, DecodeError> {
-        Ok(PutReply { status: Status::decode(reader)?, previous: value(reader, "previous")? })
+        Ok(PutReply {
+            status: Status::decode(reader)?,
+            previous: value(reader, "previous")?,
+        })
     }
 }
 
@@ -551,7 +567,11 @@ impl Decode for ForwardRequest {
         for _ in 0..count {
             entries.push(Entry::decode(reader)?);
         }
-        Ok(ForwardRequest { view, first_index, entries })
+        Ok(ForwardRequest {
+            view,
+            first_index,
+            entries,
+        })
     }
 }
 
@@ -631,7 +651,15 @@ impl Decode for TransferRequest {
         for _ in 0..count {
             sessions.push(SessionRecord::decode(reader)?);
         }
-        Ok(TransferRequest { view, transfer_id, chunk, snapshot_index, last, items, sessions })
+        Ok(TransferRequest {
+            view,
+            transfer_id,
+            chunk,
+            snapshot_index,
+            last,
+            items,
+            sessions,
+        })
     }
 }
 
@@ -673,13 +701,19 @@ impl Decode for InfoRequest {
 
 impl Encode for InfoReply {
     fn encode(&self, out: &mut BytesMut) {
-        assert!(self.json.len() <= INFO_LEN_MAX, "info text of {} bytes", self.json.len());
+        assert!(
+            self.json.len() <= INFO_LEN_MAX,
+            "info text of {} bytes",
+            self.json.len()
+        );
         put_string(out, &self.json);
     }
 }
 
 impl Decode for InfoReply {
     fn decode(reader: &mut Reader) -> Result<InfoReply, DecodeError> {
-        Ok(InfoReply { json: reader.string("json", INFO_LEN_MAX)? })
+        Ok(InfoReply {
+            json: reader.string("json", INFO_LEN_MAX)?,
+        })
     }
 }

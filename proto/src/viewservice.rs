@@ -28,7 +28,10 @@ impl Encode for Member {
 
 impl Decode for Member {
     fn decode(reader: &mut Reader) -> Result<Member, DecodeError> {
-        Ok(Member { addr: Addr::decode(reader)?, incarnation: Incarnation::decode(reader)? })
+        Ok(Member {
+            addr: Addr::decode(reader)?,
+            incarnation: Incarnation::decode(reader)?,
+        })
     }
 }
 
@@ -55,7 +58,12 @@ pub struct View {
 impl View {
     /// View 0 of view service `service`.
     pub fn initial(service: Incarnation) -> View {
-        View { viewnum: 0, primary: None, backup: None, service }
+        View {
+            viewnum: 0,
+            primary: None,
+            backup: None,
+            service,
+        }
     }
 
     /// Whether `member` is this view's primary (address and incarnation).
@@ -156,7 +164,9 @@ macro_rules! view_only {
 
         impl Decode for $name {
             fn decode(reader: &mut Reader) -> Result<$name, DecodeError> {
-                Ok($name { view: View::decode(reader)? })
+                Ok($name {
+                    view: View::decode(reader)?,
+                })
             }
         }
     };
