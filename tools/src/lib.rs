@@ -1,6 +1,7 @@
 //! The `pbkv` tools: the node daemon and, over time, the client CLI, bench, demo, log and
 //! clock commands. Each subcommand lives in its own module under [`cmd`].
 
+pub mod blocking;
 pub mod cmd;
 pub mod config;
 pub mod exit;

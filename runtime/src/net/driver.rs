@@ -94,6 +94,14 @@ pub struct StopHandle {
 }
 
 impl StopHandle {
+    /// Wakes the loop for a turn, so a role that reads work from a shared queue (a host
+    /// role in a tool, not a sans-IO role) sees it at `on_turn_end`.
+    pub fn wake(&self) {
+        if let Err(error) = self.waker.wake() {
+            log::warn!("cannot wake the event loop: {error}");
+        }
+    }
+
     /// Asks the loop to stop after its current turn.
     pub fn stop(&self) {
         self.flag.store(true, Ordering::SeqCst);
@@ -817,10 +825,10 @@ impl Io {
             }
             ConnKind::Inbound => {
                 if let ConnState::Open(peer) = &conn.state {
-                    log::info!("connection from {} closed: {why}", peer.node);
+                    log::debug!("connection from {} closed: {why}", peer.node);
                     self.reports.push(Report::Closed(conn.id));
                 } else {
-                    log::info!("connection closed before hello: {why}");
+                    log::debug!("connection closed before hello: {why}");
                 }
             }
         }

@@ -2,11 +2,21 @@
 
 use clap::{Parser, Subcommand};
 use pbkv_tools::cmd;
+use pbkv_tools::cmd::client::{ClientArgs, GetArgs, InfoArgs, PutArgs, ViewArgs};
 
 /// pbkv: a primary/backup replicated key/value service.
 #[derive(Debug, Parser)]
-#[command(name = "pbkv", version, about, propagate_version = true)]
+#[command(
+    name = "pbkv",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done; 1 missing key (get); 2 usage; 65 request refused; \
+                  69 no primary reachable, nothing sent; 75 sent, outcome unknown; 78 bad config."
+)]
 struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -15,12 +25,27 @@ struct Cli {
 enum Command {
     /// Run one node daemon from a TOML configuration file.
     Node(cmd::node::NodeArgs),
+    /// Print a key's value (exit 1 if it does not exist).
+    Get(GetArgs),
+    /// Store a value.
+    Put(PutArgs),
+    /// Store hash(previous ++ value); print the previous value.
+    Puthash(PutArgs),
+    /// Print the current view.
+    View(ViewArgs),
+    /// Print one node's state.
+    Info(InfoArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Node(args) => cmd::node::run(args),
+        Command::Get(args) => cmd::client::get(&cli.client, args),
+        Command::Put(args) => cmd::client::put(&cli.client, args, false),
+        Command::Puthash(args) => cmd::client::put(&cli.client, args, true),
+        Command::View(args) => cmd::client::view(&cli.client, args),
+        Command::Info(args) => cmd::client::info(&cli.client, args),
     };
     std::process::exit(code);
 }

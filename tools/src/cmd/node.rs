@@ -3,6 +3,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use std::time::Duration;
+
+use kv::replica::{Replica, ReplicaConfig, ReplicaTimer};
+use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
+use proto::kv::InfoReply;
 use proto::{Message, MessageType, NodeId};
 use runtime::echo::{EchoConfig, EchoRole, EchoTimer};
 use runtime::event_log::FileSink;
@@ -25,19 +30,73 @@ pub struct NodeArgs {
 
 /// The roles one node hosts; messages are routed to a role by their type.
 pub struct Hosted {
+    view_service: Option<ViewService>,
+    replica: Option<Replica>,
     echo: Option<EchoRole>,
 }
 
 /// Timers of the hosted roles.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum HostedTimer {
+    /// The view service's.
+    ViewService(ViewServiceTimer),
+    /// The replica's.
+    Replica(ReplicaTimer),
     /// The echo role's.
     Echo(EchoTimer),
+}
+
+/// Which hosted role a message type goes to.
+enum Route {
+    ViewService,
+    Replica,
+    Echo,
+    Info,
+    Nobody,
+}
+
+fn route(message_type: MessageType) -> Route {
+    use MessageType as T;
+    match message_type {
+        T::PingRequest | T::GetViewRequest => Route::ViewService,
+        T::PingReply
+        | T::GetViewReply
+        | T::OpenSessionRequest
+        | T::GetRequest
+        | T::PutRequest
+        | T::ForwardRequest
+        | T::ForwardReply
+        | T::TransferRequest
+        | T::TransferReply => Route::Replica,
+        T::EchoRequest | T::EchoReply => Route::Echo,
+        T::InfoRequest => Route::Info,
+        T::Hello | T::OpenSessionReply | T::GetReply | T::PutReply | T::InfoReply => Route::Nobody,
+    }
 }
 
 impl Hosted {
     /// The roles `config` names.
     pub fn from_config(config: &NodeConfig) -> Hosted {
+        let timing = ViewTiming {
+            ping_interval: Duration::from_millis(config.timing.ping_interval_ms),
+            dead_pings: config.timing.dead_pings,
+        };
+        let view_service = config
+            .roles
+            .contains(&RoleName::Viewservice)
+            .then(|| ViewService::new(timing));
+        let replica = match (
+            config.roles.contains(&RoleName::Replica),
+            config.viewservice,
+        ) {
+            (true, Some(view_service)) => {
+                let me = proto::Addr(config.advertise.unwrap_or(config.listen));
+                let mut replica_config = ReplicaConfig::new(me, proto::Addr(view_service));
+                replica_config.timing = timing;
+                Some(Replica::new(replica_config))
+            }
+            _ => None,
+        };
         let echo = config.roles.contains(&RoleName::Echo).then(|| {
             EchoRole::new(EchoConfig {
                 peer: config.echo.peer.map(proto::Addr),
@@ -47,69 +106,126 @@ impl Hosted {
                 stop_when_done: true,
             })
         });
-        Hosted { echo }
+        Hosted {
+            view_service,
+            replica,
+            echo,
+        }
     }
+
+    fn info(&self) -> String {
+        let mut roles = serde_json::Map::new();
+        if let Some(view_service) = &self.view_service {
+            roles.insert("viewservice".into(), view_service.info());
+        }
+        if let Some(replica) = &self.replica {
+            roles.insert("replica".into(), replica.info());
+        }
+        if self.echo.is_some() {
+            roles.insert("echo".into(), serde_json::json!({}));
+        }
+        serde_json::Value::Object(roles).to_string()
+    }
+}
+
+macro_rules! each_role {
+    ($self:ident, $ctx:ident, |$role:ident, $inner:ident| $call:expr) => {
+        if let Some($role) = $self.view_service.as_mut() {
+            $ctx.nested(HostedTimer::ViewService, |$inner| $call);
+        }
+        if let Some($role) = $self.replica.as_mut() {
+            $ctx.nested(HostedTimer::Replica, |$inner| $call);
+        }
+        if let Some($role) = $self.echo.as_mut() {
+            $ctx.nested(HostedTimer::Echo, |$inner| $call);
+        }
+    };
 }
 
 impl Role for Hosted {
     type Timer = HostedTimer;
 
     fn on_start(&mut self, ctx: &mut Ctx<HostedTimer>) {
-        if let Some(echo) = self.echo.as_mut() {
-            ctx.nested(HostedTimer::Echo, |ctx| echo.on_start(ctx));
-        }
+        each_role!(self, ctx, |role, inner| role.on_start(inner));
     }
 
     fn on_message(&mut self, ctx: &mut Ctx<HostedTimer>, origin: &Origin, message: Message) {
-        match message.message_type() {
-            MessageType::EchoRequest | MessageType::EchoReply => {
-                if let Some(echo) = self.echo.as_mut() {
-                    ctx.nested(HostedTimer::Echo, |ctx| {
-                        echo.on_message(ctx, origin, message)
+        let message_type = message.message_type();
+        match route(message_type) {
+            Route::ViewService => {
+                if let Some(role) = self.view_service.as_mut() {
+                    ctx.nested(HostedTimer::ViewService, |c| {
+                        role.on_message(c, origin, message)
                     });
                     return;
                 }
             }
-            MessageType::Hello => {}
+            Route::Replica => {
+                if let Some(role) = self.replica.as_mut() {
+                    ctx.nested(HostedTimer::Replica, |c| {
+                        role.on_message(c, origin, message)
+                    });
+                    return;
+                }
+            }
+            Route::Echo => {
+                if let Some(role) = self.echo.as_mut() {
+                    ctx.nested(HostedTimer::Echo, |c| role.on_message(c, origin, message));
+                    return;
+                }
+            }
+            Route::Info => {
+                ctx.reply(origin, InfoReply { json: self.info() });
+                return;
+            }
+            Route::Nobody => {}
         }
-        log::debug!(
-            "no hosted role takes {} from {}",
-            message.message_type(),
-            origin.node
-        );
+        log::debug!("no hosted role takes {message_type} from {}", origin.node);
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<HostedTimer>, timer: HostedTimer) {
         match timer {
+            HostedTimer::ViewService(timer) => {
+                if let Some(role) = self.view_service.as_mut() {
+                    ctx.nested(HostedTimer::ViewService, |inner| {
+                        role.on_timer(inner, timer)
+                    });
+                }
+            }
+            HostedTimer::Replica(timer) => {
+                if let Some(role) = self.replica.as_mut() {
+                    ctx.nested(HostedTimer::Replica, |inner| role.on_timer(inner, timer));
+                }
+            }
             HostedTimer::Echo(timer) => {
-                if let Some(echo) = self.echo.as_mut() {
-                    ctx.nested(HostedTimer::Echo, |ctx| echo.on_timer(ctx, timer));
+                if let Some(role) = self.echo.as_mut() {
+                    ctx.nested(HostedTimer::Echo, |inner| role.on_timer(inner, timer));
                 }
             }
         }
     }
 
     fn on_link(&mut self, ctx: &mut Ctx<HostedTimer>, to: Dest, link: Link) {
-        if let Some(echo) = self.echo.as_mut() {
-            ctx.nested(HostedTimer::Echo, |ctx| echo.on_link(ctx, to, link));
-        }
+        each_role!(self, ctx, |role, inner| role.on_link(inner, to, link));
     }
 
     fn on_closed(&mut self, ctx: &mut Ctx<HostedTimer>, conn: ConnId) {
-        if let Some(echo) = self.echo.as_mut() {
-            ctx.nested(HostedTimer::Echo, |ctx| echo.on_closed(ctx, conn));
-        }
+        each_role!(self, ctx, |role, inner| role.on_closed(inner, conn));
     }
 
     fn on_turn_end(&mut self, ctx: &mut Ctx<HostedTimer>) {
-        if let Some(echo) = self.echo.as_mut() {
-            ctx.nested(HostedTimer::Echo, |ctx| echo.on_turn_end(ctx));
-        }
+        each_role!(self, ctx, |role, inner| role.on_turn_end(inner));
     }
 
     fn check_invariants(&self) {
-        if let Some(echo) = self.echo.as_ref() {
-            echo.check_invariants();
+        if let Some(role) = self.view_service.as_ref() {
+            role.check_invariants();
+        }
+        if let Some(role) = self.replica.as_ref() {
+            role.check_invariants();
+        }
+        if let Some(role) = self.echo.as_ref() {
+            role.check_invariants();
         }
     }
 }
@@ -150,11 +266,9 @@ pub fn run(args: &NodeArgs) -> i32 {
         eprintln!("error: {error}");
         return exit::CONFIG;
     }
-    for role in &config.roles {
-        if !matches!(role, RoleName::Echo) {
-            eprintln!("error: roles: {role:?} is not available in this build");
-            return exit::CONFIG;
-        }
+    if config.roles.contains(&RoleName::Timeserver) {
+        eprintln!("error: roles: timeserver is not available in this build yet");
+        return exit::CONFIG;
     }
     match serve(&config) {
         Ok(()) => exit::OK,

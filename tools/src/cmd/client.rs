@@ -1,0 +1,307 @@
+//! The client commands: `pbkv get | put | puthash | view | info`.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Args;
+use kv::client::{ClientOp, Outcome};
+use proto::kv::InfoRequest;
+use proto::viewservice::GetViewRequest;
+use proto::{Addr, Message, NodeId};
+use runtime::net::{NetDriver, NetOptions};
+use runtime::{Ctx, Dest, Link, Origin, Role};
+
+use crate::blocking::{BlockingClient, CallError};
+use crate::exit;
+
+/// Options every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The view service's address.
+    #[arg(
+        long = "vs",
+        env = "PBKV_VS",
+        global = true,
+        default_value = "127.0.0.1:7100"
+    )]
+    pub view_service: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+impl ClientArgs {
+    fn view_service(&self) -> Result<Addr, String> {
+        self.view_service
+            .parse()
+            .map_err(|error| format!("--vs {:?}: {error} (expected HOST:PORT)", self.view_service))
+    }
+
+    fn timeout(&self) -> Result<Duration, String> {
+        if self.timeout.is_finite() && self.timeout > 0.0 {
+            Ok(Duration::from_secs_f64(self.timeout))
+        } else {
+            Err(format!(
+                "--timeout {}: must be a positive number of seconds",
+                self.timeout
+            ))
+        }
+    }
+}
+
+fn fail(code: i32, why: &str) -> i32 {
+    eprintln!("error: {why}");
+    code
+}
+
+fn value_arg(value: &str) -> Result<Bytes, String> {
+    if value != "-" {
+        return Ok(Bytes::copy_from_slice(value.as_bytes()));
+    }
+    let mut buffer = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buffer)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Runs one key/value operation; prints what it returns; returns the exit code.
+pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
+    let (view_service, timeout) = match (args.view_service(), args.timeout()) {
+        (Ok(vs), Ok(timeout)) => (vs, timeout),
+        (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
+    };
+    let name = format!("cli-{}", std::process::id());
+    let client = match BlockingClient::start(view_service, &name) {
+        Ok(client) => client,
+        Err(why) => return fail(exit::UNAVAILABLE, &why),
+    };
+    let is_get = matches!(op, ClientOp::Get { .. });
+    let print = !matches!(op, ClientOp::Put { .. });
+    match client.call(op, timeout) {
+        Ok(Outcome::Done(value)) => {
+            if print {
+                let mut stdout = std::io::stdout().lock();
+                let written = stdout
+                    .write_all(&value)
+                    .and_then(|()| stdout.write_all(b"\n"));
+                if let Err(error) = written {
+                    return fail(exit::MISSING, &format!("writing stdout: {error}"));
+                }
+            }
+            exit::OK
+        }
+        Ok(Outcome::NoKey) if is_get => exit::MISSING,
+        Ok(Outcome::NoKey) => exit::OK,
+        Ok(Outcome::Refused(why)) => fail(exit::REFUSED, &format!("refused: {why}")),
+        Ok(Outcome::Unknown(why)) => fail(exit::UNKNOWN, &format!("outcome unknown: {why}")),
+        Err(CallError::NothingSent) => fail(
+            exit::UNAVAILABLE,
+            &format!("no primary reachable within {timeout:?}; nothing was sent"),
+        ),
+        Err(CallError::NoAnswer) => fail(
+            exit::UNKNOWN,
+            &format!("no answer within {timeout:?}; the request may or may not have been applied"),
+        ),
+        Err(CallError::Stopped(why)) => fail(exit::UNAVAILABLE, &why),
+    }
+}
+
+/// `pbkv get KEY`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The key.
+    pub key: String,
+}
+
+/// `pbkv put KEY VALUE` and `pbkv puthash KEY VALUE`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The key.
+    pub key: String,
+    /// The value; `-` reads it from stdin (binary values welcome).
+    pub value: String,
+}
+
+/// Runs `pbkv get`.
+pub fn get(args: &ClientArgs, get: &GetArgs) -> i32 {
+    run_op(
+        args,
+        ClientOp::Get {
+            key: Bytes::copy_from_slice(get.key.as_bytes()),
+        },
+    )
+}
+
+/// Runs `pbkv put` (`hash` false) or `pbkv puthash` (`hash` true).
+pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
+    let value = match value_arg(&put.value) {
+        Ok(value) => value,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    let key = Bytes::copy_from_slice(put.key.as_bytes());
+    let op = if hash {
+        ClientOp::PutHash { key, value }
+    } else {
+        ClientOp::Put { key, value }
+    };
+    run_op(args, op)
+}
+
+/// A role that sends one request, keeps the answer, and stops.
+struct OneShot {
+    to: Addr,
+    request: Option<Message>,
+    answer: Option<Message>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum OneShotTimer {
+    Resend,
+}
+
+impl Role for OneShot {
+    type Timer = OneShotTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<OneShotTimer>) {
+        if let Some(request) = self.request.clone() {
+            ctx.send(self.to, request);
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<OneShotTimer>, _origin: &Origin, message: Message) {
+        self.answer = Some(message);
+        ctx.stop();
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<OneShotTimer>, _timer: OneShotTimer) {
+        if let Some(request) = self.request.clone() {
+            ctx.send(self.to, request);
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<OneShotTimer>, _to: Dest, link: Link) {
+        if link == Link::Down {
+            ctx.set_timer(OneShotTimer::Resend, Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sends `request` to `to` and waits up to `timeout` for the answer.
+fn ask(to: Addr, request: Message, timeout: Duration) -> Result<Message, i32> {
+    let node = NodeId::new(format!("cli-{}", std::process::id())).map_err(|_| exit::USAGE)?;
+    let role = OneShot {
+        to,
+        request: Some(request),
+        answer: None,
+    };
+    let driver = NetDriver::new(role, NetOptions::new(node))
+        .map_err(|error| fail(exit::UNAVAILABLE, &format!("event loop: {error}")))?;
+    let stop = driver.stop_handle();
+    let timer = std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        stop.stop();
+    });
+    let role = driver
+        .run()
+        .map_err(|error| fail(exit::UNAVAILABLE, &format!("{error}")))?;
+    drop(timer);
+    role.answer.ok_or_else(|| {
+        fail(
+            exit::UNAVAILABLE,
+            &format!("no answer from {to} within {timeout:?}"),
+        )
+    })
+}
+
+/// `pbkv view`.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pbkv view`.
+pub fn view(args: &ClientArgs, view: &ViewArgs) -> i32 {
+    let (view_service, timeout) = match (args.view_service(), args.timeout()) {
+        (Ok(vs), Ok(timeout)) => (vs, timeout),
+        (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
+    };
+    match ask(view_service, GetViewRequest {}.into(), timeout) {
+        Ok(Message::GetViewReply(reply)) => {
+            if view.json {
+                println!("{}", kv::view_json(&reply.view));
+            } else {
+                println!("view {}", kv::view_text(&reply.view));
+            }
+            exit::OK
+        }
+        Ok(other) => fail(
+            exit::UNAVAILABLE,
+            &format!("unexpected answer {}", other.message_type()),
+        ),
+        Err(code) => code,
+    }
+}
+
+/// `pbkv info --node ADDR`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The node to ask.
+    #[arg(long)]
+    pub node: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pbkv info`.
+pub fn info(args: &ClientArgs, info: &InfoArgs) -> i32 {
+    let Ok(node) = info.node.parse::<Addr>() else {
+        return fail(
+            exit::USAGE,
+            &format!("--node {:?}: expected HOST:PORT", info.node),
+        );
+    };
+    let timeout = match args.timeout() {
+        Ok(timeout) => timeout,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    match ask(node, InfoRequest {}.into(), timeout) {
+        Ok(Message::InfoReply(reply)) => {
+            if info.json {
+                println!("{}", reply.json);
+                return exit::OK;
+            }
+            match serde_json::from_str::<serde_json::Value>(&reply.json) {
+                Ok(value) => print_info(&value, ""),
+                Err(_) => println!("{}", reply.json),
+            }
+            exit::OK
+        }
+        Ok(other) => fail(
+            exit::UNAVAILABLE,
+            &format!("unexpected answer {}", other.message_type()),
+        ),
+        Err(code) => code,
+    }
+}
+
+/// Prints nested JSON as `section.key: value` lines, like redis's INFO.
+fn print_info(value: &serde_json::Value, prefix: &str) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                print_info(inner, &name);
+            }
+        }
+        other => println!("{prefix}: {other}"),
+    }
+}
