@@ -318,6 +318,9 @@ impl Killer {
     }
 }
 
+/// An operation a clerk waits on: its id, and what its answer must be (label, value).
+type Pending = (u64, Option<(String, String)>);
+
 fn repeated_crash(seed: u64, unreliable: bool) {
     let mut c = Cluster::new(seed, SimConfig::default());
     for _ in 0..3 {
@@ -337,7 +340,7 @@ fn repeated_crash(seed: u64, unreliable: bool) {
     let mut expected = vec![String::new(); 2];
     let mut n = [0u64; 2];
     // Each clerk alternates a check and a write; `pending` holds (id, what it checks).
-    let mut pending: Vec<Option<(u64, Option<(String, String)>)>> = vec![None; 2];
+    let mut pending: Vec<Option<Pending>> = vec![None; 2];
     let mut resume_at = [Duration::ZERO; 2];
     let start = c.sim.now();
     let mut step = 0u64;

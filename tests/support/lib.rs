@@ -122,3 +122,108 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// A free loopback port, from the OS (bound and released; used at once).
+///
+/// # Panics
+/// If no port can be bound.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The lab's two test proxies in one: a TCP forwarder that can delay every chunk it copies
+/// (the delaying proxy of the partition tests) and can be cut (the deleted view-service
+/// alias): once cut it closes every connection and refuses new ones.
+pub struct Proxy {
+    /// Where the proxy listens.
+    pub addr: std::net::SocketAddr,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `target`.
+    ///
+    /// # Panics
+    /// If it cannot listen.
+    pub fn start(target: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (delay, cut_flag, list) = (delay_ms.clone(), cut.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                if cut_flag.load(Ordering::SeqCst) {
+                    continue; // Dropped: the connection is refused.
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                if let Ok(mut list) = list.lock() {
+                    list.extend(inbound.try_clone().ok());
+                    list.extend(outbound.try_clone().ok());
+                }
+                for (from, to) in [
+                    (inbound.try_clone(), outbound.try_clone()),
+                    (Ok(outbound), Ok(inbound)),
+                ] {
+                    let (Ok(mut from), Ok(mut to)) = (from, to) else {
+                        continue;
+                    };
+                    let (delay, cut_flag) = (delay.clone(), cut_flag.clone());
+                    std::thread::spawn(move || {
+                        let mut chunk = [0u8; 16 * 1024];
+                        loop {
+                            let len = match std::io::Read::read(&mut from, &mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(len) => len,
+                            };
+                            let wait = delay.load(Ordering::SeqCst);
+                            if wait > 0 {
+                                std::thread::sleep(Duration::from_millis(wait));
+                            }
+                            if cut_flag.load(Ordering::SeqCst)
+                                || std::io::Write::write_all(&mut to, &chunk[..len]).is_err()
+                            {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            addr,
+            delay_ms,
+            cut,
+            streams,
+        }
+    }
+
+    /// Delays every chunk copied from now on.
+    pub fn set_delay(&self, delay: Duration) {
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms
+            .store(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Cuts the proxy: every connection closes, new ones are refused.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(list) = self.streams.lock() {
+            for stream in list.iter() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}

@@ -99,6 +99,14 @@ impl BlockingClient {
     /// # Errors
     /// The event loop could not be set up.
     pub fn start(view_service: Addr, name: &str) -> Result<BlockingClient, String> {
+        BlockingClient::start_with(ClientConfig::new(view_service), name)
+    }
+
+    /// Starts a client with `config`.
+    ///
+    /// # Errors
+    /// The event loop could not be set up.
+    pub fn start_with(config: ClientConfig, name: &str) -> Result<BlockingClient, String> {
         let shared = Arc::new(Shared {
             commands: Mutex::new(VecDeque::new()),
             sent: AtomicBool::new(false),
@@ -109,7 +117,7 @@ impl BlockingClient {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::spawn(move || {
             let host = ClientHost {
-                client: Client::new(ClientConfig::new(view_service)),
+                client: Client::new(config),
                 shared: thread_shared,
                 results: results_tx,
             };
@@ -168,4 +176,67 @@ impl Drop for BlockingClient {
             let _ = thread.join();
         }
     }
+}
+
+/// A role that sends one request, keeps the answer, and stops.
+struct OneShot {
+    to: Addr,
+    request: Message,
+    answer: Option<Message>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum OneShotTimer {
+    Resend,
+}
+
+impl Role for OneShot {
+    type Timer = OneShotTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<OneShotTimer>) {
+        ctx.send(self.to, self.request.clone());
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<OneShotTimer>, _origin: &Origin, message: Message) {
+        self.answer = Some(message);
+        ctx.stop();
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<OneShotTimer>, _timer: OneShotTimer) {
+        ctx.send(self.to, self.request.clone());
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<OneShotTimer>, _to: Dest, link: Link) {
+        if link == Link::Down && self.answer.is_none() {
+            ctx.set_timer(OneShotTimer::Resend, Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sends `request` to `to` (retrying while it cannot connect) and waits up to `timeout`
+/// for the first answer.
+///
+/// # Errors
+/// No answer in time, or the event loop failed.
+pub fn request(to: Addr, request: Message, timeout: Duration) -> Result<Message, String> {
+    let node = NodeId::new(format!("cli-{}", std::process::id())).map_err(|why| why.to_string())?;
+    let role = OneShot {
+        to,
+        request,
+        answer: None,
+    };
+    let driver =
+        NetDriver::new(role, NetOptions::new(node)).map_err(|e| format!("event loop: {e}"))?;
+    let stop = driver.stop_handle();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let timer = std::thread::spawn(move || {
+        if done_rx.recv_timeout(timeout).is_err() {
+            stop.stop();
+        }
+    });
+    let role = driver.run().map_err(|e| format!("event loop: {e}"))?;
+    let _ = done_tx.send(());
+    let _ = timer.join();
+    role.answer
+        .ok_or_else(|| format!("no answer from {to} within {timeout:?}"))
 }

@@ -1,6 +1,6 @@
 //! A simulated cluster for the pbservice tests: a view service, replicas at fixed addresses,
 //! and clerks, with the lab's kill, restart, unreliable mode and partitions.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::time::Duration;
 

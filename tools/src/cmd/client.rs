@@ -8,9 +8,7 @@ use clap::Args;
 use kv::client::{ClientOp, Outcome};
 use proto::kv::InfoRequest;
 use proto::viewservice::GetViewRequest;
-use proto::{Addr, Message, NodeId};
-use runtime::net::{NetDriver, NetOptions};
-use runtime::{Ctx, Dest, Link, Origin, Role};
+use proto::{Addr, Message};
 
 use crate::blocking::{BlockingClient, CallError};
 use crate::exit;
@@ -149,70 +147,9 @@ pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
     run_op(args, op)
 }
 
-/// A role that sends one request, keeps the answer, and stops.
-struct OneShot {
-    to: Addr,
-    request: Option<Message>,
-    answer: Option<Message>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum OneShotTimer {
-    Resend,
-}
-
-impl Role for OneShot {
-    type Timer = OneShotTimer;
-
-    fn on_start(&mut self, ctx: &mut Ctx<OneShotTimer>) {
-        if let Some(request) = self.request.clone() {
-            ctx.send(self.to, request);
-        }
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<OneShotTimer>, _origin: &Origin, message: Message) {
-        self.answer = Some(message);
-        ctx.stop();
-    }
-
-    fn on_timer(&mut self, ctx: &mut Ctx<OneShotTimer>, _timer: OneShotTimer) {
-        if let Some(request) = self.request.clone() {
-            ctx.send(self.to, request);
-        }
-    }
-
-    fn on_link(&mut self, ctx: &mut Ctx<OneShotTimer>, _to: Dest, link: Link) {
-        if link == Link::Down {
-            ctx.set_timer(OneShotTimer::Resend, Duration::from_millis(100));
-        }
-    }
-}
-
 /// Sends `request` to `to` and waits up to `timeout` for the answer.
 fn ask(to: Addr, request: Message, timeout: Duration) -> Result<Message, i32> {
-    let node = NodeId::new(format!("cli-{}", std::process::id())).map_err(|_| exit::USAGE)?;
-    let role = OneShot {
-        to,
-        request: Some(request),
-        answer: None,
-    };
-    let driver = NetDriver::new(role, NetOptions::new(node))
-        .map_err(|error| fail(exit::UNAVAILABLE, &format!("event loop: {error}")))?;
-    let stop = driver.stop_handle();
-    let timer = std::thread::spawn(move || {
-        std::thread::sleep(timeout);
-        stop.stop();
-    });
-    let role = driver
-        .run()
-        .map_err(|error| fail(exit::UNAVAILABLE, &format!("{error}")))?;
-    drop(timer);
-    role.answer.ok_or_else(|| {
-        fail(
-            exit::UNAVAILABLE,
-            &format!("no answer from {to} within {timeout:?}"),
-        )
-    })
+    crate::blocking::request(to, request, timeout).map_err(|why| fail(exit::UNAVAILABLE, &why))
 }
 
 /// `pbkv view`.
