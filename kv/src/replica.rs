@@ -167,6 +167,8 @@ pub struct Replica {
     sent: u64,
     in_flight: VecDeque<u64>,
     waiting: BTreeMap<u64, Vec<Waiting>>,
+    /// Answers read at their place in the order (Gets, session errors), waiting for the
+    /// end of the turn to be given an index to commit.
     gets_waiting: Vec<Waiting>,
     assigned_in_turn: bool,
     transfer: Option<Transfer>,
@@ -509,14 +511,18 @@ impl Replica {
             ctx.reply(origin, answer(Status::ErrTooLarge));
             return;
         }
+        // Session errors are answers too: they are sent only once the state they were read
+        // from (everything assigned so far, an uncommitted expiry included) has committed,
+        // like a Get's. Never applied either way.
         let Some(record) = self.state.sessions.get(&request.session).cloned() else {
-            // Unknown session: never applied; the client reports the outcome as unknown.
-            ctx.reply(origin, answer(Status::ErrSessionExpired));
+            let reply = answer(Status::ErrSessionExpired).into();
+            self.gets_waiting.push(Waiting { to: origin.reply_to(), reply });
             return;
         };
         self.last_active.insert(request.session, ctx.now());
         if request.seq < record.last_seq {
-            ctx.reply(origin, answer(Status::ErrStaleRequest));
+            let reply = answer(Status::ErrStaleRequest).into();
+            self.gets_waiting.push(Waiting { to: origin.reply_to(), reply });
             return;
         }
         if request.seq == record.last_seq {
@@ -678,6 +684,8 @@ impl Replica {
         if applied > self.backup_acked {
             self.backup_acked = applied;
         }
+        // An ack on a new connection may cover more than a break made us plan to resend.
+        self.sent = self.sent.max(self.backup_acked);
         while self
             .in_flight
             .front()
@@ -925,11 +933,10 @@ impl Replica {
         }
         self.stats.sessions_expired += expired.len() as u64;
         ctx.event(format!("expire {} idle sessions", expired.len()));
-        self.assign(Entry {
-            session: 0,
-            seq: 0,
-            op: Op::ExpireSessions { sessions: expired },
-        });
+        for batch in expired.chunks(EXPIRE_BATCH_MAX) {
+            let op = Op::ExpireSessions { sessions: batch.to_vec() };
+            self.assign(Entry { session: 0, seq: 0, op });
+        }
     }
 
     fn check(&self) {
@@ -975,6 +982,13 @@ impl Replica {
         }
     }
 }
+
+/// Encoded bytes of a session record besides its reply.
+const SESSION_RECORD_FIXED_LEN: usize = 28;
+
+/// Session ids in one `ExpireSessions` entry, so that one entry stays far below the frame
+/// limit however many sessions are idle.
+const EXPIRE_BATCH_MAX: usize = 4096;
 
 /// The same request's answer, saying "not here": used when stepping down.
 fn wrong_server(reply: &Message) -> Message {
@@ -1035,9 +1049,14 @@ fn next_chunk(
             None => Bound::Unbounded,
         };
         for (session, record) in transfer.snapshot.sessions.range((lower, Bound::Unbounded)) {
-            if sessions.len() >= sessions_max {
+            // Bounded by count and by bytes (a record's reply can be a 1 MiB value), but
+            // never empty, so every chunk makes progress and stays within the frame limit.
+            let record_len = SESSION_RECORD_FIXED_LEN + record.reply.len();
+            let full = len + record_len > chunk_len_max || sessions.len() >= sessions_max;
+            if full && (!sessions.is_empty() || !items.is_empty()) {
                 break;
             }
+            len += record_len;
             sessions.push(record.clone());
             transfer.session_cursor = Some(*session);
         }
