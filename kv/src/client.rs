@@ -185,6 +185,11 @@ impl Client {
             .map(|c| (c.id, &c.op, c.invoked_at, c.sent))
     }
 
+    /// The correlation id of the request whose answer this client awaits.
+    pub fn awaiting(&self) -> Option<u64> {
+        self.awaiting
+    }
+
     /// GetView requests sent so far (the client asks only when something failed).
     pub fn view_requests(&self) -> u64 {
         self.view_requests

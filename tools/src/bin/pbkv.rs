@@ -35,6 +35,8 @@ enum Command {
     View(ViewArgs),
     /// Print one node's state.
     Info(InfoArgs),
+    /// Drive load from many clients and report throughput and latency.
+    Bench(cmd::bench::BenchArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Command::Puthash(args) => cmd::client::put(&cli.client, args, true),
         Command::View(args) => cmd::client::view(&cli.client, args),
         Command::Info(args) => cmd::client::info(&cli.client, args),
+        Command::Bench(args) => cmd::bench::run(&cli.client, args),
     };
     std::process::exit(code);
 }

@@ -1,0 +1,354 @@
+//! `pbkv bench`: load from many clients driven by one event loop thread, so the load
+//! generator is not the bottleneck. Reports throughput and latency percentiles (HDR
+//! histogram), optionally as JSON, and optionally writes a Jepsen-style operation history.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use hdrhistogram::Histogram;
+use kv::client::{Client, ClientConfig, ClientOp, ClientTimer, Completed, Outcome};
+use proto::{Addr, Message, NodeId};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use runtime::net::{NetDriver, NetOptions};
+use runtime::{ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
+
+use crate::cmd::client::ClientArgs;
+use crate::exit;
+
+/// `pbkv bench` arguments.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Concurrent clients (each its own session and connection).
+    #[arg(long, default_value_t = 50)]
+    pub clients: u32,
+    /// Stop after this many operations in all.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Stop after this many seconds (default 10 unless --requests is given).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Keyspace size.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 16)]
+    pub value_size: usize,
+    /// Operation mix in percent, e.g. `get=50,put=50`; omitted kinds are 0.
+    #[arg(long, default_value = "get=50,put=50")]
+    pub mix: String,
+    /// Seed for keys and operation choice (never for session nonces).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    get: u32,
+    put: u32,
+}
+
+fn parse_mix(text: &str) -> Result<Mix, String> {
+    let (mut get, mut put, mut puthash) = (0u32, 0u32, 0u32);
+    for part in text.split(',').filter(|part| !part.is_empty()) {
+        let (name, value) = part
+            .split_once('=')
+            .ok_or(format!("--mix: {part:?} is not KIND=PERCENT"))?;
+        let value: u32 = value
+            .parse()
+            .map_err(|_| format!("--mix: {value:?} is not a number"))?;
+        match name {
+            "get" => get = value,
+            "put" => put = value,
+            "puthash" => puthash = value,
+            other => return Err(format!("--mix: unknown kind {other:?} (get, put, puthash)")),
+        }
+    }
+    if get + put + puthash != 100 {
+        return Err(format!(
+            "--mix: percentages add up to {}, not 100",
+            get + put + puthash
+        ));
+    }
+    Ok(Mix { get, put })
+}
+
+struct BenchHost {
+    clients: Vec<Client>,
+    rng: StdRng,
+    mix: Mix,
+    keys: u64,
+    value: Bytes,
+    next_unique: u64,
+    issued: u64,
+    requests: Option<u64>,
+    deadline: Option<MonoTime>,
+    started: Option<MonoTime>,
+    done: Vec<Completed>,
+    stopping: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum BenchTimer {
+    Client(u32, ClientTimer),
+    Deadline,
+}
+
+impl BenchHost {
+    fn next_op(&mut self) -> ClientOp {
+        let key = Bytes::from(format!("key:{}", self.rng.random_range(0..self.keys)));
+        let roll = self.rng.random_range(0..100);
+        let mut value = self.value.to_vec();
+        // Every written value is unique (a counter in its last bytes).
+        self.next_unique += 1;
+        let tag = self.next_unique.to_string();
+        let at = value.len().saturating_sub(tag.len());
+        value.truncate(at);
+        value.extend_from_slice(tag.as_bytes());
+        let value = Bytes::from(value);
+        if roll < self.mix.get {
+            ClientOp::Get { key }
+        } else if roll < self.mix.get + self.mix.put {
+            ClientOp::Put { key, value }
+        } else {
+            ClientOp::PutHash { key, value }
+        }
+    }
+
+    fn feed(&mut self, ctx: &mut Ctx<BenchTimer>) {
+        for index in 0..self.clients.len() {
+            if self.stopping || self.requests.is_some_and(|max| self.issued >= max) {
+                break;
+            }
+            if self.clients[index].pending() == 0 {
+                let op = self.next_op();
+                self.issued += 1;
+                let lane = index as u32;
+                let client = &mut self.clients[index];
+                ctx.nested(
+                    move |timer| BenchTimer::Client(lane, timer),
+                    |inner| client.submit(inner, op),
+                );
+            }
+        }
+        for client in &mut self.clients {
+            self.done.extend(client.take_completed());
+        }
+        let all_done = self.requests.is_some_and(|max| self.issued >= max)
+            && self.clients.iter().all(|client| client.pending() == 0);
+        if all_done {
+            ctx.stop();
+        }
+    }
+}
+
+impl Role for BenchHost {
+    type Timer = BenchTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<BenchTimer>) {
+        self.started = Some(ctx.now());
+        if let Some(deadline) = self.deadline {
+            ctx.set_timer(BenchTimer::Deadline, deadline.since(MonoTime(0)));
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<BenchTimer>, origin: &Origin, message: Message) {
+        // Correlation ids are unique in this process: the client awaiting this one takes it.
+        let owner = self
+            .clients
+            .iter()
+            .position(|client| client.awaiting() == Some(origin.corr));
+        if let Some(index) = owner {
+            let lane = index as u32;
+            let client = &mut self.clients[index];
+            ctx.nested(
+                move |timer| BenchTimer::Client(lane, timer),
+                |inner| client.on_message(inner, origin, message),
+            );
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<BenchTimer>, timer: BenchTimer) {
+        match timer {
+            BenchTimer::Client(lane, timer) => {
+                if let Some(client) = self.clients.get_mut(lane as usize) {
+                    ctx.nested(
+                        move |t| BenchTimer::Client(lane, t),
+                        |inner| client.on_timer(inner, timer),
+                    );
+                }
+            }
+            BenchTimer::Deadline => {
+                self.stopping = true;
+                ctx.stop();
+            }
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<BenchTimer>, to: Dest, link: Link) {
+        if let Some(client) = self.clients.get_mut(to.lane as usize) {
+            let lane = to.lane;
+            ctx.nested(
+                move |t| BenchTimer::Client(lane, t),
+                |inner| client.on_link(inner, to, link),
+            );
+        }
+    }
+
+    fn on_closed(&mut self, _ctx: &mut Ctx<BenchTimer>, _conn: ConnId) {}
+
+    fn on_turn_end(&mut self, ctx: &mut Ctx<BenchTimer>) {
+        self.feed(ctx);
+    }
+}
+
+struct Report {
+    ops: u64,
+    errors: u64,
+    unknown: u64,
+    pending: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+/// Runs `pbkv bench`; returns the exit code.
+pub fn run(client_args: &ClientArgs, args: &BenchArgs) -> i32 {
+    match run_bench(client_args, args) {
+        Ok(report) => {
+            print_report(args, &report);
+            exit::OK
+        }
+        Err(why) => {
+            eprintln!("error: {why}");
+            exit::USAGE
+        }
+    }
+}
+
+fn run_bench(client_args: &ClientArgs, args: &BenchArgs) -> Result<Report, String> {
+    let view_service: Addr = client_args
+        .view_service
+        .parse()
+        .map_err(|e| format!("--vs {:?}: {e}", client_args.view_service))?;
+    let mix = parse_mix(&args.mix)?;
+    if args.clients == 0 || args.keys == 0 {
+        return Err("--clients and --keys must be at least 1".into());
+    }
+    let duration = match (args.duration, args.requests) {
+        (Some(seconds), _) if !(seconds.is_finite() && seconds > 0.0) => {
+            return Err(format!("--duration {seconds}: must be a positive number"));
+        }
+        (Some(seconds), _) => Some(Duration::from_secs_f64(seconds)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let clients = (0..args.clients)
+        .map(|lane| {
+            let mut config = ClientConfig::new(view_service);
+            config.lane = lane;
+            Client::new(config)
+        })
+        .collect();
+    let host = BenchHost {
+        clients,
+        rng: StdRng::seed_from_u64(args.seed),
+        mix,
+        keys: args.keys,
+        value: Bytes::from(vec![b'v'; args.value_size.max(1)]),
+        next_unique: 0,
+        issued: 0,
+        requests: args.requests,
+        deadline: duration.map(|d| MonoTime(0).plus(d)),
+        started: None,
+        done: Vec::new(),
+        stopping: false,
+    };
+    let node = NodeId::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
+    let driver =
+        NetDriver::new(host, NetOptions::new(node)).map_err(|e| format!("event loop: {e}"))?;
+    let start = Instant::now();
+    let mut host = driver.run().map_err(|e| format!("event loop: {e}"))?;
+    let elapsed = start.elapsed();
+    for client in &mut host.clients {
+        host.done.extend(client.take_completed());
+    }
+    let pending = host
+        .clients
+        .iter()
+        .map(|client| client.pending() as u64)
+        .sum();
+    let mut latency_us = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+    let (mut ops, mut errors, mut unknown) = (0, 0, 0);
+    for done in &host.done {
+        match done.outcome {
+            Outcome::Done(_) | Outcome::NoKey => {
+                ops += 1;
+                let micros = done.completed_at.since(done.invoked_at).as_micros();
+                latency_us.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX).max(1));
+            }
+            Outcome::Refused(_) => errors += 1,
+            Outcome::Unknown(_) => unknown += 1,
+        }
+    }
+    Ok(Report {
+        ops,
+        errors,
+        unknown,
+        pending,
+        elapsed,
+        latency_us,
+    })
+}
+
+fn print_report(args: &BenchArgs, report: &Report) {
+    let seconds = report.elapsed.as_secs_f64().max(1e-9);
+    let rate = report.ops as f64 / seconds;
+    let h = &report.latency_us;
+    if args.json {
+        let json = serde_json::json!({
+            "ops": report.ops,
+            "ops_per_sec": rate,
+            "seconds": seconds,
+            "clients": args.clients,
+            "value_size": args.value_size,
+            "mix": args.mix,
+            "p50_us": h.value_at_quantile(0.50),
+            "p95_us": h.value_at_quantile(0.95),
+            "p99_us": h.value_at_quantile(0.99),
+            "p999_us": h.value_at_quantile(0.999),
+            "max_us": h.max(),
+            "errors": report.errors,
+            "unknown": report.unknown,
+            "pending_at_stop": report.pending,
+        });
+        println!("{json}");
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let _ = writeln!(
+        out,
+        "====== {} ======\n  {} requests completed in {seconds:.2} seconds\n  {} parallel clients\n  \
+         {} bytes payload\n  keyspace {}\n\nSummary:\n  throughput summary: {rate:.2} requests per \
+         second\n  latency summary (msec):\n        p50       p95       p99     p99.9       max\n  \
+         {:9.3} {:9.3} {:9.3} {:9.3} {:9.3}\n  errors {}  unknown {}  pending at stop {}",
+        args.mix,
+        report.ops,
+        args.clients,
+        args.value_size,
+        args.keys,
+        ms(h.value_at_quantile(0.50)),
+        ms(h.value_at_quantile(0.95)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+        report.errors,
+        report.unknown,
+        report.pending,
+    );
+}
