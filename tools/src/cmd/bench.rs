@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// Write keys 0, 1, 2, … in order instead of at random (loading a dataset).
+    #[arg(long)]
+    pub fill: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +94,7 @@ struct BenchHost {
     started: Option<MonoTime>,
     done: Vec<Completed>,
     stopping: bool,
+    fill: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,7 +105,9 @@ enum BenchTimer {
 
 impl BenchHost {
     fn next_op(&mut self) -> ClientOp {
-        let key = Bytes::from(format!("key:{}", self.rng.random_range(0..self.keys)));
+        let key_index =
+            if self.fill { self.issued % self.keys } else { self.rng.random_range(0..self.keys) };
+        let key = Bytes::from(format!("key:{key_index}"));
         let roll = self.rng.random_range(0..100);
         let mut value = self.value.to_vec();
         // Every written value is unique (a counter in its last bytes).
@@ -267,6 +273,7 @@ fn run_bench(client_args: &ClientArgs, args: &BenchArgs) -> Result<Report, Strin
         started: None,
         done: Vec::new(),
         stopping: false,
+        fill: args.fill,
     };
     let node = NodeId::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
     let driver =
