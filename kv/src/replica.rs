@@ -516,13 +516,19 @@ impl Replica {
         // like a Get's. Never applied either way.
         let Some(record) = self.state.sessions.get(&request.session).cloned() else {
             let reply = answer(Status::ErrSessionExpired).into();
-            self.gets_waiting.push(Waiting { to: origin.reply_to(), reply });
+            self.gets_waiting.push(Waiting {
+                to: origin.reply_to(),
+                reply,
+            });
             return;
         };
         self.last_active.insert(request.session, ctx.now());
         if request.seq < record.last_seq {
             let reply = answer(Status::ErrStaleRequest).into();
-            self.gets_waiting.push(Waiting { to: origin.reply_to(), reply });
+            self.gets_waiting.push(Waiting {
+                to: origin.reply_to(),
+                reply,
+            });
             return;
         }
         if request.seq == record.last_seq {
@@ -934,8 +940,14 @@ impl Replica {
         self.stats.sessions_expired += expired.len() as u64;
         ctx.event(format!("expire {} idle sessions", expired.len()));
         for batch in expired.chunks(EXPIRE_BATCH_MAX) {
-            let op = Op::ExpireSessions { sessions: batch.to_vec() };
-            self.assign(Entry { session: 0, seq: 0, op });
+            let op = Op::ExpireSessions {
+                sessions: batch.to_vec(),
+            };
+            self.assign(Entry {
+                session: 0,
+                seq: 0,
+                op,
+            });
         }
     }
 

@@ -20,23 +20,39 @@ fn replicas_refuse_a_restarted_view_service() {
         let mut c = Cluster::new(seed, SimConfig::default());
         c.start_server(false);
         c.start_server(false);
-        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some() && c.backup().is_some()));
+        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
+            && c.backup().is_some()));
         c.sleep(Duration::from_millis(500));
         let ck = c.clerk();
         c.put(ck, "a", "1");
         let vs = c.vs;
-        c.sim.restart(vs, KvNode::ViewService(ViewService::new(support::timing())));
+        c.sim
+            .restart(vs, KvNode::ViewService(ViewService::new(support::timing())));
         c.sleep(Duration::from_secs(2));
         for (node, addr) in c.servers.clone() {
-            let replica = c.sim.role(node).and_then(KvNode::replica).expect("replica up");
-            assert!(!replica.serving(), "seed {seed}: {addr} serves after the view service restarted");
+            let replica = c
+                .sim
+                .role(node)
+                .and_then(KvNode::replica)
+                .expect("replica up");
+            assert!(
+                !replica.serving(),
+                "seed {seed}: {addr} serves after the view service restarted"
+            );
             let why = replica.refused().unwrap_or_default();
-            assert!(why.contains("view service restarted"), "seed {seed}: {addr}: {why:?}");
+            assert!(
+                why.contains("view service restarted"),
+                "seed {seed}: {addr}: {why:?}"
+            );
         }
         let id = c.submit(ck, ClientOp::Get { key: bytes("a") });
         c.sleep(Duration::from_secs(3));
         if let Some(done) = c.completed(ck, id) {
-            assert_eq!(done.outcome, Outcome::Done(bytes("1")), "seed {seed}: answered from an empty server");
+            assert_eq!(
+                done.outcome,
+                Outcome::Done(bytes("1")),
+                "seed {seed}: answered from an empty server"
+            );
         }
     }
 }
@@ -52,7 +68,8 @@ fn transfer_chunks_stay_within_the_frame_limit() {
         let mut c = Cluster::new(seed, SimConfig::default());
         let s1 = c.start_server(false);
         let s2 = c.start_server(false);
-        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some() && c.backup().is_some()));
+        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
+            && c.backup().is_some()));
         c.sleep(Duration::from_millis(500));
         let big = "x".repeat(1024 * 1024);
         for i in 0..5 {
@@ -64,10 +81,16 @@ fn transfer_chunks_stay_within_the_frame_limit() {
         let s3 = c.start_server(false);
         c.kill(s2);
         let s3_addr = c.addr(s3);
-        assert!(c.poll(DEAD_PINGS * 6, |c| c.backup() == Some(s3_addr)), "seed {seed}: s3 joins");
+        assert!(
+            c.poll(DEAD_PINGS * 6, |c| c.backup() == Some(s3_addr)),
+            "seed {seed}: s3 joins"
+        );
         c.sleep(Duration::from_secs(2));
         c.kill(s1);
-        assert!(c.poll(DEAD_PINGS * 6, |c| c.primary() == Some(s3_addr)), "seed {seed}: failover");
+        assert!(
+            c.poll(DEAD_PINGS * 6, |c| c.primary() == Some(s3_addr)),
+            "seed {seed}: failover"
+        );
         let ck = c.clerk();
         for i in 0..5 {
             let want = kv::store::puthash_value(big.as_bytes(), b"y");
@@ -93,29 +116,46 @@ fn uncommitted_session_expiry_is_not_reported() {
         });
         let s1 = c.start_server(false);
         let s2 = c.start_server(false);
-        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some() && c.backup().is_some()));
+        assert!(c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
+            && c.backup().is_some()));
         c.sleep(Duration::from_millis(500));
         c.client_retry_after = Duration::from_millis(100);
         let ck = c.clerk();
         c.put(ck, "a", "1");
         c.sleep(Duration::from_millis(1500));
         // Cut off whichever server is primary.
-        let (primary, backup) = if c.primary() == Some(c.addr(s1)) { (s1, s2) } else { (s2, s1) };
+        let (primary, backup) = if c.primary() == Some(c.addr(s1)) {
+            (s1, s2)
+        } else {
+            (s2, s1)
+        };
         let (n1, n2, vs) = (c.servers[primary].0, c.servers[backup].0, c.vs);
         c.sim.partition(&[n1], &[n2, vs]);
         // s1 expires the session (idle since 1.5 s before the partition) by 2.25 s into it;
         // s2, promoted about 0.6 s into the partition, restarted its idle clock then and
         // will not expire it before 3.6 s.
         c.sleep(Duration::from_millis(2500));
-        let id = c.submit(ck, ClientOp::Put { key: bytes("a"), value: bytes("2") });
+        let id = c.submit(
+            ck,
+            ClientOp::Put {
+                key: bytes("a"),
+                value: bytes("2"),
+            },
+        );
         assert!(
             c.sim.run_until_true(Duration::from_secs(20), |sim| {
-                sim.role(ck).and_then(KvNode::client).is_some_and(|cl| cl.pending() == 0)
+                sim.role(ck)
+                    .and_then(KvNode::client)
+                    .is_some_and(|cl| cl.pending() == 0)
             }),
             "seed {seed}: Put never finished"
         );
         let done = c.completed(ck, id).expect("finished");
-        assert_eq!(done.outcome, Outcome::Done(bytes::Bytes::new()), "seed {seed}: Put outcome");
+        assert_eq!(
+            done.outcome,
+            Outcome::Done(bytes::Bytes::new()),
+            "seed {seed}: Put outcome"
+        );
         c.check(ck, "a", "2");
     }
 }

@@ -91,6 +91,14 @@ impl NodeOptions {
     }
 }
 
+/// Where a frame came from, and when it was read.
+pub(crate) struct Arrival<'a> {
+    pub(crate) conn: ConnId,
+    pub(crate) inbound: bool,
+    pub(crate) peer: &'a PeerInfo,
+    pub(crate) received_ns: i64,
+}
+
 /// What a driver must provide for the core to carry out actions.
 pub(crate) trait Transport {
     /// Queues `frame` on this node's outbound link to `to`, opening the link if needed.
@@ -206,14 +214,20 @@ impl<R: Role> NodeCore<R> {
 
     /// Delivers one frame that arrived on `conn` from `peer`. `inbound` is true for
     /// connections this node accepted (requests), false for its own outbound links.
+    /// `received_ns` is the physical clock read right after the read that brought the frame
+    /// (a turn's own time may predate frames read later in the same turn).
     pub(crate) fn frame(
         &mut self,
         transport: &mut dyn Transport,
-        conn: ConnId,
-        inbound: bool,
-        peer: &PeerInfo,
+        arrival: Arrival<'_>,
         frame: Frame,
     ) {
+        let Arrival {
+            conn,
+            inbound,
+            peer,
+            received_ns,
+        } = arrival;
         if inbound && self.unreliable {
             let draw: f64 = self.fault_rng.random();
             if draw < UNRELIABLE_DROP_REQUEST {
@@ -239,7 +253,7 @@ impl<R: Role> NodeCore<R> {
             peer: peer.node.as_str(),
             message_type: header.message_type.name(),
             text: "",
-            wall_ns: self.ctx.physical_now_ns,
+            wall_ns: received_ns,
             external: !peer.logs,
         });
         let origin = Origin {

@@ -17,7 +17,7 @@ use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
 use crate::clock::ClockSkew;
 use crate::event_log::EventSink;
-use crate::node::{NodeCore, NodeOptions, PeerInfo, Transport};
+use crate::node::{Arrival, NodeCore, NodeOptions, PeerInfo, Transport};
 use crate::role::{ConnId, Dest, Link, MonoTime, Role};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -306,6 +306,11 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
+    /// The node's physical clock now, skew included.
+    fn physical_now_ns(&self) -> i64 {
+        self.core.skew().apply(true_now_ns(), self.start_true_ns)
+    }
+
     fn begin_turn(&mut self) {
         let now = Instant::now();
         self.io.now = now;
@@ -529,7 +534,14 @@ impl<R: Role> NetDriver<R> {
                 ConnState::Open(peer) => {
                     let peer = peer.clone();
                     let inbound = conn.is_inbound();
-                    self.core.frame(&mut self.io, id, inbound, &peer, frame);
+                    let received_ns = self.physical_now_ns();
+                    let arrival = Arrival {
+                        conn: id,
+                        inbound,
+                        peer: &peer,
+                        received_ns,
+                    };
+                    self.core.frame(&mut self.io, arrival, frame);
                 }
                 _ => {
                     if !self.on_hello(key, frame) {

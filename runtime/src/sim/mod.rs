@@ -29,7 +29,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::clock::ClockSkew;
 use crate::event_log::{MemorySink, RUN_ID_DEFAULT};
-use crate::node::{NodeCore, NodeOptions, PeerInfo};
+use crate::node::{Arrival, NodeCore, NodeOptions, PeerInfo};
 use crate::role::{Ctx, MonoTime, Role};
 
 use net::{Input, Net};
@@ -412,7 +412,15 @@ impl<R: Role> Sim<R> {
                     peer,
                     bytes,
                 } => match decoder.decode_whole(bytes) {
-                    Ok(frame) => core.frame(&mut transport, conn, inbound, &peer, frame),
+                    Ok(frame) => {
+                        let arrival = Arrival {
+                            conn,
+                            inbound,
+                            peer: &peer,
+                            received_ns: physical,
+                        };
+                        core.frame(&mut transport, arrival, frame);
+                    }
                     Err(error) => {
                         log::warn!("sim node {index}: closing {conn:?}: {error}");
                         transport.count_decode_error();

@@ -37,6 +37,11 @@ enum Command {
     Info(InfoArgs),
     /// Drive load from many clients and report throughput and latency.
     Bench(cmd::bench::BenchArgs),
+    /// Start a local cluster, show a failover, and draw its space-time diagram.
+    Demo(cmd::demo::DemoArgs),
+    /// Merge, check, draw and export event logs.
+    #[command(subcommand)]
+    Log(cmd::log::LogCommand),
 }
 
 fn main() {
@@ -49,6 +54,8 @@ fn main() {
         Command::View(args) => cmd::client::view(&cli.client, args),
         Command::Info(args) => cmd::client::info(&cli.client, args),
         Command::Bench(args) => cmd::bench::run(&cli.client, args),
+        Command::Log(command) => cmd::log::run(command),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     std::process::exit(code);
 }

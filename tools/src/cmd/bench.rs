@@ -105,8 +105,11 @@ enum BenchTimer {
 
 impl BenchHost {
     fn next_op(&mut self) -> ClientOp {
-        let key_index =
-            if self.fill { self.issued % self.keys } else { self.rng.random_range(0..self.keys) };
+        let key_index = if self.fill {
+            self.issued % self.keys
+        } else {
+            self.rng.random_range(0..self.keys)
+        };
         let key = Bytes::from(format!("key:{key_index}"));
         let roll = self.rng.random_range(0..100);
         let mut value = self.value.to_vec();
@@ -338,24 +341,34 @@ fn print_report(args: &BenchArgs, report: &Report) {
     }
     let mut out = std::io::stdout().lock();
     let ms = |us: u64| us as f64 / 1000.0;
-    let _ = writeln!(
-        out,
-        "====== {} ======\n  {} requests completed in {seconds:.2} seconds\n  {} parallel clients\n  \
-         {} bytes payload\n  keyspace {}\n\nSummary:\n  throughput summary: {rate:.2} requests per \
-         second\n  latency summary (msec):\n        p50       p95       p99     p99.9       max\n  \
-         {:9.3} {:9.3} {:9.3} {:9.3} {:9.3}\n  errors {}  unknown {}  pending at stop {}",
-        args.mix,
-        report.ops,
-        args.clients,
-        args.value_size,
-        args.keys,
-        ms(h.value_at_quantile(0.50)),
-        ms(h.value_at_quantile(0.95)),
-        ms(h.value_at_quantile(0.99)),
-        ms(h.value_at_quantile(0.999)),
-        ms(h.max()),
-        report.errors,
-        report.unknown,
-        report.pending,
-    );
+    let lines = [
+        format!("====== {} ======", args.mix),
+        format!(
+            "  {} requests completed in {seconds:.2} seconds",
+            report.ops
+        ),
+        format!("  {} parallel clients", args.clients),
+        format!("  {} bytes payload", args.value_size),
+        format!("  keyspace {}", args.keys),
+        String::new(),
+        "Summary:".to_string(),
+        format!("  throughput summary: {rate:.2} requests per second"),
+        "  latency summary (msec):".to_string(),
+        "        p50       p95       p99     p99.9       max".to_string(),
+        format!(
+            "  {:9.3} {:9.3} {:9.3} {:9.3} {:9.3}",
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.95)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max())
+        ),
+        format!(
+            "  errors {}  unknown {}  pending at stop {}",
+            report.errors, report.unknown, report.pending
+        ),
+    ];
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }

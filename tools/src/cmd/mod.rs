@@ -2,4 +2,6 @@
 
 pub mod bench;
 pub mod client;
+pub mod demo;
+pub mod log;
 pub mod node;

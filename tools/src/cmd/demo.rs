@@ -1,0 +1,264 @@
+//! `pbkv demo`: a local cluster that shows a failover, then merges its event logs and draws
+//! the space-time diagram.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use kv::client::{ClientOp, Outcome};
+use proto::Addr;
+use proto::viewservice::{GetViewRequest, View};
+
+use crate::blocking::{BlockingClient, request};
+use crate::exit;
+
+/// `pbkv demo` arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where to write configs, logs and the diagram.
+    #[arg(long, default_value = "pbkv-demo")]
+    pub dir: PathBuf,
+    /// Keys to write before the failover.
+    #[arg(long, default_value_t = 20)]
+    pub keys: u32,
+}
+
+struct Daemon {
+    name: String,
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["node", "--config"])
+        .arg(&path)
+        .current_dir(dir)
+        .env("PBKV_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("start {name}: {e}"))?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(addr) = line.split(" ready on ").nth(1) {
+                    let addr = addr.trim().to_string();
+                    return Ok(Daemon {
+                        name: name.to_string(),
+                        child,
+                        addr,
+                    });
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{name} did not start"));
+            }
+        }
+    }
+}
+
+fn view(view_service: Addr) -> Result<View, String> {
+    match request(
+        view_service,
+        GetViewRequest {}.into(),
+        Duration::from_secs(2),
+    )? {
+        proto::Message::GetViewReply(reply) => Ok(reply.view),
+        other => Err(format!("unexpected {}", other.message_type())),
+    }
+}
+
+/// Runs `pbkv demo`.
+pub fn run(args: &DemoArgs) -> i32 {
+    match demo(args) {
+        Ok(()) => exit::OK,
+        Err(why) => {
+            eprintln!("error: {why}");
+            exit::MISSING
+        }
+    }
+}
+
+fn demo(args: &DemoArgs) -> Result<(), String> {
+    std::fs::create_dir_all(args.dir.join("logs"))
+        .map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let dir =
+        &std::fs::canonicalize(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    for entry in std::fs::read_dir(dir.join("logs"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let started = Instant::now();
+    let vs_port = free_port()?;
+    let events = |name: &str| format!("[log]\nevents = \"logs/{name}.jsonl\"\nrun = \"demo\"\n");
+    let vs = spawn(
+        dir,
+        "vs",
+        &format!(
+            "node_id = \"vs\"\nlisten = \"127.0.0.1:{vs_port}\"\nroles = [\"viewservice\"]\n{}",
+            events("vs")
+        ),
+    )?;
+    let view_service: Addr = vs.addr.parse().map_err(|e| format!("{e}"))?;
+    println!("view service on {}", vs.addr);
+    let mut servers = Vec::new();
+    for index in 1..=3 {
+        let name = format!("s{index}");
+        let config = format!(
+            "node_id = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nroles = [\"replica\"]\n\
+             viewservice = \"{}\"\n{}",
+            free_port()?,
+            vs.addr,
+            events(&name)
+        );
+        servers.push(Some(spawn(dir, &name, &config)?));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut current = view(view_service)?;
+    while current.backup.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        current = view(view_service)?;
+    }
+    println!("view {}", kv::view_text(&current));
+    let client = BlockingClient::start(view_service, "demo-client")?;
+    let timeout = Duration::from_secs(10);
+    let mut written = Vec::new();
+    for index in 0..args.keys {
+        let (key, value) = (format!("key{index}"), format!("value{index}"));
+        let op = ClientOp::Put {
+            key: Bytes::from(key.clone()),
+            value: Bytes::from(value.clone()),
+        };
+        match client.call(op, timeout) {
+            Ok(Outcome::Done(_)) => written.push((key, value)),
+            other => return Err(format!("Put({key}): {other:?}")),
+        }
+    }
+    println!(
+        "wrote {} keys; every write acknowledged by primary and backup",
+        written.len()
+    );
+    let primary = current.primary.ok_or("no primary")?;
+    let victim = servers
+        .iter()
+        .position(|s| {
+            s.as_ref()
+                .is_some_and(|d| d.addr == primary.addr.to_string())
+        })
+        .ok_or("primary is not one of ours")?;
+    if let Some(mut daemon) = servers[victim].take() {
+        println!("killing the primary {} ({})", daemon.name, daemon.addr);
+        let _ = daemon.child.kill();
+        let _ = daemon.child.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = view(view_service)?;
+        if now.primary.map(|m| m.addr) != Some(primary.addr) {
+            current = now;
+            break;
+        }
+    }
+    println!("new view {}", kv::view_text(&current));
+    let mut survived = 0;
+    for (key, value) in &written {
+        match client.call(
+            ClientOp::Get {
+                key: Bytes::from(key.clone()),
+            },
+            timeout,
+        ) {
+            Ok(Outcome::Done(got)) if got == value.as_bytes() => survived += 1,
+            other => {
+                return Err(format!(
+                    "after failover Get({key}) = {other:?}, wanted {value}"
+                ));
+            }
+        }
+    }
+    println!(
+        "after the failover: {survived} of {} acknowledged writes read back",
+        written.len()
+    );
+    drop(client);
+    for daemon in servers
+        .iter_mut()
+        .flatten()
+        .chain(std::iter::once(&mut { vs }))
+    {
+        let _ = Command::new("kill")
+            .args(["-TERM", &daemon.child.id().to_string()])
+            .status();
+        let _ = daemon.child.wait();
+    }
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir.join("logs"))
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jsonl"))
+        .collect();
+    logs.sort();
+    let merged = dir.join("merged.jsonl");
+    let svg = dir.join("diagram.svg");
+    let command = crate::cmd::log::LogCommand::Merge(crate::cmd::log::MergeArgs {
+        logs: logs.clone(),
+        output: Some(merged.clone()),
+    });
+    crate::cmd::log::run(&command);
+    let check =
+        crate::cmd::log::LogCommand::Check(crate::cmd::log::FilesArgs { logs: logs.clone() });
+    let checked = crate::cmd::log::run(&check);
+    let diagram = crate::cmd::log::LogCommand::Diagram(crate::cmd::log::DiagramArgs {
+        logs,
+        output: svg.clone(),
+        physical: false,
+        nodes: Vec::new(),
+        from: None,
+        to: None,
+    });
+    crate::cmd::log::run(&diagram);
+    println!("event logs:   {}", dir.join("logs").display());
+    println!("merged log:   {}", merged.display());
+    println!("diagram:      {}", svg.display());
+    println!("done in {:.1} s", started.elapsed().as_secs_f64());
+    if checked != exit::OK {
+        return Err("the merged logs violate the Lamport rules".into());
+    }
+    Ok(())
+}
