@@ -10,12 +10,12 @@
 //! - [`store`]: PutHash's hash and the state both replicas apply operations to.
 //! - [`client`]: the client role (sessions, view caching, retries).
 //! - [`node`]: one role type hosting any of them, for simulations.
-//! - [`check`]: linearizability checking of recorded histories.
+//! - [`lincheck`]: linearizability checking of recorded histories.
 //!
 //! The rules and the tests named after them are listed in docs/protocol.md.
 
-pub mod check;
 pub mod client;
+pub mod lincheck;
 pub mod node;
 pub mod replica;
 pub mod store;

@@ -226,6 +226,11 @@ impl Replica {
         self.synced_view
     }
 
+    /// As primary: whether the view's backup installed this primary's snapshot.
+    pub fn backup_synced(&self) -> bool {
+        self.backup_synced
+    }
+
     /// The replicated state.
     pub fn state(&self) -> &State {
         &self.state

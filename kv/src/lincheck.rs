@@ -1,0 +1,326 @@
+//! Linearizability of recorded client histories, checked per key (Wing & Gong's search with
+//! Lowe's memoization of visited configurations).
+//!
+//! Each key is a register that starts missing. Get returns its value (or "missing", distinct
+//! from empty), Put sets it, PutHash sets it to `puthash_value(previous or "", value)` and
+//! returns the previous value ("" when missing). An operation with an unknown outcome may or
+//! may not have taken effect, at any time after its invocation; its output is not checked.
+//!
+//! The search places operations one at a time in an order consistent with real time: an
+//! operation may come next only if no unplaced completed operation finished before it was
+//! invoked. Every completed operation must be placed; unknown ones are optional. A visited
+//! configuration (which operations are placed, and the register's value) is never explored
+//! twice. Operations are sorted by invocation, so a configuration is stored compactly as the
+//! first unplaced index plus the few placed ones beyond it.
+//!
+//! Two prunings keep unknown outcomes cheap, and both are sound: an unknown Get has no
+//! effect, and an unknown Put whose value no completed operation ever observed (values are
+//! unique in the histories we check) can always be left out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+
+use crate::store::puthash_value;
+
+/// What an operation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Read.
+    Get,
+    /// Write `value`.
+    Put(Bytes),
+    /// PutHash with `value`.
+    PutHash(Bytes),
+}
+
+/// What it returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Get: the value, or `None` for a missing key.
+    Value(Option<Bytes>),
+    /// Put: done.
+    Done,
+    /// PutHash: the previous value.
+    Previous(Bytes),
+    /// Unknown outcome: may or may not have happened.
+    Unknown,
+}
+
+/// One operation of a history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// The key.
+    pub key: Bytes,
+    /// What it did.
+    pub kind: Kind,
+    /// What it returned.
+    pub output: Output,
+    /// When it was invoked.
+    pub invoked: u64,
+    /// When it completed; `None` with an unknown outcome.
+    pub completed: Option<u64>,
+}
+
+/// A key whose operations admit no linearization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The key.
+    pub key: Bytes,
+    /// Why, for a person.
+    pub explanation: String,
+}
+
+/// Checks every key of `history`; returns how many operations were checked.
+///
+/// # Errors
+/// The first key whose operations cannot be linearized.
+pub fn check(history: &[Operation]) -> Result<usize, Violation> {
+    let mut by_key: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(&op.key).or_default().push(op);
+    }
+    for (key, ops) in by_key {
+        check_key(key, ops)?;
+    }
+    Ok(history.len())
+}
+
+fn check_key(key: &Bytes, ops: Vec<&Operation>) -> Result<(), Violation> {
+    let observed: BTreeSet<&Bytes> = ops
+        .iter()
+        .filter_map(|op| match &op.output {
+            Output::Value(Some(value)) | Output::Previous(value) => Some(value),
+            _ => None,
+        })
+        .collect();
+    let mut ops: Vec<&Operation> = ops
+        .into_iter()
+        .filter(|op| match (&op.kind, &op.output) {
+            (Kind::Get, Output::Unknown) => false,
+            (Kind::Put(value), Output::Unknown) => observed.contains(value),
+            _ => true,
+        })
+        .collect();
+    ops.sort_by_key(|op| (op.invoked, op.completed.unwrap_or(u64::MAX)));
+    let mut search = Search {
+        ops: &ops,
+        placed: vec![false; ops.len()],
+        visited: BTreeSet::new(),
+    };
+    if search.run(0, &None) {
+        return Ok(());
+    }
+    let first = ops.iter().find(|op| op.completed.is_some());
+    Err(Violation {
+        key: key.clone(),
+        explanation: format!(
+            "{} operations on this key admit no linearization (first completed: {:?})",
+            ops.len(),
+            first
+        ),
+    })
+}
+
+struct Search<'a> {
+    ops: &'a [&'a Operation],
+    placed: Vec<bool>,
+    visited: BTreeSet<(usize, Vec<u32>, Option<Bytes>)>,
+}
+
+impl Search<'_> {
+    /// Depth-first: `frontier` is the first unplaced index.
+    fn run(&mut self, frontier: usize, state: &Option<Bytes>) -> bool {
+        let mut frontier = frontier;
+        while frontier < self.ops.len() && self.placed[frontier] {
+            frontier += 1;
+        }
+        // Done once every completed operation is placed.
+        let deadline = (frontier..self.ops.len())
+            .filter(|i| !self.placed[*i])
+            .filter_map(|i| self.ops[i].completed)
+            .min();
+        let Some(deadline) = deadline else {
+            return true;
+        };
+        let extras: Vec<u32> = (frontier..self.ops.len())
+            .filter(|i| self.placed[*i])
+            .map(|i| u32::try_from(i).expect("histories are far below 2^32 operations"))
+            .collect();
+        if !self.visited.insert((frontier, extras, state.clone())) {
+            return false;
+        }
+        // Candidates: unplaced operations invoked no later than the earliest completion
+        // among unplaced completed ones (which must then come before anything later).
+        let candidates: Vec<usize> = (frontier..self.ops.len())
+            .take_while(|i| self.ops[*i].invoked <= deadline)
+            .filter(|i| !self.placed[*i])
+            .collect();
+        for index in candidates {
+            let Some(next) = apply(self.ops[index], state) else {
+                continue;
+            };
+            self.placed[index] = true;
+            let found = self.run(frontier, &next);
+            self.placed[index] = false;
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// The register after `op`, or `None` if `op` cannot have returned its output from `state`.
+fn apply(op: &Operation, state: &Option<Bytes>) -> Option<Option<Bytes>> {
+    match (&op.kind, &op.output) {
+        (Kind::Get, Output::Value(value)) => (value == state).then(|| state.clone()),
+        (Kind::Put(value), Output::Done | Output::Unknown) => Some(Some(value.clone())),
+        (Kind::PutHash(value), output) => {
+            let previous = state.clone().unwrap_or_default();
+            match output {
+                Output::Previous(reported) if *reported != previous => None,
+                Output::Previous(_) | Output::Unknown => {
+                    Some(Some(puthash_value(&previous, value)))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    fn op(kind: Kind, output: Output, invoked: u64, completed: Option<u64>) -> Operation {
+        Operation {
+            key: b("k"),
+            kind,
+            output,
+            invoked,
+            completed,
+        }
+    }
+
+    fn get(value: Option<&str>, invoked: u64, completed: u64) -> Operation {
+        op(
+            Kind::Get,
+            Output::Value(value.map(b)),
+            invoked,
+            Some(completed),
+        )
+    }
+
+    fn put(value: &str, invoked: u64, completed: Option<u64>) -> Operation {
+        let output = if completed.is_some() {
+            Output::Done
+        } else {
+            Output::Unknown
+        };
+        op(Kind::Put(b(value)), output, invoked, completed)
+    }
+
+    /// A sequential legal history passes; missing differs from empty.
+    #[test]
+    fn sequential_history_passes() {
+        let history = [get(None, 0, 1), put("a", 2, Some(3)), get(Some("a"), 4, 5)];
+        assert!(check(&history).is_ok());
+        let empty = [get(Some(""), 0, 1)];
+        assert!(
+            check(&empty).is_err(),
+            "an empty value is not a missing key"
+        );
+    }
+
+    /// A read of an overwritten value after the overwrite completed is stale.
+    #[test]
+    fn stale_read_fails() {
+        let history = [
+            put("a", 0, Some(1)),
+            put("b", 2, Some(3)),
+            get(Some("a"), 4, 5),
+        ];
+        assert!(check(&history).is_err());
+    }
+
+    /// Overlapping operations may take effect in either order.
+    #[test]
+    fn concurrent_operations_in_either_order() {
+        let history = [put("a", 0, Some(10)), get(Some("a"), 1, 2), get(None, 3, 4)];
+        assert!(
+            check(&history).is_err(),
+            "once a is read, a later read cannot see nothing"
+        );
+        let history = [put("a", 0, Some(10)), get(None, 1, 2), get(Some("a"), 3, 4)];
+        assert!(check(&history).is_ok());
+    }
+
+    /// PutHash chains need the right previous values; a duplicated application breaks them.
+    #[test]
+    fn puthash_chain_and_duplicate() {
+        let h0 = puthash_value(b"", b"0");
+        let h1 = puthash_value(&h0, b"1");
+        let hash = |value: &str, previous: &Bytes, invoked: u64| {
+            op(
+                Kind::PutHash(b(value)),
+                Output::Previous(previous.clone()),
+                invoked,
+                Some(invoked + 1),
+            )
+        };
+        let good = [
+            hash("0", &Bytes::new(), 0),
+            hash("1", &h0, 2),
+            get(Some(""), 10, 11),
+        ];
+        assert!(check(&good[..2]).is_ok());
+        assert!(check(&good).is_err());
+        let read = op(Kind::Get, Output::Value(Some(h1.clone())), 4, Some(5));
+        assert!(check(&[hash("0", &Bytes::new(), 0), hash("1", &h0, 2), read]).is_ok());
+        // Applied twice: the second call saw the first call's own result.
+        let twice = [
+            hash("0", &Bytes::new(), 0),
+            hash("0", &h0, 2),
+            hash("1", &h0, 4),
+        ];
+        assert!(check(&twice).is_err());
+    }
+
+    /// An unknown Put may have happened (if observed) or not.
+    #[test]
+    fn unknown_outcomes_are_optional() {
+        assert!(check(&[put("a", 0, None), get(Some("a"), 5, 6)]).is_ok());
+        assert!(check(&[put("a", 0, None), get(None, 5, 6)]).is_ok());
+        assert!(
+            check(&[get(Some("a"), 0, 1), put("a", 5, None)]).is_err(),
+            "not before invoke"
+        );
+        assert!(
+            check(&[get(Some("zzz"), 0, 1)]).is_err(),
+            "nobody wrote zzz"
+        );
+    }
+
+    /// A long history with overlapping clients checks quickly.
+    #[test]
+    fn long_concurrent_history() {
+        let mut history = Vec::new();
+        let mut value = 0u64;
+        for round in 0..2_000u64 {
+            let t = round * 10;
+            value += 1;
+            history.push(put(&value.to_string(), t, Some(t + 15)));
+            history.push(get(Some(&value.to_string()), t + 16, t + 17));
+            if round % 7 == 0 {
+                history.push(put(&format!("u{round}"), t, None));
+            }
+        }
+        assert!(check(&history).is_ok());
+    }
+}

@@ -1,0 +1,392 @@
+//! Randomized simulation beyond the lab: random client workloads on a few keys under random
+//! schedules of crashes, restarts, partitions (including a primary cut off from the view
+//! service only), frame drops with connection breaks, and the unreliable mode. Invariants
+//! are checked throughout each run; at its end the client history is checked for
+//! linearizability per key. Rare events are counted over the sweep, and a sweep in which one
+//! never happened fails: a fault schedule that never exercises a rule proves nothing.
+//!
+//! `PBKV_SEEDS=N` sets the number of seeds (default 1000); `PBKV_SEED=S` replays one.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kv::client::{ClientOp, Completed, Outcome};
+use kv::lincheck::{Kind, Operation, Output, check};
+use kv::node::KvNode;
+use kv::replica::{ReplicaConfig, ReplicaStats};
+use proto::Addr;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use runtime::sim::{NodeIndex, SimConfig};
+use support::{Cluster, seeds};
+
+const SERVERS: usize = 3;
+const CLIENTS: usize = 3;
+const RUN: Duration = Duration::from_secs(12);
+const STEP: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Events {
+    failovers: u64,
+    transfers: u64,
+    transfers_restarted: u64,
+    dedup_hits: u64,
+    forwards_rejected: u64,
+    views_from_peers: u64,
+    sessions_expired: u64,
+    promotions_refused: u64,
+    ops_ok: u64,
+    ops_unknown: u64,
+}
+
+impl Events {
+    fn add(&mut self, stats: ReplicaStats) {
+        self.failovers += stats.promotions;
+        self.transfers += stats.transfers_installed;
+        self.transfers_restarted += stats.transfers_restarted;
+        self.dedup_hits += stats.dedup_hits;
+        self.forwards_rejected += stats.forwards_rejected;
+        self.views_from_peers += stats.views_from_peers;
+        self.sessions_expired += stats.sessions_expired;
+        self.promotions_refused += stats.promotions_refused;
+    }
+
+    fn merge(&mut self, other: Events) {
+        self.failovers += other.failovers;
+        self.transfers += other.transfers;
+        self.transfers_restarted += other.transfers_restarted;
+        self.dedup_hits += other.dedup_hits;
+        self.forwards_rejected += other.forwards_rejected;
+        self.views_from_peers += other.views_from_peers;
+        self.sessions_expired += other.sessions_expired;
+        self.promotions_refused += other.promotions_refused;
+        self.ops_ok += other.ops_ok;
+        self.ops_unknown += other.ops_unknown;
+    }
+}
+
+struct Run {
+    c: Cluster,
+    rng: StdRng,
+    clerks: Vec<NodeIndex>,
+    /// Each clerk's idle-until time (virtual ns).
+    idle_until: Vec<u64>,
+    next_value: u64,
+    events: Events,
+}
+
+fn replay(seed: u64) -> String {
+    format!("replay: PBKV_SEED={seed} cargo test -p pbkv-kv --test sim_random")
+}
+
+impl Run {
+    fn new(seed: u64) -> Run {
+        let config = SimConfig {
+            drop_rate: 0.0,
+            latency_tail_rate: 0.02,
+            link_timeout: Duration::from_millis(800),
+            ..SimConfig::default()
+        };
+        let mut c = Cluster::new(seed, config);
+        c.replica_config = Box::new(|me: Addr, vs: Addr| {
+            let mut config = ReplicaConfig::new(me, vs);
+            config.timing = support::timing();
+            config.session_idle_max = Duration::from_millis(1500);
+            // Small chunks and windows so transfers span turns and can break midway.
+            config.transfer_chunk_len_max = 64;
+            config.transfer_window = 2;
+            config.transfer_chunks_per_turn = 1;
+            config
+        });
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        for _ in 0..SERVERS {
+            let unreliable = rng.random_bool(0.2);
+            c.start_server(unreliable);
+        }
+        let clerks: Vec<NodeIndex> = (0..CLIENTS).map(|_| c.clerk()).collect();
+        Run {
+            c,
+            rng,
+            clerks,
+            idle_until: vec![0; CLIENTS],
+            next_value: 1,
+            events: Events::default(),
+        }
+    }
+
+    fn random_op(&mut self) -> ClientOp {
+        let key = Bytes::from(format!("k{}", self.rng.random_range(0..3)));
+        let value = Bytes::from(format!("v{}", self.next_value));
+        self.next_value += 1;
+        match self.rng.random_range(0..10) {
+            0..=3 => ClientOp::Get { key },
+            4..=7 => ClientOp::Put { key, value },
+            _ => ClientOp::PutHash { key, value },
+        }
+    }
+
+    fn feed_clients(&mut self) {
+        let now = self.c.sim.now().0;
+        for index in 0..CLIENTS {
+            let clerk = self.clerks[index];
+            let idle = self
+                .c
+                .sim
+                .role(clerk)
+                .and_then(KvNode::client)
+                .is_some_and(|c| c.pending() == 0);
+            if !idle || now < self.idle_until[index] {
+                continue;
+            }
+            if self.rng.random_bool(0.01) {
+                // A pause long enough for the session to expire.
+                self.idle_until[index] = now + 2_000_000_000;
+                continue;
+            }
+            let op = self.random_op();
+            self.c.submit(clerk, op);
+        }
+    }
+
+    fn fault(&mut self) {
+        let server = self.rng.random_range(0..SERVERS);
+        let node = self.c.servers[server].0;
+        match self.rng.random_range(0..13) {
+            0 | 1 => self.c.kill(server),
+            2..=4 => {
+                if !self.c.sim.is_up(node) {
+                    let unreliable = self.rng.random_bool(0.2);
+                    self.c.sim.set_unreliable(node, unreliable);
+                    let addr = self.c.addr(server);
+                    let role = self.c.replica(addr);
+                    self.c.sim.restart(node, role);
+                }
+            }
+            5 => {
+                // The primary (or any server) cut off from the view service only.
+                let vs = self.c.vs;
+                self.c.sim.partition(&[node], &[vs]);
+            }
+            6 => {
+                let other = self.c.servers[(server + 1) % SERVERS].0;
+                self.c.sim.partition(&[node], &[other]);
+            }
+            7 => {
+                let clerk = self.clerks[self.rng.random_range(0..CLIENTS)];
+                self.c.sim.block(clerk, node);
+            }
+            8 => self.c.sim.set_drop_rate(0.01),
+            11 => {
+                // The primary dies while its new backup is still being transferred to: the
+                // view service may then name an unsynced backup primary, which must refuse.
+                let transferring = self.c.servers.iter().position(|(node, _)| {
+                    self.c
+                        .sim
+                        .role(*node)
+                        .and_then(KvNode::replica)
+                        .is_some_and(|replica| {
+                            replica.serving()
+                                && !replica.backup_synced()
+                                && replica.view().backup.is_some()
+                        })
+                });
+                if let Some(primary) = transferring {
+                    self.c.kill(primary);
+                }
+            }
+            9 => self.c.sim.set_drop_rate(0.0),
+            _ => self.c.sim.heal(),
+        }
+    }
+
+    fn check_invariants(&self, seed: u64) {
+        let mut serving: BTreeMap<u64, Addr> = BTreeMap::new();
+        let replicas: Vec<_> = self
+            .c
+            .servers
+            .iter()
+            .filter_map(|(node, addr)| Some((*addr, self.c.sim.role(*node)?.replica()?)))
+            .collect();
+        for (addr, replica) in &replicas {
+            if !replica.serving() {
+                continue;
+            }
+            // At most one server may serve as primary of a view.
+            let view = replica.view().viewnum;
+            if let Some(other) = serving.insert(view, *addr) {
+                panic!(
+                    "seed {seed}: {other} and {addr} both serve view {view}; {}",
+                    replay(seed)
+                );
+            }
+            // The synced backup's applied entries are a prefix of the primary's order: when
+            // it has applied as much, it holds the same state.
+            for (backup_addr, backup) in &replicas {
+                let synced =
+                    backup.synced_view() == view && replica.view().is_backup(backup.member());
+                if synced && backup.state().applied == replica.state().applied {
+                    assert!(
+                        backup.state().store == replica.state().store
+                            && backup.state().sessions == replica.state().sessions,
+                        "seed {seed}: backup {backup_addr} diverged from primary {addr} \
+                         at index {}; {}",
+                        backup.state().applied,
+                        replay(seed)
+                    );
+                }
+            }
+        }
+    }
+
+    fn history(&self) -> Vec<Operation> {
+        let mut ops = Vec::new();
+        for clerk in &self.clerks {
+            let Some(client) = self.c.sim.role(*clerk).and_then(KvNode::client) else {
+                continue;
+            };
+            ops.extend(client.completed().iter().filter_map(history_op));
+            if let Some((_, op, invoked_at, _)) = client.outstanding() {
+                let (key, kind) = kind_of(op);
+                let output = Output::Unknown;
+                ops.push(Operation {
+                    key,
+                    kind,
+                    output,
+                    invoked: invoked_at.0,
+                    completed: None,
+                });
+            }
+        }
+        ops
+    }
+}
+
+fn kind_of(op: &ClientOp) -> (Bytes, Kind) {
+    match op {
+        ClientOp::Get { key } => (key.clone(), Kind::Get),
+        ClientOp::Put { key, value } => (key.clone(), Kind::Put(value.clone())),
+        ClientOp::PutHash { key, value } => (key.clone(), Kind::PutHash(value.clone())),
+    }
+}
+
+fn history_op(done: &Completed) -> Option<Operation> {
+    let (key, kind) = kind_of(&done.op);
+    let at = Some(done.completed_at.0);
+    let (completed, output) = match (&done.outcome, &kind) {
+        (Outcome::Done(value), Kind::Get) => (at, Output::Value(Some(value.clone()))),
+        (Outcome::NoKey, Kind::Get) => (at, Output::Value(None)),
+        (Outcome::Done(_), Kind::Put(_)) => (at, Output::Done),
+        (Outcome::Done(previous), Kind::PutHash(_)) => (at, Output::Previous(previous.clone())),
+        (Outcome::Refused(_), _) => return None,
+        _ => (None, Output::Unknown),
+    };
+    Some(Operation {
+        key,
+        kind,
+        output,
+        invoked: done.invoked_at.0,
+        completed,
+    })
+}
+
+fn run_seed(seed: u64) -> Events {
+    let mut run = Run::new(seed);
+    run.c.poll(support::DEAD_PINGS * 2, |c| {
+        c.primary().is_some() && c.backup().is_some()
+    });
+    let start = run.c.sim.now();
+    let mut next_fault = Duration::from_millis(500);
+    while run.c.sim.now().since(start) < RUN {
+        let elapsed = run.c.sim.now().since(start);
+        if elapsed >= next_fault {
+            run.fault();
+            next_fault = elapsed + Duration::from_millis(run.rng.random_range(100..700));
+        }
+        run.feed_clients();
+        run.c.sim.run_for(STEP);
+        run.check_invariants(seed);
+    }
+    // Heal everything and let the cluster settle, so outstanding operations can finish.
+    run.c.sim.heal();
+    run.c.sim.set_drop_rate(0.0);
+    for server in 0..SERVERS {
+        let node = run.c.servers[server].0;
+        if !run.c.sim.is_up(node) {
+            let addr = run.c.addr(server);
+            let role = run.c.replica(addr);
+            run.c.sim.restart(node, role);
+        }
+    }
+    run.c.sim.run_for(Duration::from_secs(3));
+    run.check_invariants(seed);
+    let history = run.history();
+    if let Err(violation) = check(&history) {
+        panic!(
+            "seed {seed}: not linearizable: key {:?}: {}; {}",
+            violation.key,
+            violation.explanation,
+            replay(seed)
+        );
+    }
+    for (node, _) in &run.c.servers {
+        if let Some(replica) = run.c.sim.role(*node).and_then(KvNode::replica) {
+            run.events.add(replica.stats());
+        }
+    }
+    // Stats of crashed incarnations are lost with them; count what survives.
+    run.events.ops_ok = history.iter().filter(|op| op.completed.is_some()).count() as u64;
+    run.events.ops_unknown = history.iter().filter(|op| op.completed.is_none()).count() as u64;
+    run.events
+}
+
+/// Goal: safety under random faults, linearizability of every history, and every rare event
+/// exercised at least once in the sweep. Method: seeds split over two threads.
+#[test]
+fn random_faults_keep_histories_linearizable() {
+    let all: Vec<u64> = seeds(1000).collect();
+    let halves: Vec<Vec<u64>> = all
+        .chunks(all.len().div_ceil(2).max(1))
+        .map(<[u64]>::to_vec)
+        .collect();
+    let threads: Vec<_> = halves
+        .into_iter()
+        .map(|part| {
+            std::thread::spawn(move || {
+                let mut events = Events::default();
+                for seed in part {
+                    events.merge(run_seed(seed));
+                }
+                events
+            })
+        })
+        .collect();
+    let mut events = Events::default();
+    for thread in threads {
+        events.merge(thread.join().expect("a seed failed: see its message above"));
+    }
+    println!("rare events over {} seeds: {events:?}", all.len());
+    if all.len() >= 100 {
+        let counts = [
+            ("failover", events.failovers),
+            ("state transfer", events.transfers),
+            ("restarted transfer", events.transfers_restarted),
+            ("dedup hit", events.dedup_hits),
+            ("rejected forward", events.forwards_rejected),
+            ("view adopted from a peer", events.views_from_peers),
+            ("expired session", events.sessions_expired),
+            (
+                "refused promotion of an unsynced backup",
+                events.promotions_refused,
+            ),
+        ];
+        for (name, count) in counts {
+            assert!(
+                count > 0,
+                "no {name} in the whole sweep: the schedule does not exercise it"
+            );
+        }
+    }
+}
