@@ -577,3 +577,30 @@ fn test_partition2() {
         c.check(ck2, "a", "2");
     }
 }
+
+/// The 2015 sub-test "Count RPCs to viewserver": while nothing fails, clients do not ask the
+/// view service per operation. Method: 100 Puts through one clerk; it may ask for the view
+/// once, at its first operation.
+#[test]
+fn test_count_view_requests() {
+    for seed in seeds(SEEDS) {
+        let mut c = Cluster::new(seed, SimConfig::default());
+        c.start_server(false);
+        c.start_server(false);
+        c.poll(DEAD_PINGS * 2, |c| {
+            c.primary().is_some() && c.backup().is_some()
+        });
+        c.sleep(second(1));
+        let ck = c.clerk();
+        for i in 0..100 {
+            c.put(ck, &format!("xk{i}"), &i.to_string());
+        }
+        let asked = c
+            .sim
+            .role(ck)
+            .and_then(KvNode::client)
+            .expect("clerk")
+            .view_requests();
+        assert_eq!(asked, 1, "view requests for 100 Puts; {}", replay(seed));
+    }
+}

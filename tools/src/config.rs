@@ -75,6 +75,8 @@ impl Default for LogConfig {
 pub struct Faults {
     /// Lab mode: 10 % of incoming requests dropped, 18 % lose their reply.
     pub unreliable: bool,
+    /// Probability that a frame this node sends is dropped, breaking its connection.
+    pub drop_rate: f64,
 }
 
 /// `[clock]`.
@@ -190,6 +192,9 @@ impl NodeConfig {
         }
         if self.clock.drift_ppm.abs() > 100_000.0 {
             return Err("clock.drift_ppm: at most 100000 in magnitude".into());
+        }
+        if !(0.0..=1.0).contains(&self.faults.drop_rate) {
+            return Err("faults.drop_rate: a probability between 0 and 1".into());
         }
         if self.echo.window == 0 {
             return Err("echo.window: must be at least 1".into());

@@ -40,6 +40,9 @@ pub struct NetOptions {
     pub events: Option<Box<dyn EventSink>>,
     /// The lab's unreliable mode for incoming requests.
     pub unreliable: bool,
+    /// Probability that a frame this node sends is dropped, breaking its connection (as a
+    /// lost segment that is never retransmitted would).
+    pub drop_rate: f64,
     /// Injected physical-clock skew.
     pub skew: ClockSkew,
     /// Largest frame accepted or sent.
@@ -72,6 +75,7 @@ impl NetOptions {
             run: crate::event_log::RUN_ID_DEFAULT.to_string(),
             events: None,
             unreliable: false,
+            drop_rate: 0.0,
             skew: ClockSkew::default(),
             frame_len_max: proto::FRAME_LEN_MAX_DEFAULT,
             write_buffer_len_max: 8 * 1024 * 1024,
@@ -167,10 +171,12 @@ struct Io {
     hello_frame: BytesMut,
     decoder: FrameDecoder,
     options: IoOptions,
+    fault_rng: rand::rngs::StdRng,
     now: Instant,
 }
 
 struct IoOptions {
+    drop_rate: f64,
     write_buffer_len_max: usize,
     connecting_queue_len_max: usize,
     connect_timeout: Duration,
@@ -264,7 +270,9 @@ impl<R: Role> NetDriver<R> {
             next_generation: 1,
             hello_frame,
             decoder: FrameDecoder::new(options.frame_len_max),
+            fault_rng: rand::SeedableRng::seed_from_u64(rand::rng().random()),
             options: IoOptions {
+                drop_rate: options.drop_rate,
                 write_buffer_len_max: options.write_buffer_len_max,
                 connecting_queue_len_max: options.connecting_queue_len_max,
                 connect_timeout: options.connect_timeout,
@@ -855,12 +863,23 @@ impl Io {
     }
 }
 
+impl Io {
+    /// Fault injection: whether to drop the next frame (the caller then breaks its link).
+    fn inject_drop(&mut self) -> bool {
+        self.options.drop_rate > 0.0 && self.fault_rng.random_bool(self.options.drop_rate)
+    }
+}
+
 impl Transport for Io {
     fn send(&mut self, to: Dest, frame: &[u8]) {
         let key = match self.links.get(&to) {
             Some(&key) => key,
             None => self.open_link(to),
         };
+        if self.inject_drop() {
+            self.fail(key, "injected drop");
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -884,6 +903,10 @@ impl Transport for Io {
 
     fn reply(&mut self, conn: ConnId, frame: &[u8]) {
         if let Some(key) = self.key_of(conn) {
+            if self.inject_drop() {
+                self.fail(key, "injected drop");
+                return;
+            }
             self.conns[key].write_buffer.extend_from_slice(frame);
         }
     }
