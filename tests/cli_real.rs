@@ -184,6 +184,85 @@ fn bench_reports_json() {
     }
     let bad_mix = pbkv(&c.vs.addr, &["bench", "--mix", "get=50"]);
     assert_eq!(bad_mix.status.code(), Some(2));
+
+    // A history on few keys, checked for linearizability over real processes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("history.jsonl");
+    let args = [
+        "bench",
+        "--clients",
+        "8",
+        "--requests",
+        "2000",
+        "--keys",
+        "3",
+    ];
+    let mix = ["--mix", "get=40,put=40,puthash=20", "--history"];
+    let output = Command::new(pbkv_bin())
+        .arg("--vs")
+        .arg(&c.vs.addr)
+        .args(args)
+        .args(mix)
+        .arg(&path)
+        .output()
+        .expect("bench");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let text = std::fs::read_to_string(&path).expect("history written");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("history line"))
+        .collect();
+    let invokes = events.iter().filter(|e| e["type"] == "invoke").count();
+    assert_eq!(
+        invokes, 2000,
+        "every operation invoked once, however often retried"
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["time_ns"].as_u64() <= w[1]["time_ns"].as_u64())
+    );
+    let history = history_operations(&events);
+    let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
+    assert_eq!(checked, 2000);
+}
+
+/// Pairs each process's invoke with its completion, as the checker's operations.
+fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operation> {
+    use kv::lincheck::{Kind, Operation, Output};
+    let bytes = |v: &serde_json::Value| bytes::Bytes::from(v.as_str().unwrap_or("").to_string());
+    let mut open: std::collections::BTreeMap<u64, &serde_json::Value> = Default::default();
+    let mut ops = Vec::new();
+    for event in events {
+        let process = event["process"].as_u64().expect("process");
+        if event["type"] == "invoke" {
+            open.insert(process, event);
+            continue;
+        }
+        let invoke = open
+            .remove(&process)
+            .expect("a completion follows its invoke");
+        let kind = match event["f"].as_str() {
+            Some("get") => Kind::Get,
+            Some("put") => Kind::Put(bytes(&event["value"])),
+            _ => Kind::PutHash(bytes(&event["value"])),
+        };
+        let known = event["type"] == "ok";
+        let output = match (&kind, known) {
+            (_, false) => Output::Unknown,
+            (Kind::Get, true) => Output::Value(event["out"].as_str().map(|_| bytes(&event["out"]))),
+            (Kind::Put(_), true) => Output::Done,
+            (Kind::PutHash(_), true) => Output::Previous(bytes(&event["out"])),
+        };
+        ops.push(Operation {
+            key: bytes(&event["key"]),
+            kind,
+            output,
+            invoked: invoke["time_ns"].as_u64().expect("time"),
+            completed: known.then(|| event["time_ns"].as_u64().expect("time")),
+        });
+    }
+    ops
 }
 
 /// Goal: `pbkv demo` runs a failover end to end and leaves logs that check clean, a merged

@@ -72,6 +72,8 @@ pub struct Completed {
     pub completed_at: MonoTime,
     /// Whether a request for it was ever sent (false: nothing left this client).
     pub sent: bool,
+    /// The lane of the client that ran it (its process number in histories).
+    pub lane: u64,
 }
 
 /// How a client runs.
@@ -310,6 +312,7 @@ impl Client {
             invoked_at: current.invoked_at,
             completed_at: ctx.now(),
             sent: current.sent,
+            lane: u64::from(self.config.lane),
         });
     }
 

@@ -296,6 +296,11 @@ impl<R: Role> NetDriver<R> {
         })
     }
 
+    /// The instant that monotonic time 0 stands for (`Ctx::now` counts from it).
+    pub fn epoch(&self) -> Instant {
+        self.start
+    }
+
     /// The bound listen address (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_addr

@@ -48,6 +48,9 @@ pub struct BenchArgs {
     /// Write keys 0, 1, 2, … in order instead of at random (loading a dataset).
     #[arg(long)]
     pub fill: bool,
+    /// Write a Jepsen-style operation history (JSON lines) to this file.
+    #[arg(long)]
+    pub history: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +98,8 @@ struct BenchHost {
     done: Vec<Completed>,
     stopping: bool,
     fill: bool,
+    progress: indicatif::ProgressBar,
+    completed_count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -146,7 +151,17 @@ impl BenchHost {
             }
         }
         for client in &mut self.clients {
-            self.done.extend(client.take_completed());
+            let finished = client.take_completed();
+            self.completed_count += finished.len() as u64;
+            self.done.extend(finished);
+        }
+        if self.requests.is_some() {
+            self.progress.set_position(self.completed_count);
+        } else if let (Some(started), Some(deadline)) = (self.started, self.deadline) {
+            let total = deadline.since(started).as_millis().max(1) as u64;
+            self.progress.set_length(total);
+            self.progress
+                .set_position(ctx.now().since(started).as_millis() as u64);
         }
         let all_done = self.requests.is_some_and(|max| self.issued >= max)
             && self.clients.iter().all(|client| client.pending() == 0);
@@ -277,13 +292,19 @@ fn run_bench(client_args: &ClientArgs, args: &BenchArgs) -> Result<Report, Strin
         done: Vec::new(),
         stopping: false,
         fill: args.fill,
+        progress: progress_bar(args.requests),
+        completed_count: 0,
     };
     let node = NodeId::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
     let driver =
         NetDriver::new(host, NetOptions::new(node)).map_err(|e| format!("event loop: {e}"))?;
+    // CLOCK_MONOTONIC at the driver's monotonic time 0, for system-wide history timestamps.
+    let clock_now = monotonic_ns();
+    let epoch_ns = clock_now.saturating_sub(driver.epoch().elapsed().as_nanos() as u64);
     let start = Instant::now();
     let mut host = driver.run().map_err(|e| format!("event loop: {e}"))?;
     let elapsed = start.elapsed();
+    host.progress.finish_and_clear();
     for client in &mut host.clients {
         host.done.extend(client.take_completed());
     }
@@ -292,6 +313,9 @@ fn run_bench(client_args: &ClientArgs, args: &BenchArgs) -> Result<Report, Strin
         .iter()
         .map(|client| client.pending() as u64)
         .sum();
+    if let Some(path) = &args.history {
+        write_history(path, &host, epoch_ns)?;
+    }
     let mut latency_us = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
     let (mut ops, mut errors, mut unknown) = (0, 0, 0);
     for done in &host.done {
@@ -371,4 +395,83 @@ fn print_report(args: &BenchArgs, report: &Report) {
     for line in lines {
         let _ = writeln!(out, "{line}");
     }
+}
+
+fn progress_bar(requests: Option<u64>) -> indicatif::ProgressBar {
+    // Drawn on a terminal only: indicatif hides itself when stderr is not one.
+    let bar = indicatif::ProgressBar::new(requests.unwrap_or(1));
+    let style = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: system-wide, so histories of several bench processes on
+/// one host can be merged.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
+fn text(bytes: &Bytes) -> serde_json::Value {
+    serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// One JSON line per event, Jepsen style: an `invoke`, then `ok`, `fail` or `info`.
+fn write_history(path: &std::path::Path, host: &BenchHost, epoch_ns: u64) -> Result<(), String> {
+    let mut events: Vec<(u64, serde_json::Value)> = Vec::new();
+    let describe = |op: &ClientOp| match op {
+        ClientOp::Get { key } => ("get", text(key), serde_json::Value::Null),
+        ClientOp::Put { key, value } => ("put", text(key), text(value)),
+        ClientOp::PutHash { key, value } => ("puthash", text(key), text(value)),
+    };
+    let mut record =
+        |process: u64, kind: &str, op: &ClientOp, out: serde_json::Value, at: MonoTime| {
+            let (f, key, value) = describe(op);
+            let time_ns = epoch_ns + at.0;
+            let line = serde_json::json!({
+                "process": process, "type": kind, "f": f, "key": key, "value": value,
+                "out": out, "time_ns": time_ns,
+            });
+            events.push((time_ns, line));
+        };
+    for done in &host.done {
+        let process = done.lane;
+        record(
+            process,
+            "invoke",
+            &done.op,
+            serde_json::Value::Null,
+            done.invoked_at,
+        );
+        let (kind, out) = match &done.outcome {
+            Outcome::Done(_) if matches!(done.op, ClientOp::Put { .. }) => {
+                ("ok", serde_json::Value::Null)
+            }
+            Outcome::Done(value) => ("ok", text(value)),
+            Outcome::NoKey => ("ok", serde_json::Value::Null),
+            Outcome::Refused(_) => ("fail", serde_json::Value::Null),
+            Outcome::Unknown(_) => ("info", serde_json::Value::Null),
+        };
+        record(process, kind, &done.op, out, done.completed_at);
+    }
+    for (lane, client) in host.clients.iter().enumerate() {
+        if let Some((_, op, invoked_at, _)) = client.outstanding() {
+            record(
+                lane as u64,
+                "invoke",
+                op,
+                serde_json::Value::Null,
+                invoked_at,
+            );
+            record(lane as u64, "info", op, serde_json::Value::Null, invoked_at);
+        }
+    }
+    events.sort_by_key(|(time, _)| *time);
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for (_, line) in events {
+        writeln!(out, "{line}").map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    out.flush().map_err(|e| format!("{}: {e}", path.display()))
 }
