@@ -101,121 +101,152 @@ fn read_all(logs: &[PathBuf]) -> Result<Vec<LoggedEvent>, String> {
     Ok(events)
 }
 
-/// The ordering fields of one line, parsed without parsing the rest.
-fn order_key(line: &str) -> Option<(u64, String, String)> {
-    let field = |name: &str| -> Option<&str> {
-        let start = line.find(name)? + name.len();
-        let rest = &line[start..];
-        let end = rest.find('"')?;
-        Some(&rest[..end])
-    };
-    let lc_at = line.find(",\"lc\":")? + 6;
-    let digits: String = line[lc_at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    Some((
-        digits.parse().ok()?,
-        field("\"node\":\"")?.to_string(),
-        field("\"inc\":\"")?.to_string(),
-    ))
+/// The byte string after `name` up to the next quote, in `line`.
+fn quoted_after<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let start = find(line, name)? + name.len();
+    let rest = &line[start..];
+    let end = rest.iter().position(|byte| *byte == b'"')?;
+    Some(&rest[..end])
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// The Lamport time of one line, parsed without parsing the rest.
+fn lamport_of(line: &[u8]) -> Option<u64> {
+    let start = find(line, b",\"lc\":")? + 6;
+    let mut value: u64 = 0;
+    let mut digits = 0;
+    for byte in &line[start..] {
+        if !byte.is_ascii_digit() {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(value)
 }
 
 /// One sorted run: the lines of one incarnation, contiguous in one file.
 struct Run {
     reader: BufReader<File>,
     remaining: u64,
-    incarnation: String,
+    node: Vec<u8>,
+    incarnation: Vec<u8>,
+    line: Vec<u8>,
+    name: String,
 }
 
 /// Finds each file's incarnation runs (byte ranges), for the streaming merge.
 fn runs(path: &PathBuf) -> Result<Vec<Run>, String> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
     let mut offset = 0u64;
-    let mut bounds: Vec<(u64, u64, String)> = Vec::new();
+    let mut bounds: Vec<(u64, u64, Vec<u8>, Vec<u8>)> = Vec::new();
     loop {
         line.clear();
         let len = reader
-            .read_line(&mut line)
+            .read_until(b'\n', &mut line)
             .map_err(|e| format!("{name}: {e}"))? as u64;
         if len == 0 {
             break;
         }
-        if !line.trim().is_empty() {
-            let (_, _, incarnation) = order_key(&line)
-                .ok_or_else(|| format!("{name}: line at byte {offset} is not an event"))?;
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            let bad = || format!("{name}: the line at byte {offset} is not an event");
+            let incarnation = quoted_after(&line, b"\"inc\":\"").ok_or_else(bad)?;
             match bounds.last_mut() {
-                Some((_, end, current)) if *current == incarnation => *end = offset + len,
-                _ => bounds.push((offset, offset + len, incarnation)),
+                Some((_, end, _, current)) if current.as_slice() == incarnation => {
+                    *end = offset + len;
+                }
+                _ => {
+                    let node = quoted_after(&line, b"\"node\":\"")
+                        .ok_or_else(bad)?
+                        .to_vec();
+                    bounds.push((offset, offset + len, node, incarnation.to_vec()));
+                }
             }
         }
         offset += len;
     }
     bounds
         .into_iter()
-        .map(|(start, end, incarnation)| {
+        .map(|(start, end, node, incarnation)| {
             let mut file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
             file.seek(SeekFrom::Start(start))
                 .map_err(|e| format!("{name}: {e}"))?;
+            let reader = BufReader::with_capacity(1 << 18, file);
+            let line = Vec::new();
+            let name = name.clone();
             Ok(Run {
-                reader: BufReader::new(file),
+                reader,
                 remaining: end - start,
+                node,
                 incarnation,
+                line,
+                name,
             })
         })
         .collect()
 }
 
-fn next_line(run: &mut Run) -> Result<Option<String>, String> {
+/// Reads the run's next event line into `run.line`; returns its Lamport time.
+fn advance(run: &mut Run) -> Result<Option<u64>, String> {
     while run.remaining > 0 {
-        let mut line = String::new();
-        let len = run.reader.read_line(&mut line).map_err(|e| e.to_string())? as u64;
+        run.line.clear();
+        let len = run
+            .reader
+            .read_until(b'\n', &mut run.line)
+            .map_err(|e| e.to_string())? as u64;
         if len == 0 {
             return Ok(None);
         }
         run.remaining = run.remaining.saturating_sub(len);
-        if !line.trim().is_empty() {
-            return Ok(Some(line));
+        if run.line.iter().all(u8::is_ascii_whitespace) {
+            continue;
         }
+        if run.line.last() != Some(&b'\n') {
+            run.line.push(b'\n');
+        }
+        let lamport = lamport_of(&run.line)
+            .ok_or_else(|| format!("{}: a line without a Lamport time", run.name))?;
+        return Ok(Some(lamport));
     }
     Ok(None)
 }
 
-/// Streaming k-way merge: lines pass through unchanged, in (lc, node, incarnation) order.
+/// Streaming k-way merge: lines pass through unchanged, in (lc, node, incarnation) order;
+/// only the Lamport time is parsed per line (node and incarnation are fixed per run).
 fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), String> {
     let mut all_runs = Vec::new();
     for path in logs {
         all_runs.extend(runs(path)?);
     }
+    // A run's rank orders equal Lamport times by (node, incarnation).
+    all_runs.sort_by(|a, b| (&a.node, &a.incarnation).cmp(&(&b.node, &b.incarnation)));
     let stdout = std::io::stdout();
-    let mut out: Box<dyn Write> = match output {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::new(stdout.lock())),
+    let sink: Box<dyn Write> = match output {
+        Some(path) => Box::new(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
+        None => Box::new(stdout.lock()),
     };
+    let mut out = BufWriter::with_capacity(1 << 20, sink);
     let mut heap = BinaryHeap::new();
-    for (index, run) in all_runs.iter_mut().enumerate() {
-        if let Some(line) = next_line(run)? {
-            let key = order_key(&line).ok_or("unparsable line")?;
-            heap.push(std::cmp::Reverse((key, index, line)));
+    for (rank, run) in all_runs.iter_mut().enumerate() {
+        if let Some(lamport) = advance(run)? {
+            heap.push(std::cmp::Reverse((lamport, rank)));
         }
     }
     let mut count = 0u64;
-    while let Some(std::cmp::Reverse((_, index, line))) = heap.pop() {
-        out.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+    while let Some(std::cmp::Reverse((_, rank))) = heap.pop() {
+        let run = &mut all_runs[rank];
+        out.write_all(&run.line).map_err(|e| e.to_string())?;
         count += 1;
-        if let Some(next) = next_line(&mut all_runs[index])? {
-            let key = order_key(&next).ok_or_else(|| {
-                format!(
-                    "unparsable line in incarnation {}",
-                    all_runs[index].incarnation
-                )
-            })?;
-            heap.push(std::cmp::Reverse((key, index, next)));
+        if let Some(lamport) = advance(run)? {
+            heap.push(std::cmp::Reverse((lamport, rank)));
         }
     }
     out.flush().map_err(|e| e.to_string())?;
