@@ -7,6 +7,16 @@ use std::time::Duration;
 use pbkv_e2e::{Node, pbkv_bin};
 use runtime::logcheck::{check, merge, parse_events};
 
+fn read_logs(dir: &std::path::Path, names: &[&str]) -> Vec<runtime::logcheck::LoggedEvent> {
+    let mut events = Vec::new();
+    for name in names {
+        let path = dir.join(format!("logs/{name}.jsonl"));
+        let text = std::fs::read_to_string(&path).expect("event log written");
+        events.extend(parse_events(name, &text).expect("valid lines"));
+    }
+    events
+}
+
 /// Goal: prove the runtime end to end over real TCP. Method: an echo responder and a
 /// pinger (200 rounds, 4 in flight), both logging events; the merged logs must check clean
 /// with every message matched.
@@ -44,12 +54,7 @@ fn two_processes_ping_pong_with_lamport_consistent_logs() {
         "clean stop on SIGTERM"
     );
 
-    let mut events = Vec::new();
-    for name in ["echo", "pinger"] {
-        let path = dir.path().join(format!("logs/{name}.jsonl"));
-        let text = std::fs::read_to_string(&path).expect("event log written");
-        events.extend(parse_events(name, &text).expect("valid lines"));
-    }
+    let mut events = read_logs(dir.path(), &["echo", "pinger"]);
     let report = check(&events);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert_eq!(
@@ -114,12 +119,7 @@ fn injected_drops_break_links_and_the_pinger_recovers() {
     );
     responder.terminate();
     assert_eq!(responder.wait_exit(Duration::from_secs(10)), Some(0));
-    let mut events = Vec::new();
-    for name in ["echo", "pinger"] {
-        let path = dir.path().join(format!("logs/{name}.jsonl"));
-        let text = std::fs::read_to_string(&path).expect("event log written");
-        events.extend(parse_events(name, &text).expect("valid lines"));
-    }
+    let events = read_logs(dir.path(), &["echo", "pinger"]);
     let report = check(&events);
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert!(report.unmatched_sends > 0, "no frame was ever dropped");

@@ -1197,6 +1197,10 @@ impl Role for Replica {
         }
     }
 
+    fn busy(&self) -> bool {
+        !self.waiting.is_empty() || !self.gets_waiting.is_empty()
+    }
+
     fn check_invariants(&self) {
         self.check();
     }

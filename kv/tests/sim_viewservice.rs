@@ -15,15 +15,7 @@ const PING_INTERVAL: Duration = Duration::from_millis(100);
 const DEAD_PINGS: u32 = 5;
 
 fn seeds() -> std::ops::Range<u64> {
-    if let Ok(seed) = std::env::var("PBKV_SEED") {
-        let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
-        return seed..seed + 1;
-    }
-    let count = std::env::var("PBKV_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(100);
-    0..count
+    runtime::sim::seeds(100)
 }
 
 /// A lab "viewservice Clerk": pings or gets the view when told to, remembers the answer.

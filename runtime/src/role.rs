@@ -319,6 +319,13 @@ pub trait Role {
     /// Once per loop turn, after every input of the turn: the batching point.
     fn on_turn_end(&mut self, _ctx: &mut Ctx<Self::Timer>) {}
 
+    /// Whether the role has work in flight that a clean stop should let finish (a primary's
+    /// replies waiting for its backup's ack). A stopping driver keeps running turns, for at
+    /// most its grace period, while this holds or writes are pending.
+    fn busy(&self) -> bool {
+        false
+    }
+
     /// Asserts the role's own invariants; drivers call it after every handler in the
     /// simulator and in debug builds.
     fn check_invariants(&self) {}

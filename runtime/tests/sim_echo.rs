@@ -11,15 +11,7 @@ use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
 const SEEDS_DEFAULT: u64 = 50;
 
 fn seeds() -> std::ops::Range<u64> {
-    if let Ok(seed) = std::env::var("PBKV_SEED") {
-        let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
-        return seed..seed + 1;
-    }
-    let count = std::env::var("PBKV_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(SEEDS_DEFAULT);
-    0..count
+    runtime::sim::seeds(SEEDS_DEFAULT)
 }
 
 fn pinger(server: Addr, rounds: u64, window: u64) -> EchoRole {

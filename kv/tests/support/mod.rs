@@ -11,24 +11,12 @@ use kv::replica::{Replica, ReplicaConfig};
 use kv::viewservice::{ViewService, ViewTiming};
 use proto::Addr;
 use proto::viewservice::View;
+pub use runtime::sim::seeds;
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
 
 pub const PING_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEAD_PINGS: u32 = 5;
 pub const DEAD_TIME: Duration = Duration::from_millis(500);
-
-/// Seeds to run: `PBKV_SEED` pins one, `PBKV_SEEDS` sets the count (default `default`).
-pub fn seeds(default: u64) -> std::ops::Range<u64> {
-    if let Ok(seed) = std::env::var("PBKV_SEED") {
-        let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
-        return seed..seed + 1;
-    }
-    let count = std::env::var("PBKV_SEEDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default);
-    0..count
-}
 
 pub fn timing() -> ViewTiming {
     ViewTiming {

@@ -374,7 +374,8 @@ impl<R: Role> NetDriver<R> {
                 }
             }
             if let Some(since) = stopping_since
-                && (!self.io.has_pending_writes() || since.elapsed() >= self.shutdown_grace)
+                && ((!self.io.has_pending_writes() && !self.core.role().busy())
+                    || since.elapsed() >= self.shutdown_grace)
             {
                 {
                     self.core.driver_event("stopped");

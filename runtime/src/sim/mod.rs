@@ -37,6 +37,22 @@ use net::{Input, Net};
 /// Wall-clock time (ns since the Unix epoch) that virtual time 0 stands for.
 pub const SIM_EPOCH_NS: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 
+/// The seeds a simulation test runs: `PBKV_SEED=S` pins one (to replay a failure),
+/// `PBKV_SEEDS=N` runs 0..N, and otherwise 0..`default`.
+///
+/// # Panics
+/// If `PBKV_SEED` is set but not a number (a mistake worth stopping for).
+pub fn seeds(default: u64) -> std::ops::Range<u64> {
+    if let Ok(seed) = std::env::var("PBKV_SEED") {
+        let seed: u64 = seed.parse().expect("PBKV_SEED is a number");
+        return seed..seed + 1;
+    }
+    let count = std::env::var("PBKV_SEEDS")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    0..count.unwrap_or(default)
+}
+
 /// Network behaviour of a simulation.
 #[derive(Debug, Clone)]
 pub struct SimConfig {

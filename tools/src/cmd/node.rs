@@ -217,6 +217,10 @@ impl Role for Hosted {
         each_role!(self, ctx, |role, inner| role.on_turn_end(inner));
     }
 
+    fn busy(&self) -> bool {
+        self.replica.as_ref().is_some_and(Role::busy)
+    }
+
     fn check_invariants(&self) {
         if let Some(role) = self.view_service.as_ref() {
             role.check_invariants();
