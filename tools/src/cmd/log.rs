@@ -329,7 +329,7 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
             60.0 + index as f64 * 14.0
         }
     };
-    let width = 160 * lanes.len().max(1) + 80;
+    let width = 160 * lanes.len().max(1) + 260;
     let height = 100 + events.len().max(10) * 14;
     let mut svg = String::new();
     let _ = writeln!(
@@ -338,6 +338,14 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
          font-family=\"monospace\" font-size=\"10\">"
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    for (id, colour) in [("arrow", "#36c"), ("inverted", "#d00")] {
+        let _ = writeln!(
+            svg,
+            "<defs><marker id=\"{id}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" \
+             markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\">\
+             <path d=\"M0,0 L10,5 L0,10 z\" fill=\"{colour}\"/></marker></defs>"
+        );
+    }
     let x_of = |key: &(String, String)| 100.0 + lanes[key] as f64 * 160.0;
     for key in &first_seen {
         let x = x_of(key);
@@ -371,10 +379,12 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
             inverted += usize::from(red);
             let colour = if red { "#d00" } else { "#36c" };
             let width = if red { 2 } else { 1 };
+            let marker = if red { "inverted" } else { "arrow" };
             let _ = writeln!(
                 svg,
                 "<line x1=\"{sx}\" y1=\"{sy}\" x2=\"{x}\" y2=\"{y}\" \
-                         stroke=\"{colour}\" stroke-width=\"{width}\"><title>{}</title></line>",
+                         stroke=\"{colour}\" stroke-width=\"{width}\" \
+                 marker-end=\"url(#{marker})\"><title>{}</title></line>",
                 xml(&event.message_type)
             );
         }
