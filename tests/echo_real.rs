@@ -124,3 +124,92 @@ fn injected_drops_break_links_and_the_pinger_recovers() {
     assert!(report.violations.is_empty(), "{:#?}", report.violations);
     assert!(report.unmatched_sends > 0, "no frame was ever dropped");
 }
+
+/// Goal: backpressure. A client that sends requests but never reads the answers must not
+/// make the server buffer without bound, nor hurt other connections. Method: a raw TCP
+/// client floods the echo responder with 64 KiB requests and reads nothing; the responder
+/// stops reading it once that connection's replies pass the write-buffer bound, so the
+/// flood stalls after a bounded amount; meanwhile a pinger completes its rounds.
+#[test]
+fn a_client_that_never_reads_is_paused_and_hurts_no_one() {
+    use bytes::{Bytes, BytesMut};
+    use proto::echo::EchoRequest;
+    use proto::{FrameHeader, Hello, Incarnation, Message, NodeId, encode_frame};
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut responder = Node::start(
+        dir.path(),
+        "echo",
+        "node_id = \"echo\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\n",
+        Duration::from_secs(20),
+    );
+    let mut flood = std::net::TcpStream::connect(&responder.addr).expect("connect");
+    flood
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let frame = |message: Message| {
+        let mut out = BytesMut::new();
+        let header = FrameHeader {
+            message_type: message.message_type(),
+            lamport: 1,
+            corr: 1,
+        };
+        encode_frame(&mut out, &message, header, proto::FRAME_LEN_MAX_DEFAULT);
+        out
+    };
+    let hello = Hello {
+        protocol: 1,
+        software: "test".into(),
+        node: NodeId::new("flood").expect("valid"),
+        incarnation: Incarnation(7),
+        addr: None,
+        run: "pbkv".into(),
+        logs: false,
+    };
+    flood
+        .write_all(&frame(Message::Hello(hello)))
+        .expect("hello");
+    let payload = Bytes::from(vec![b'x'; 64 * 1024]);
+    let request = frame(Message::EchoRequest(EchoRequest { round: 1, payload }));
+    let mut written = 0usize;
+    let limit = 512 * 1024 * 1024;
+    while written < limit {
+        match flood.write(&request) {
+            Ok(0) | Err(_) => break,
+            Ok(len) => written += len,
+        }
+    }
+    assert!(
+        written < 128 * 1024 * 1024,
+        "the server kept reading: {written} bytes accepted"
+    );
+    let pinger_config = format!(
+        "node_id = \"pinger\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\n\
+         [echo]\npeer = \"{}\"\nrounds = 200\nwindow = 1\n",
+        responder.addr
+    );
+    let mut pinger = Node::start(
+        dir.path(),
+        "pinger",
+        &pinger_config,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        pinger.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "other clients are served"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", responder.child.id()))
+        .expect("responder status");
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    eprintln!("flood stalled after {written} bytes; responder RSS {rss_kib} KiB");
+    assert!(rss_kib < 96 * 1024, "responder holds {rss_kib} KiB");
+    drop(flood);
+    responder.terminate();
+    assert_eq!(responder.wait_exit(Duration::from_secs(10)), Some(0));
+}

@@ -24,6 +24,8 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
 const READ_CHUNK_LEN: usize = 64 * 1024;
+/// Bytes read from one connection per turn before the others get theirs.
+const READ_BUDGET_LEN: usize = 1024 * 1024;
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// How a real node runs.
@@ -501,10 +503,19 @@ impl<R: Role> NetDriver<R> {
         }
         let id = conn.id;
         let mut chunk = [0u8; READ_CHUNK_LEN];
+        let mut budget = READ_BUDGET_LEN;
         loop {
-            let Some(conn) = self.io.conns.get_mut(key).filter(|conn| conn.id == id) else {
+            let Some(conn) = self.io.conns.get(key).filter(|conn| conn.id == id) else {
                 return;
             };
+            // Re-checked after every chunk: the replies this connection's requests produce
+            // can fill its own write buffer within one call. Past the turn's budget the rest
+            // waits for the next turn, so one busy peer cannot starve the others.
+            if budget == 0 || self.io.reads_paused_for(conn) {
+                self.io.conns[key].read_deferred = true;
+                return;
+            }
+            let conn = &mut self.io.conns[key];
             let Some(stream) = conn.stream.as_mut() else {
                 return;
             };
@@ -514,6 +525,7 @@ impl<R: Role> NetDriver<R> {
                     return;
                 }
                 Ok(len) => {
+                    budget = budget.saturating_sub(len);
                     conn.read_buffer.extend_from_slice(&chunk[..len]);
                     if !self.deliver_frames(key, id) {
                         return;
