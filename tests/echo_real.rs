@@ -213,3 +213,68 @@ fn a_client_that_never_reads_is_paused_and_hurts_no_one() {
     responder.terminate();
     assert_eq!(responder.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+/// Goal: bad input on one connection closes that connection only, with a logged reason.
+/// Method: one raw client sends bytes that are not a frame, another sends an oversized
+/// length; each is disconnected, and a pinger is served throughout.
+#[test]
+fn a_bad_frame_closes_only_its_connection() {
+    use std::io::{Read, Write};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut responder = Node::start(
+        dir.path(),
+        "echo",
+        "node_id = \"echo\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\n",
+        Duration::from_secs(20),
+    );
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0xff, 0xff, 0xff, 0xff, 1, 0][..],
+    ] {
+        let mut bad = std::net::TcpStream::connect(&responder.addr).expect("connect");
+        bad.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        bad.write_all(garbage).expect("write");
+        let mut sink = Vec::new();
+        // The server's hello may arrive first; then the connection must be closed.
+        let closed = bad.read_to_end(&mut sink).is_ok();
+        assert!(
+            closed,
+            "the server did not close a connection that sent garbage"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut logged = Vec::new();
+    while logged
+        .iter()
+        .filter(|line: &&String| line.contains("bad frame"))
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reasons not logged: {logged:?}"
+        );
+        logged.extend(responder.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pinger_config = format!(
+        "node_id = \"pinger\"\nlisten = \"127.0.0.1:0\"\nroles = [\"echo\"]\n\
+         [echo]\npeer = \"{}\"\nrounds = 100\nwindow = 1\n",
+        responder.addr
+    );
+    let mut pinger = Node::start(
+        dir.path(),
+        "pinger",
+        &pinger_config,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        pinger.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "other clients are served"
+    );
+    responder.terminate();
+    assert_eq!(responder.wait_exit(Duration::from_secs(10)), Some(0));
+}

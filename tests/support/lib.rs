@@ -7,27 +7,34 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The `pbkv` binary next to the test executable (`cargo test` builds it), built on demand
-/// if it is missing.
+/// The `pbkv` binary next to the test executable. `cargo test --workspace` builds it; a test
+/// of this package run alone does not, so it is (re)built once per test process when it is
+/// missing or older than the test itself.
 ///
 /// # Panics
 /// If the binary cannot be found or built.
 pub fn pbkv_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("pbkv");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "pbkv-tools", "--bin", "pbkv"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of pbkv failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps");
+            let bin = profile_dir.join("pbkv");
+            let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+            if modified(&bin) < modified(&exe) {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "-p", "pbkv-tools", "--bin", "pbkv"])
+                    .status()
+                    .expect("run cargo build");
+                assert!(status.success(), "cargo build of pbkv failed");
+            }
+            bin
+        })
+        .clone()
 }
 
 /// A running `pbkv node`, killed when dropped.

@@ -552,6 +552,8 @@ impl<R: Role> NetDriver<R> {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return true,
                 Err(error) => {
+                    // Peer input, not a bug: this one connection goes, with the reason.
+                    log::warn!("closing a connection: bad frame: {error}");
                     self.io.fail(key, &format!("bad frame: {error}"));
                     return false;
                 }
@@ -580,6 +582,7 @@ impl<R: Role> NetDriver<R> {
 
     fn on_hello(&mut self, key: usize, frame: Frame) -> bool {
         let Message::Hello(hello) = frame.message else {
+            log::warn!("closing a connection: its first frame is not a hello");
             self.io.fail(key, "first frame is not a hello");
             return false;
         };
