@@ -666,27 +666,31 @@ impl Replica {
     }
 
     fn on_forward_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, reply: ForwardReply) {
-        if reply.view.viewnum > self.view.viewnum {
-            // A receiver with a newer view rejected us (or acked in it): adopt its view.
-            self.adopt(ctx, reply.view, true);
-            return;
+        let acked = self.ack_from_backup(ctx, reply.view, reply.incarnation, reply.outcome);
+        if acked && self.backup_synced {
+            self.acknowledged(ctx, reply.applied);
         }
-        if reply.outcome == Outcome::Rejected {
-            return; // A rejection does nothing else.
-        }
-        let from_backup = self.view.backup
-            == Some(Member {
-                addr: self.me_backup_addr(),
-                incarnation: reply.incarnation,
-            });
-        if !self.serving || !self.backup_synced || reply.view != self.view || !from_backup {
-            return; // An ack from another view or incarnation: ignored.
-        }
-        self.acknowledged(ctx, reply.applied);
     }
 
-    fn me_backup_addr(&self) -> Addr {
-        self.view.backup.map_or(self.me.addr, |backup| backup.addr)
+    /// What every backup reply shares: a newer carried view is adopted (a receiver with a
+    /// newer view rejected us, or acked in it); a rejection does nothing else; an ack counts
+    /// only from the current view's backup, as the incarnation it names, while serving.
+    fn ack_from_backup(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        view: View,
+        incarnation: Incarnation,
+        outcome: Outcome,
+    ) -> bool {
+        if view.viewnum > self.view.viewnum {
+            self.adopt(ctx, view, true);
+            return false;
+        }
+        let from_backup = self
+            .view
+            .backup
+            .is_some_and(|b| b.incarnation == incarnation);
+        outcome == Outcome::Acked && self.serving && view == self.view && from_backup
     }
 
     /// The synced backup applied everything up to `applied`.
@@ -735,27 +739,14 @@ impl Replica {
     }
 
     fn on_transfer_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, reply: TransferReply) {
-        if reply.view.viewnum > self.view.viewnum {
-            self.adopt(ctx, reply.view, true);
+        if !self.ack_from_backup(ctx, reply.view, reply.incarnation, reply.outcome) {
             return;
         }
-        if reply.outcome == Outcome::Rejected {
-            return;
-        }
-        let from_backup = self.view.backup
-            == Some(Member {
-                addr: self.me_backup_addr(),
-                incarnation: reply.incarnation,
-            });
         let Some(transfer) = self.transfer.as_mut() else {
             return;
         };
-        if !self.serving
-            || reply.view != self.view
-            || !from_backup
-            || reply.transfer_id != transfer.id
-        {
-            return;
+        if reply.transfer_id != transfer.id {
+            return; // An ack of an older transfer: ignored.
         }
         transfer.chunks_acked = transfer.chunks_acked.max(reply.chunk + 1);
         if reply.installed {
