@@ -16,8 +16,10 @@
 //! - [`types`]: identifiers shared by every protocol (node ids, incarnations, addresses).
 //! - [`echo`]: the demonstration ping-pong protocol.
 //! - [`viewservice`]: pings and views. [`kv`]: client requests, forwards, state transfer.
+//! - [`clock`]: the time protocol (four timestamps) and its transmit stamps.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod codec;
 pub mod echo;
 pub mod frame;

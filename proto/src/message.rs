@@ -5,6 +5,7 @@
 
 use bytes::BytesMut;
 
+use crate::clock::{TimeReply, TimeRequest};
 use crate::codec::{Decode, DecodeError, Encode, Reader};
 use crate::echo::{EchoReply, EchoRequest};
 use crate::kv::{
@@ -117,6 +118,8 @@ messages! {
     33 => TransferReply,
     40 => InfoRequest,
     41 => InfoReply,
+    50 => TimeRequest,
+    51 => TimeReply,
 }
 
 impl std::fmt::Display for MessageType {

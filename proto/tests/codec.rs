@@ -3,6 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
+use proto::clock::{TimeReply, TimeRequest};
 use proto::echo::{EchoReply, EchoRequest};
 use proto::kv::{
     Entry, ForwardReply, ForwardRequest, GetReply, GetRequest, InfoReply, InfoRequest, Op,
@@ -322,6 +323,27 @@ fn golden() -> Vec<(Message, &'static str)> {
             "00000018 01 00 0029 0000000000000005 0000000000000009 \
              0002 7b7d",
         ),
+        // Payload 8 + 8 + 24 reserved = 40. len 60 = 0x3c.
+        (
+            Message::TimeRequest(TimeRequest { seq: 7, t1: 1000 }),
+            "0000003c 01 00 0032 0000000000000005 0000000000000009 \
+             0000000000000007 00000000000003e8 \
+             000000000000000000000000000000000000000000000000",
+        ),
+        // Payload 8 + 8 + 8 + 8 + 4 + 4 = 40. t2 = 1500, t3 = 1600 (clocks-logs A8 case 1).
+        (
+            Message::TimeReply(TimeReply {
+                seq: 7,
+                t1: 1000,
+                t2: 1500,
+                t3: 1600,
+                err_ns: 2,
+                flags: 1,
+            }),
+            "0000003c 01 00 0033 0000000000000005 0000000000000009 \
+             0000000000000007 00000000000003e8 00000000000005dc 0000000000000640 \
+             00000002 00000001",
+        ),
     ]
 }
 
@@ -616,6 +638,32 @@ fn message() -> impl Strategy<Value = Message> {
         viewservice_message(),
         client_message(),
         replication_message(),
+        time_message(),
+    ]
+}
+
+fn time_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u64>(), any::<i64>())
+            .prop_map(|(seq, t1)| Message::TimeRequest(TimeRequest { seq, t1 })),
+        (
+            any::<u64>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<i64>(),
+            any::<u32>(),
+            0u32..=1
+        )
+            .prop_map(|(seq, t1, t2, t3, err_ns, flags)| {
+                Message::TimeReply(TimeReply {
+                    seq,
+                    t1,
+                    t2,
+                    t3,
+                    err_ns,
+                    flags,
+                })
+            }),
     ]
 }
 
@@ -777,4 +825,68 @@ fn view_and_key_decoder_rules() {
         .expect("valid")
         .expect("whole");
     assert_eq!(frame.message, oversized);
+}
+
+/// Goal: time messages reject non-zero reserved bytes and unknown flags, and the transmit
+/// stamp offsets point exactly at `t1` of a request and `t3` of a reply.
+#[test]
+fn time_message_rules_and_transmit_stamp_offsets() {
+    let request = frame_bytes(&Message::TimeRequest(TimeRequest { seq: 1, t1: 2 }), 1, 1);
+    let mut reserved = request.clone();
+    let last = reserved.len() - 1;
+    reserved[last] = 1;
+    assert_eq!(
+        decode(&reserved),
+        Err(DecodeError::InvalidField("reserved"))
+    );
+
+    let reply = TimeReply {
+        seq: 1,
+        t1: 2,
+        t2: 3,
+        t3: 4,
+        err_ns: 0,
+        flags: 0,
+    };
+    let mut bad_flags = frame_bytes(&Message::TimeReply(reply), 1, 1);
+    let last = bad_flags.len() - 1;
+    bad_flags[last] = 2;
+    assert_eq!(decode(&bad_flags), Err(DecodeError::InvalidField("flags")));
+
+    // Stamping through the offset changes exactly the field it names.
+    let mut stamped = request.clone();
+    let at = proto::clock::frame_transmit_stamp_offset(&stamped).expect("a request has one");
+    proto::clock::write_stamp(&mut stamped, at, -5);
+    let frame = decode(&stamped).expect("valid").expect("whole");
+    assert_eq!(
+        frame.message,
+        Message::TimeRequest(TimeRequest { seq: 1, t1: -5 })
+    );
+    let mut stamped = frame_bytes(&Message::TimeReply(reply), 1, 1);
+    let at = proto::clock::frame_transmit_stamp_offset(&stamped).expect("a reply has one");
+    proto::clock::write_stamp(&mut stamped, at, 99);
+    let frame = decode(&stamped).expect("valid").expect("whole");
+    assert_eq!(
+        frame.message,
+        Message::TimeReply(TimeReply { t3: 99, ..reply })
+    );
+    // Every other type has no stamp.
+    for message_type in MessageType::ALL {
+        let stamped = matches!(
+            message_type,
+            MessageType::TimeRequest | MessageType::TimeReply
+        );
+        assert_eq!(
+            proto::clock::transmit_stamp_offset(*message_type).is_some(),
+            stamped
+        );
+    }
+    assert_eq!(
+        proto::clock::frame_transmit_stamp_offset(&echo_frame()),
+        None
+    );
+    assert_eq!(
+        proto::clock::frame_transmit_stamp_offset(&request[..20]),
+        None
+    );
 }

@@ -19,6 +19,16 @@ impl ClockSkew {
         let skew = self.offset_ns + self.drift_ppm * 1e-6 * elapsed;
         true_ns + skew.round() as i64
     }
+
+    /// The true offset (true time minus this clock) when this clock reads `local_ns`: the
+    /// ground truth a time client estimates. With ρ = drift, u = local − epoch:
+    /// local = t + offset + ρ(t − epoch) gives t − local = −(offset + ρu)/(1 + ρ).
+    /// Exact to the nanosecond `apply` rounds to.
+    pub fn true_offset_ns(&self, local_ns: i64, epoch_ns: i64) -> f64 {
+        let rho = self.drift_ppm * 1e-6;
+        let since_epoch = (local_ns - epoch_ns) as f64;
+        -(self.offset_ns + rho * since_epoch) / (1.0 + rho)
+    }
 }
 
 #[cfg(test)]
@@ -37,5 +47,24 @@ mod tests {
             2_000_000_000 + 1_000 + 500_000
         );
         assert_eq!(ClockSkew::default().apply(42, 0), 42);
+    }
+
+    /// Goal: `true_offset_ns` inverts `apply` to within its rounding, at large offsets
+    /// and drifts of both signs.
+    #[test]
+    fn true_offset_inverts_apply() {
+        let epoch = 1_767_225_600_000_000_000;
+        for (offset_ns, drift_ppm) in [(0.0, 0.0), (-2.5e9, 500.0), (7e6, -500.0), (1.0, 100.0)] {
+            let skew = ClockSkew {
+                offset_ns,
+                drift_ppm,
+            };
+            for elapsed in [0, 1_000, 3_600_000_000_000i64] {
+                let truth = epoch + elapsed;
+                let local = skew.apply(truth, epoch);
+                let error = skew.true_offset_ns(local, epoch) - (truth - local) as f64;
+                assert!(error.abs() <= 1.0, "{skew:?} at {elapsed}: {error}");
+            }
+        }
     }
 }

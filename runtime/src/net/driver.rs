@@ -140,6 +140,8 @@ struct Conn {
     state: ConnState,
     read_buffer: BytesMut,
     write_buffer: BytesMut,
+    /// Positions in `write_buffer` of transmit stamps to write right before the bytes go.
+    stamps: Vec<usize>,
     /// Readable, but not read because of backpressure.
     read_deferred: bool,
 }
@@ -175,6 +177,20 @@ struct Io {
     options: IoOptions,
     fault_rng: rand::rngs::StdRng,
     now: Instant,
+    clock: PhysicalClock,
+}
+
+/// The node's physical clock: the host's real-time clock with the injected skew.
+#[derive(Clone, Copy)]
+struct PhysicalClock {
+    skew: ClockSkew,
+    start_true_ns: i64,
+}
+
+impl PhysicalClock {
+    fn now_ns(&self) -> i64 {
+        self.skew.apply(true_now_ns(), self.start_true_ns)
+    }
 }
 
 struct IoOptions {
@@ -197,7 +213,6 @@ pub struct NetDriver<R: Role> {
     stop_flag: Arc<AtomicBool>,
     waker: Arc<Waker>,
     start: Instant,
-    start_true_ns: i64,
     shutdown_grace: Duration,
 }
 
@@ -283,6 +298,10 @@ impl<R: Role> NetDriver<R> {
                 backoff_max: options.backoff_max,
             },
             now: Instant::now(),
+            clock: PhysicalClock {
+                skew: options.skew,
+                start_true_ns: true_now_ns(),
+            },
         };
         Ok(NetDriver {
             core,
@@ -293,7 +312,6 @@ impl<R: Role> NetDriver<R> {
             stop_flag: Arc::new(AtomicBool::new(false)),
             waker,
             start: Instant::now(),
-            start_true_ns: true_now_ns(),
             shutdown_grace: options.shutdown_grace,
         })
     }
@@ -321,9 +339,15 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
+    /// The true time (ns since the Unix epoch) this driver started at: the epoch its clock
+    /// skew's drift counts from.
+    pub fn physical_epoch_ns(&self) -> i64 {
+        self.io.clock.start_true_ns
+    }
+
     /// The node's physical clock now, skew included.
     fn physical_now_ns(&self) -> i64 {
-        self.core.skew().apply(true_now_ns(), self.start_true_ns)
+        self.io.clock.now_ns()
     }
 
     fn begin_turn(&mut self) {
@@ -331,7 +355,7 @@ impl<R: Role> NetDriver<R> {
         self.io.now = now;
         let mono =
             MonoTime(u64::try_from(now.duration_since(self.start).as_nanos()).unwrap_or(u64::MAX));
-        let physical = self.core.skew().apply(true_now_ns(), self.start_true_ns);
+        let physical = self.io.clock.now_ns();
         self.core.begin_turn(mono, physical);
     }
 
@@ -684,6 +708,7 @@ impl Io {
             state: ConnState::AwaitingHello,
             read_buffer: BytesMut::with_capacity(READ_CHUNK_LEN),
             write_buffer,
+            stamps: Vec::new(),
             read_deferred: false,
         });
         Ok(())
@@ -707,6 +732,7 @@ impl Io {
             state,
             read_buffer: BytesMut::new(),
             write_buffer,
+            stamps: Vec::new(),
             read_deferred: false,
         });
         self.links.insert(dest, key);
@@ -814,12 +840,27 @@ impl Io {
             return;
         };
         while !conn.write_buffer.is_empty() {
+            if !conn.stamps.is_empty() {
+                // As late as possible: one clock read right before the write call.
+                let now_ns = self.clock.now_ns();
+                for &at in &conn.stamps {
+                    proto::clock::write_stamp(&mut conn.write_buffer, at, now_ns);
+                }
+            }
             match stream.write(&conn.write_buffer) {
                 Ok(0) => {
                     self.fail(key, "write returned 0");
                     return;
                 }
-                Ok(len) => conn.write_buffer.advance(len),
+                Ok(len) => {
+                    conn.write_buffer.advance(len);
+                    // A stamp any of whose bytes went out keeps the value it went with.
+                    conn.stamps.retain_mut(|at| {
+                        let unsent = *at >= len;
+                        *at = at.wrapping_sub(len);
+                        unsent
+                    });
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
@@ -891,6 +932,14 @@ impl Io {
     }
 }
 
+/// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any.
+fn queue_frame(conn: &mut Conn, frame: &[u8]) {
+    if let Some(offset) = proto::clock::frame_transmit_stamp_offset(frame) {
+        conn.stamps.push(conn.write_buffer.len() + offset);
+    }
+    conn.write_buffer.extend_from_slice(frame);
+}
+
 impl Transport for Io {
     fn send(&mut self, to: Dest, frame: &[u8]) {
         let key = match self.links.get(&to) {
@@ -911,7 +960,7 @@ impl Transport for Io {
             self.fail(key, "too much queued while connecting");
             return;
         }
-        conn.write_buffer.extend_from_slice(frame);
+        queue_frame(conn, frame);
     }
 
     fn peer_name(&self, conn: ConnId) -> Option<&str> {
@@ -928,7 +977,7 @@ impl Transport for Io {
                 self.fail(key, "injected drop");
                 return;
             }
-            self.conns[key].write_buffer.extend_from_slice(frame);
+            queue_frame(&mut self.conns[key], frame);
         }
     }
 

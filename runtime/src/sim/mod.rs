@@ -303,6 +303,12 @@ impl<R: Role> Sim<R> {
         result
     }
 
+    /// The true time (ns since the Unix epoch) at which the node's current start began: the
+    /// epoch its clock skew's drift counts from.
+    pub fn physical_epoch_ns(&self, node: NodeIndex) -> i64 {
+        self.hosts[node.0].start_true_ns
+    }
+
     /// The node's event log so far (all incarnations).
     pub fn event_log(&self, node: NodeIndex) -> Vec<u8> {
         self.hosts[node.0].log.0.borrow().clone()
@@ -335,6 +341,12 @@ impl<R: Role> Sim<R> {
                 self.block(*b, *a);
             }
         }
+    }
+
+    /// Adds `extra` latency to every frame from `from` to `to` (one way; zero removes it):
+    /// an asymmetric path, for the time protocol's asymmetry experiments.
+    pub fn set_extra_latency(&mut self, from: NodeIndex, to: NodeIndex, extra: Duration) {
+        self.net.set_extra_latency(from.0, to.0, extra);
     }
 
     /// Lifts every block.

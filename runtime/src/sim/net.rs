@@ -140,6 +140,8 @@ pub(super) struct Net {
     endpoints: Vec<Endpoint>,
     by_addr: BTreeMap<Addr, usize>,
     blocked: BTreeSet<(usize, usize)>,
+    /// Extra one-way latency by (from, to): an asymmetric path.
+    extra_latency: BTreeMap<(usize, usize), u64>,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -160,6 +162,7 @@ impl Net {
             endpoints: Vec::new(),
             by_addr: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            extra_latency: BTreeMap::new(),
         }
     }
 
@@ -418,10 +421,18 @@ impl Net {
             self.break_conn(id);
             return;
         }
-        let latency = self.latency();
+        let mut latency = self.latency();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if let Some(server) = conn.server {
+            let path = if direction == TO_SERVER {
+                (conn.client, server)
+            } else {
+                (server, conn.client)
+            };
+            latency += self.extra_latency.get(&path).copied().unwrap_or(0);
+        }
         let at = (self.now + latency).max(conn.last_arrival[direction]);
         conn.last_arrival[direction] = at;
         self.schedule(
@@ -536,6 +547,14 @@ impl Net {
                     },
                 );
             }
+        }
+    }
+
+    pub(super) fn set_extra_latency(&mut self, from: usize, to: usize, extra: Duration) {
+        if extra.is_zero() {
+            self.extra_latency.remove(&(from, to));
+        } else {
+            self.extra_latency.insert((from, to), nanos(extra));
         }
     }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use std::time::Duration;
 
+use clockd::server::{ServerConfig, TimeServer};
 use kv::replica::{Replica, ReplicaConfig, ReplicaTimer};
 use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
 use proto::kv::InfoReply;
@@ -33,6 +34,7 @@ pub struct Hosted {
     view_service: Option<ViewService>,
     replica: Option<Replica>,
     echo: Option<EchoRole>,
+    time_server: Option<TimeServer>,
 }
 
 /// Timers of the hosted roles.
@@ -51,6 +53,7 @@ enum Route {
     ViewService,
     Replica,
     Echo,
+    TimeServer,
     Info,
     Nobody,
 }
@@ -69,8 +72,14 @@ fn route(message_type: MessageType) -> Route {
         | T::TransferRequest
         | T::TransferReply => Route::Replica,
         T::EchoRequest | T::EchoReply => Route::Echo,
+        T::TimeRequest => Route::TimeServer,
         T::InfoRequest => Route::Info,
-        T::Hello | T::OpenSessionReply | T::GetReply | T::PutReply | T::InfoReply => Route::Nobody,
+        T::Hello
+        | T::OpenSessionReply
+        | T::GetReply
+        | T::PutReply
+        | T::InfoReply
+        | T::TimeReply => Route::Nobody,
     }
 }
 
@@ -106,10 +115,15 @@ impl Hosted {
                 stop_when_done: true,
             })
         });
+        let time_server = config
+            .roles
+            .contains(&RoleName::Timeserver)
+            .then(|| TimeServer::new(ServerConfig::default()));
         Hosted {
             view_service,
             replica,
             echo,
+            time_server,
         }
     }
 
@@ -123,6 +137,12 @@ impl Hosted {
         }
         if self.echo.is_some() {
             roles.insert("echo".into(), serde_json::json!({}));
+        }
+        if let Some(server) = &self.time_server {
+            roles.insert(
+                "timeserver".into(),
+                serde_json::json!({ "answered": server.answered() }),
+            );
         }
         serde_json::Value::Object(roles).to_string()
     }
@@ -171,6 +191,14 @@ impl Role for Hosted {
             Route::Echo => {
                 if let Some(role) = self.echo.as_mut() {
                     ctx.nested(HostedTimer::Echo, |c| role.on_message(c, origin, message));
+                    return;
+                }
+            }
+            Route::TimeServer => {
+                if let (Some(server), Message::TimeRequest(request)) =
+                    (self.time_server.as_mut(), &message)
+                {
+                    server.answer(ctx, origin, *request);
                     return;
                 }
             }
@@ -268,10 +296,6 @@ pub fn run(args: &NodeArgs) -> i32 {
     let level = crate::logging::parse_level(&config.log.level).unwrap_or(log::LevelFilter::Info);
     if let Err(error) = crate::logging::init(level) {
         eprintln!("error: {error}");
-        return exit::CONFIG;
-    }
-    if config.roles.contains(&RoleName::Timeserver) {
-        eprintln!("error: roles: timeserver is not available in this build yet");
         return exit::CONFIG;
     }
     match serve(&config) {
