@@ -25,6 +25,12 @@ pub struct ClientConfig {
     pub server: Addr,
     /// Time between polls.
     pub interval: Duration,
+    /// Exchanges per poll, each sent as soon as the previous one is answered (at least 1).
+    /// After a long sleep a host's first send is slow (cold caches; on a virtual machine,
+    /// a halted virtual CPU), which only the request path pays: that is asymmetry, and
+    /// bias. The later exchanges of a burst run warm, and the minimum-delay filter picks
+    /// them (chrony's `burst` serves the same end).
+    pub burst: u32,
     /// Stop after this many samples; `None` polls forever.
     pub samples: Option<u64>,
     /// Ask the driver to stop once `samples` are in.
@@ -75,6 +81,8 @@ pub struct ClientStats {
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
     seq: u64,
+    /// The poll it belongs to.
+    poll: u64,
     /// The physical clock of the turn that sent it: the transmit stamp is not earlier.
     sent_ns: i64,
 }
@@ -86,6 +94,10 @@ pub struct TimeClient {
     estimator: Estimator,
     next_seq: u64,
     outstanding: Option<Outstanding>,
+    /// Exchanges of the current burst still to send.
+    burst_left: u32,
+    /// Polls started.
+    polls: u64,
     records: Vec<Record>,
     stats: ClientStats,
     last_error: Option<SampleError>,
@@ -99,6 +111,8 @@ impl TimeClient {
             estimator: Estimator::new(config.estimator),
             next_seq: 1,
             outstanding: None,
+            burst_left: 0,
+            polls: 0,
             records: Vec::new(),
             stats: ClientStats::default(),
             last_error: None,
@@ -136,6 +150,13 @@ impl TimeClient {
         if self.outstanding.take().is_some() {
             self.stats.lost += 1;
         }
+        self.burst_left = self.config.burst.max(1) - 1;
+        self.polls += 1;
+        self.request(ctx);
+        ctx.set_timer(ClientTimer::Poll, self.config.interval);
+    }
+
+    fn request(&mut self, ctx: &mut Ctx<ClientTimer>) {
         if self.done() {
             return;
         }
@@ -148,8 +169,11 @@ impl TimeClient {
             TimeRequest { seq, t1: sent_ns },
         );
         self.stats.sent += 1;
-        self.outstanding = Some(Outstanding { seq, sent_ns });
-        ctx.set_timer(ClientTimer::Poll, self.config.interval);
+        self.outstanding = Some(Outstanding {
+            seq,
+            poll: self.polls,
+            sent_ns,
+        });
     }
 
     fn on_reply(&mut self, ctx: &mut Ctx<ClientTimer>, origin: &Origin, reply: TimeReply) {
@@ -163,6 +187,16 @@ impl TimeClient {
             return;
         }
         self.outstanding = None;
+        self.sample(ctx, reply, t4, outstanding.poll);
+        if self.burst_left > 0 && !self.done() {
+            // The next exchange of the burst; its transmit stamp is taken at the socket,
+            // after this one's t4, so the two never overlap.
+            self.burst_left -= 1;
+            self.request(ctx);
+        }
+    }
+
+    fn sample(&mut self, ctx: &mut Ctx<ClientTimer>, reply: TimeReply, t4: i64, poll: u64) {
         let stamps = crate::estimator::Stamps {
             t1: reply.t1,
             t2: reply.t2,
@@ -180,7 +214,7 @@ impl TimeClient {
                 return;
             }
         };
-        let verdict = self.estimator.add(sample);
+        let verdict = self.estimator.add_in_poll(sample, poll);
         let Some(estimate) = self.estimator.estimate_at(t4) else {
             return;
         };

@@ -164,7 +164,7 @@ fn midpoint(a: i64, b: i64) -> i64 {
 pub struct EstimatorConfig {
     /// Samples the minimum-delay filter chooses from (RFC 5905: 8).
     pub filter_len: usize,
-    /// Largest regression window, in samples (chrony: 64).
+    /// Largest regression window, in polls (chrony: 64 samples).
     pub window_len: usize,
     /// Outlier rule: a sample whose delay exceeds the window's median delay by more than
     /// this many robust standard deviations (1.4826 × MAD) stays out of the regression.
@@ -234,6 +234,9 @@ pub struct Estimate {
 pub enum Verdict {
     /// Used by the filter and the regression.
     Kept,
+    /// Another exchange of the same poll had a lower delay and stands for the poll in the
+    /// regression; the filter may still choose this one.
+    NotBest,
     /// Its delay is an outlier: the filter may still choose it (it picks the lowest delay
     /// anyway), the regression does not use it.
     Outlier,
@@ -245,10 +248,11 @@ pub struct Estimator {
     config: EstimatorConfig,
     /// The last `filter_len` samples, oldest first.
     recent: VecDeque<Sample>,
-    /// The last `window_len` samples, oldest first, outliers included: the outlier rule
-    /// is applied afresh to the whole window whenever it changes, so a slow sample that
-    /// came before there was a history to judge it by is still left out.
-    window: VecDeque<Sample>,
+    /// The regression's points, one per poll (its lowest-delay exchange), the last
+    /// `window_len` of them, oldest first, outliers included: the outlier rule is applied
+    /// afresh to the whole window whenever it changes, so a slow sample that came before
+    /// there was a history to judge it by is still left out.
+    window: VecDeque<(u64, Sample)>,
     outliers: u64,
     samples: u64,
     drift: Option<Drift>,
@@ -281,27 +285,42 @@ impl Estimator {
         &self.config
     }
 
-    /// Adds a sample (samples must come in exchange order). The verdict is the outlier
-    /// rule's judgment of it against the window it joins.
+    /// Adds a sample that is a poll of its own (samples must come in exchange order).
     pub fn add(&mut self, sample: Sample) -> Verdict {
+        self.add_in_poll(sample, sample.seq)
+    }
+
+    /// Adds a sample of poll `poll`: the exchanges of one poll (a burst) share one point
+    /// of the regression, the lowest-delay one, so the window spans `window_len` polls
+    /// however many exchanges each makes. Samples must come in exchange order.
+    pub fn add_in_poll(&mut self, sample: Sample, poll: u64) -> Verdict {
         self.samples += 1;
         push_bounded(&mut self.recent, sample, self.config.filter_len);
-        push_bounded(&mut self.window, sample, self.config.window_len);
+        let mut verdict = Verdict::Kept;
+        match self.window.back_mut() {
+            Some((last, point)) if *last == poll => {
+                if sample.delay_ns < point.delay_ns {
+                    *point = sample;
+                } else {
+                    verdict = Verdict::NotBest;
+                }
+            }
+            _ => push_bounded(&mut self.window, (poll, sample), self.config.window_len),
+        }
         let limit = self.delay_limit_ns();
         let kept: VecDeque<Sample> = self
             .window
             .iter()
-            .filter(|s| s.delay_ns as f64 <= limit)
-            .copied()
+            .map(|(_, point)| *point)
+            .filter(|point| point.delay_ns as f64 <= limit)
             .collect();
         self.drift = regress(&kept);
         self.interval = hard_interval(&kept, self.config.terms.phi_max_ppm);
-        if sample.delay_ns as f64 > limit {
+        if verdict == Verdict::Kept && sample.delay_ns as f64 > limit {
             self.outliers += 1;
-            Verdict::Outlier
-        } else {
-            Verdict::Kept
+            verdict = Verdict::Outlier;
         }
+        verdict
     }
 
     /// The outlier rule's threshold over the current window: the median delay plus
@@ -311,7 +330,7 @@ impl Estimator {
         if self.window.len() < 3 {
             return f64::INFINITY;
         }
-        let mut delays: Vec<i64> = self.window.iter().map(|s| s.delay_ns).collect();
+        let mut delays: Vec<i64> = self.window.iter().map(|(_, s)| s.delay_ns).collect();
         let median = median_of(&mut delays);
         let mut deviations: Vec<i64> = delays.iter().map(|d| (d - median).abs()).collect();
         let mad = median_of(&mut deviations) as f64;
@@ -587,6 +606,16 @@ mod tests {
         t: i64,
         off: f64,
         ppm: f64,
+        delays: (i64, i64, i64),
+        terms: BoundTerms,
+    ) -> (Sample, f64) {
+        exchange_at(seq, t, (off, ppm), delays, terms)
+    }
+
+    fn exchange_at(
+        seq: u64,
+        t: i64,
+        (off, ppm): (f64, f64),
         (d1, hold, d2): (i64, i64, i64),
         terms: BoundTerms,
     ) -> (Sample, f64) {
@@ -628,7 +657,7 @@ mod tests {
                 let points: Vec<(f64, f64)> = estimator
                     .window
                     .iter()
-                    .map(|s| (s.local_ns as f64 * 1e-9, s.offset_ns))
+                    .map(|(_, s)| (s.local_ns as f64 * 1e-9, s.offset_ns))
                     .collect();
                 let n = points.len() as f64;
                 let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
@@ -692,6 +721,49 @@ mod tests {
         // The window holds all 20; the regression leaves the outlier out.
         assert_eq!(estimator.window.len(), 20);
         assert_eq!(estimator.drift().expect("a drift").n, 19);
+    }
+
+    /// Goal: a burst's exchanges share one regression point, its lowest-delay one, so
+    /// the window spans polls, not exchanges.
+    #[test]
+    fn a_burst_is_one_point_of_the_regression() {
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        let terms = BoundTerms::default();
+        let mut verdicts = Vec::new();
+        for poll in 0..100i64 {
+            for exchange in 0..4i64 {
+                let t = poll * 1_000_000_000 + exchange * 100_000;
+                // The first exchange of every burst is the slow, cold one.
+                let d = if exchange == 0 {
+                    30_000
+                } else {
+                    2_000 + exchange * 100
+                };
+                let seq = (poll * 4 + exchange) as u64;
+                let (sample, _) = exchange_at(seq, t, (0.0, 50.0), (d, 5_000, 2_000), terms);
+                verdicts.push(estimator.add_in_poll(sample, poll as u64));
+            }
+        }
+        let drift = estimator.drift().expect("a drift");
+        assert_eq!(drift.n, 64);
+        assert!(drift.span_ns >= 63_000_000_000, "{drift:?}");
+        assert!(
+            estimator
+                .window
+                .iter()
+                .all(|(_, s)| s.delay_ns == 2_000 + 100 + 2_000)
+        );
+        // Exchange 0 leads its poll until exchange 1 beats it; 2 and 3 are not better.
+        assert_eq!(
+            &verdicts[4..8],
+            &[
+                Verdict::Kept,
+                Verdict::Kept,
+                Verdict::NotBest,
+                Verdict::NotBest
+            ]
+        );
+        assert!((drift.ppm - 50.0).abs() < 0.01, "{drift:?}");
     }
 
     /// Goal: the current estimate carries the best sample forward by the drift, and its

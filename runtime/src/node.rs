@@ -214,8 +214,8 @@ impl<R: Role> NodeCore<R> {
 
     /// Delivers one frame that arrived on `conn` from `peer`. `inbound` is true for
     /// connections this node accepted (requests), false for its own outbound links.
-    /// `received_ns` is the physical clock read right after the read that brought the frame
-    /// (a turn's own time may predate frames read later in the same turn).
+    /// `received_ns` is when the frame arrived on this node's physical clock (the kernel's
+    /// receive timestamp, else the clock right after the read), not the turn's time.
     pub(crate) fn frame(
         &mut self,
         transport: &mut dyn Transport,

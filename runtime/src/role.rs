@@ -75,8 +75,9 @@ pub struct Origin {
     pub addr: Option<Addr>,
     /// The frame's correlation id; [`Ctx::reply`] echoes it.
     pub corr: u64,
-    /// The node's physical clock (skew included) read right after the read that brought
-    /// the frame: a receive stamp that is never early (the time protocol's T2 and T4).
+    /// When the frame arrived, on the node's physical clock (skew included): the kernel's
+    /// receive timestamp of the data where the socket gives one, else the clock read right
+    /// after the read that brought it. Never early (the time protocol's T2 and T4).
     pub received_ns: i64,
 }
 

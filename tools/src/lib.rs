@@ -2,6 +2,7 @@
 //! clock commands. Each subcommand lives in its own module under [`cmd`].
 
 pub mod blocking;
+pub mod clock_plot;
 pub mod cmd;
 pub mod config;
 pub mod exit;

@@ -1,7 +1,7 @@
 //! The mio event loop; see the module docs of [`crate::net`].
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,7 +189,12 @@ struct PhysicalClock {
 
 impl PhysicalClock {
     fn now_ns(&self) -> i64 {
-        self.skew.apply(true_now_ns(), self.start_true_ns)
+        self.at_true_ns(true_now_ns())
+    }
+
+    /// This clock's reading when the host's real-time clock read `true_ns`.
+    fn at_true_ns(&self, true_ns: i64) -> i64 {
+        self.skew.apply(true_ns, self.start_true_ns)
     }
 }
 
@@ -527,6 +532,7 @@ impl<R: Role> NetDriver<R> {
         }
         let id = conn.id;
         let mut chunk = [0u8; READ_CHUNK_LEN];
+        let mut control = super::stamped::control_buffer();
         let mut budget = READ_BUDGET_LEN;
         loop {
             let Some(conn) = self.io.conns.get(key).filter(|conn| conn.id == id) else {
@@ -543,15 +549,21 @@ impl<R: Role> NetDriver<R> {
             let Some(stream) = conn.stream.as_mut() else {
                 return;
             };
-            match stream.read(&mut chunk) {
-                Ok(0) => {
+            match super::stamped::read(stream, &mut chunk, &mut control) {
+                Ok((0, _)) => {
                     self.io.fail(key, "closed by peer");
                     return;
                 }
-                Ok(len) => {
+                Ok((len, kernel_ns)) => {
                     budget = budget.saturating_sub(len);
                     conn.read_buffer.extend_from_slice(&chunk[..len]);
-                    if !self.deliver_frames(key, id) {
+                    // The kernel's stamp of the data, on this node's (skewed) clock; else
+                    // the clock right after the read.
+                    let received_ns = match kernel_ns {
+                        Some(ns) => self.io.clock.at_true_ns(ns),
+                        None => self.physical_now_ns(),
+                    };
+                    if !self.deliver_frames(key, id, received_ns) {
                         return;
                     }
                 }
@@ -567,7 +579,7 @@ impl<R: Role> NetDriver<R> {
 
     /// Cuts and delivers the complete frames buffered on `key`; false if the connection
     /// is gone afterwards (closed for a bad frame, or by the role).
-    fn deliver_frames(&mut self, key: usize, id: ConnId) -> bool {
+    fn deliver_frames(&mut self, key: usize, id: ConnId, received_ns: i64) -> bool {
         loop {
             let Some(conn) = self.io.conns.get_mut(key).filter(|conn| conn.id == id) else {
                 return false;
@@ -586,7 +598,6 @@ impl<R: Role> NetDriver<R> {
                 ConnState::Open(peer) => {
                     let peer = peer.clone();
                     let inbound = conn.is_inbound();
-                    let received_ns = self.physical_now_ns();
                     let arrival = Arrival {
                         conn: id,
                         inbound,
@@ -685,6 +696,9 @@ impl Io {
             .with_interval(Duration::from_secs(1))
             .with_retries(3);
         socket.set_tcp_keepalive(&keepalive)?;
+        if let Err(error) = super::stamped::enable(stream) {
+            log::debug!("no kernel receive timestamps: {error}");
+        }
         Ok(())
     }
 

@@ -20,5 +20,6 @@
 //! own replies back up is not read until its peer reads them.
 
 mod driver;
+mod stamped;
 
 pub use driver::{NetDriver, NetOptions, StopHandle};

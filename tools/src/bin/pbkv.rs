@@ -42,6 +42,9 @@ enum Command {
     /// Merge, check, draw and export event logs.
     #[command(subcommand)]
     Log(cmd::log::LogCommand),
+    /// Ask a time server how far off this clock is; run clock-skew experiments.
+    #[command(subcommand)]
+    Clock(cmd::clock::ClockCommand),
 }
 
 fn main() {
@@ -56,6 +59,7 @@ fn main() {
         Command::Bench(args) => cmd::bench::run(&cli.client, args),
         Command::Log(command) => cmd::log::run(command),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Clock(command) => cmd::clock::run(command),
     };
     std::process::exit(code);
 }

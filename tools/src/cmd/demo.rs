@@ -25,6 +25,12 @@ pub struct DemoArgs {
     /// Keys to write before the failover.
     #[arg(long, default_value_t = 20)]
     pub keys: u32,
+    /// Skew the servers' physical clocks by up to this many milliseconds (s1 ahead, s2
+    /// behind, s3 half ahead; the view service keeps true time), so the log check counts
+    /// messages that arrive "before" they were sent in physical time, and the diagram
+    /// draws them in red. Lamport order is unaffected.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub skew_ms: f64,
 }
 
 struct Daemon {
@@ -136,11 +142,15 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let view_service: Addr = vs.addr.parse().map_err(|e| format!("{e}"))?;
     println!("view service on {}", vs.addr);
     let mut servers = Vec::new();
+    if !args.skew_ms.is_finite() || args.skew_ms.abs() > 1e6 {
+        return Err(format!("--skew-ms {}: out of range", args.skew_ms));
+    }
     for index in 1..=3 {
         let name = format!("s{index}");
+        let offset_ms = args.skew_ms * [1.0, -1.0, 0.5][index - 1];
         let config = format!(
             "node_id = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nroles = [\"replica\"]\n\
-             viewservice = \"{}\"\n{}",
+             viewservice = \"{}\"\n{}[clock]\noffset_ms = {offset_ms:?}\n",
             free_port()?,
             vs.addr,
             events(&name)

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod clock;
 pub mod demo;
 pub mod log;
 pub mod node;
