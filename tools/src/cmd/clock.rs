@@ -577,7 +577,11 @@ fn summary_json(summary: &Summary, stats: &ClientStats, mode: &str) -> serde_jso
         "bogus": stats.bogus,
         "invalid": stats.invalid,
         "outliers": summary.outliers,
-        "delay_ns": { "min": summary.delay_ns.0, "p50": summary.delay_ns.1, "p99": summary.delay_ns.2 },
+        "delay_ns": {
+            "min": summary.delay_ns.0,
+            "p50": summary.delay_ns.1,
+            "p99": summary.delay_ns.2,
+        },
         "raw": stats_json(&summary.raw),
         "estimate": stats_json(&summary.estimate),
         "drift": {
@@ -611,7 +615,8 @@ fn summary_text(header: &str, summary: &Summary, stats: &ClientStats, files: &[P
     let (min, p50, p99) = summary.delay_ns;
     let _ = writeln!(
         text,
-        "samples    {} valid of {} sent ({} lost, {} late, {} bogus, {} invalid); {} delay outliers",
+        "samples    {} valid of {} sent ({} lost, {} late, {} bogus, {} invalid); \
+         {} delay outliers",
         summary.samples,
         stats.sent,
         stats.lost,
@@ -738,7 +743,8 @@ pub fn samples_csv(rows: &[Row]) -> String {
         let stamps = &sample.stamps;
         let _ = writeln!(
             csv,
-            "{},{:.9},{},{},{},{},{:.1},{},{:.1},{},{:.1},{:.1},{:.1},{:.1},{},{:.1},{:.1},{},{},{:.6},{:.6}",
+            "{},{:.9},{},{},{},{},{:.1},{},{:.1},{},{:.1},{:.1},{:.1},{:.1},{},{:.1},{:.1},\
+             {},{},{:.6},{:.6}",
             sample.seq,
             row.elapsed_ns as f64 * 1e-9,
             stamps.t1,
