@@ -163,7 +163,8 @@ impl TimeClient {
         let seq = self.next_seq;
         self.next_seq += 1;
         let sent_ns = ctx.physical_now_ns();
-        // t1 is a placeholder: the driver writes the transmit stamp at the socket.
+        // The mio driver overwrites t1 at the write; the simulator sends at the turn's
+        // instant, whose clock this is.
         ctx.send(
             Dest::from(self.config.server),
             TimeRequest { seq, t1: sent_ns },

@@ -139,14 +139,16 @@ impl Sample {
             return Err(SampleError::NegativeDelay(delay));
         }
         let delay_ns = i64::try_from(delay).map_err(|_| SampleError::Implausible)?;
+        let offset_ns = stamps.offset_ns();
         let bound_ns = delay_ns as f64 / 2.0
             + f64::from(terms.server_err_ns)
             + f64::from(terms.precision_ns)
-            + terms.phi_max_ppm * 1e-6 * round_trip as f64;
+            + terms.phi_max_ppm * 1e-6 * round_trip as f64
+            + rounding_ns(offset_ns);
         Ok(Sample {
             seq,
             stamps,
-            offset_ns: stamps.offset_ns(),
+            offset_ns,
             delay_ns,
             bound_ns,
             local_ns: midpoint(stamps.t1, stamps.t4),
@@ -157,6 +159,25 @@ impl Sample {
 
 fn midpoint(a: i64, b: i64) -> i64 {
     ((i128::from(a) + i128::from(b)) / 2) as i64
+}
+
+/// What float rounding can add to an offset of `offset_ns`: nothing below 2⁵² ns (52 days),
+/// where a float holds every half nanosecond; past it, up to |θ| × 2⁻⁵³ (counted twice).
+fn rounding_ns(offset_ns: f64) -> f64 {
+    if offset_ns.abs() < (1u64 << 52) as f64 {
+        0.0
+    } else {
+        offset_ns.abs() * f64::EPSILON
+    }
+}
+
+/// `later − earlier` in nanoseconds, without overflow however far apart they are.
+pub fn ns_between(later: i64, earlier: i64) -> f64 {
+    (i128::from(later) - i128::from(earlier)) as f64
+}
+
+fn saturating_ns(ns: i128) -> i64 {
+    i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Tuning of the estimator.
@@ -225,7 +246,7 @@ pub struct Estimate {
     pub seq: u64,
     /// That sample's delay.
     pub delay_ns: i64,
-    /// How old that sample is, in local nanoseconds.
+    /// How old that sample is, in local nanoseconds (negative for a time before it).
     pub age_ns: i64,
 }
 
@@ -368,24 +389,32 @@ impl Estimator {
     }
 
     /// The drift used to carry offsets forward: the regression's, held inside the hard
-    /// interval; 0 before there is one.
+    /// interval (inside ±φ_max if that is empty); 0 before there is one.
     fn drift_for_correction_ppm(&self) -> f64 {
         let ppm = self.drift.map_or(0.0, |drift| drift.ppm);
+        let (lo, hi) = self.usable_interval();
+        if ppm.is_nan() { 0.0 } else { ppm.clamp(lo, hi) }
+    }
+
+    /// The hard interval, or ±φ_max when it is empty (some bound did not hold).
+    fn usable_interval(&self) -> (f64, f64) {
         let DriftInterval { lo_ppm, hi_ppm } = self.interval;
         if lo_ppm <= hi_ppm {
-            ppm.clamp(lo_ppm, hi_ppm)
+            (lo_ppm, hi_ppm)
         } else {
-            ppm
+            let phi = self.config.terms.phi_max_ppm;
+            (-phi, phi)
         }
     }
 
     /// The current offset estimate at local time `local_now_ns`: the minimum-delay sample
     /// corrected for its age by the drift estimate, with its bound grown by the most the
     /// drift can be wrong (the hard interval, not the confidence interval) over that age.
+    /// A time before the sample works too (the age is then negative).
     pub fn estimate_at(&self, local_now_ns: i64) -> Option<Estimate> {
         let best = self.best()?;
-        let age_ns = local_now_ns.saturating_sub(best.local_ns).max(0);
-        let age = age_ns as f64;
+        let age = ns_between(local_now_ns, best.local_ns);
+        let age_ns = saturating_ns(i128::from(local_now_ns) - i128::from(best.local_ns));
         // Over a local interval Δl a clock of drift ρ sees Δt = Δl/(1 + ρ) of reference
         // time, so the offset moves by −ρΔl/(1 + ρ).
         let per_local = |ppm: f64| {
@@ -393,19 +422,14 @@ impl Estimator {
             rho / (1.0 + rho)
         };
         let rho_hat = self.drift_for_correction_ppm();
-        let DriftInterval { lo_ppm, hi_ppm } = self.interval;
-        let (lo, hi) = if lo_ppm <= hi_ppm {
-            (lo_ppm, hi_ppm)
-        } else {
-            let phi = self.config.terms.phi_max_ppm;
-            (-phi, phi)
-        };
+        let (lo, hi) = self.usable_interval();
         let slack = (per_local(hi) - per_local(rho_hat))
             .abs()
             .max((per_local(rho_hat) - per_local(lo)).abs());
+        let offset_ns = best.offset_ns - per_local(rho_hat) * age;
         Some(Estimate {
-            offset_ns: best.offset_ns - per_local(rho_hat) * age,
-            bound_ns: best.bound_ns + slack * age,
+            offset_ns,
+            bound_ns: best.bound_ns + slack * age.abs() + rounding_ns(offset_ns),
             seq: best.seq,
             delay_ns: best.delay_ns,
             age_ns,
@@ -441,7 +465,7 @@ fn regress(window: &VecDeque<Sample>) -> Option<Drift> {
         .iter()
         .map(|s| {
             (
-                (s.reference_ns - newest.reference_ns) as f64 * 1e-9,
+                ns_between(s.reference_ns, newest.reference_ns) * 1e-9,
                 s.offset_ns,
             )
         })
@@ -472,7 +496,7 @@ fn regress(window: &VecDeque<Sample>) -> Option<Drift> {
         ppm: -slope * 1e-3,
         ci95_ppm,
         n,
-        span_ns: newest.reference_ns - oldest.reference_ns,
+        span_ns: saturating_ns(i128::from(newest.reference_ns) - i128::from(oldest.reference_ns)),
         offset_ns: intercept,
         residual_sd_ns,
     })
@@ -484,17 +508,20 @@ fn hard_interval(window: &VecDeque<Sample>, phi_max_ppm: f64) -> DriftInterval {
     let mut interval = prior(phi_max_ppm);
     for (i, a) in window.iter().enumerate() {
         for b in window.iter().skip(i + 1) {
-            let span = (b.reference_ns - a.reference_ns) as f64;
+            let span = ns_between(b.reference_ns, a.reference_ns);
             if span <= 0.0 {
                 continue;
             }
             let change = b.offset_ns - a.offset_ns;
             let slack = a.bound_ns + b.bound_ns;
-            // ρ = −change/span, with change uncertain by ±slack; ppm = ×1e6.
+            // ρ = −change/span, with change uncertain by ±slack; ppm = ×1e6. The ends are
+            // widened by a few units of float rounding so that rounding never excludes
+            // the truth.
             let lo = -(change + slack) / span * 1e6;
             let hi = -(change - slack) / span * 1e6;
-            interval.lo_ppm = interval.lo_ppm.max(lo);
-            interval.hi_ppm = interval.hi_ppm.min(hi);
+            let fuzz = 8.0 * f64::EPSILON * (lo.abs().max(hi.abs()) + 1.0);
+            interval.lo_ppm = interval.lo_ppm.max(lo - fuzz);
+            interval.hi_ppm = interval.hi_ppm.min(hi + fuzz);
         }
     }
     interval
@@ -801,6 +828,115 @@ mod tests {
         );
         // 64 samples over 1.28 s with bounds near 15 µs: about ±2 × 15 µs / 1.28 s.
         assert!(interval.hi_ppm - interval.lo_ppm < 60.0, "{interval:?}");
+    }
+
+    const EPOCH: i64 = 1_767_225_600_000_000_000;
+
+    /// Goal (review): samples whose reference times are 2⁶³ ns apart neither overflow nor
+    /// panic; the hostile pair simply bounds nothing sensible.
+    #[test]
+    fn far_apart_samples_do_not_overflow() {
+        let lim = 1i64 << 62;
+        let terms = BoundTerms::default();
+        let a = Sample::new(
+            1,
+            stamps(EPOCH, EPOCH - lim, EPOCH - lim, EPOCH + 20_000),
+            terms,
+        )
+        .expect("valid on its own");
+        let t1 = EPOCH + 1_000_000_000;
+        let b = Sample::new(2, stamps(t1, t1 + lim, t1 + lim, t1 + 20_000), terms)
+            .expect("valid on its own");
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        estimator.add(a);
+        estimator.add(b);
+        let estimate = estimator.estimate_at(t1 + 20_000).expect("an estimate");
+        assert!(estimate.offset_ns.is_finite() && estimate.bound_ns.is_finite());
+    }
+
+    /// Goal (review): an offset of decades (a clock reset to 1970), where a float cannot
+    /// hold every nanosecond, is still covered by the bound, and the hard interval still
+    /// holds the true drift (0).
+    #[test]
+    fn huge_offsets_stay_covered() {
+        let terms = BoundTerms::default();
+        for k in 0..2000i64 {
+            let theta = EPOCH - 86_400_000_000_000 + k * 37;
+            let mut estimator = Estimator::new(EstimatorConfig::default());
+            for (poll, (d1, d2)) in [(1000, 0), (0, 1000)].into_iter().enumerate() {
+                let s0 = EPOCH + 5_000_000 + poll as i64 * 1_000_000_000;
+                let (t1, t2) = (s0 - theta, s0 + d1);
+                let t4 = t2 + d2 - theta;
+                let sample = Sample::new(poll as u64, stamps(t1, t2, t2, t4), terms).expect("ok");
+                let error = ns_between(sample.offset_ns as i64, theta);
+                assert!(
+                    error.abs() <= sample.bound_ns,
+                    "k {k}: {error} > {}",
+                    sample.bound_ns
+                );
+                estimator.add(sample);
+                let estimate = estimator.estimate_at(t4).expect("an estimate");
+                let error = (i128::from(estimate.offset_ns as i64) - i128::from(theta)) as f64;
+                assert!(error.abs() <= estimate.bound_ns, "k {k}: {error}");
+            }
+            let interval = estimator.drift_interval();
+            assert!(
+                interval.lo_ppm <= 0.0 && 0.0 <= interval.hi_ppm,
+                "k {k}: {interval:?}"
+            );
+        }
+    }
+
+    /// Goal (review): a reply claiming an impossible drift (a million ppm) cannot drive
+    /// the estimate to infinity or NaN: the correction stays within ±φ_max.
+    #[test]
+    fn an_absurd_drift_is_clamped() {
+        let terms = BoundTerms::default();
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        estimator.add(Sample::new(1, stamps(EPOCH, EPOCH, EPOCH, EPOCH), terms).expect("ok"));
+        let later = EPOCH + 1_000_000_000;
+        estimator.add(Sample::new(2, stamps(EPOCH, later, later, EPOCH), terms).expect("ok"));
+        for now in [EPOCH, EPOCH + 1000, EPOCH + 1_000_000_000] {
+            let estimate = estimator.estimate_at(now).expect("an estimate");
+            assert!(estimate.offset_ns.is_finite(), "{estimate:?}");
+            assert!(estimate.bound_ns.is_finite(), "{estimate:?}");
+        }
+    }
+
+    /// Goal (review): an estimate for a time before its sample is carried backwards by
+    /// the drift, and its bound still covers the truth.
+    #[test]
+    fn an_estimate_before_its_sample_is_covered() {
+        let ppm = 500.0;
+        let local = |true_ns: i64| true_ns + (ppm * 1e-6 * true_ns as f64).round() as i64;
+        let mut estimator = Estimator::new(EstimatorConfig::default());
+        for k in 0..10i64 {
+            let t = k * 1_000_000_000;
+            let (sample, _) = exchange(k as u64, t, 0.0, ppm, (10_000, 0, 10_000), {
+                BoundTerms::default()
+            });
+            estimator.add(sample);
+        }
+        let best = *estimator.best().expect("a sample");
+        let now_local = best.local_ns - 1_000_000_000;
+        let estimate = estimator.estimate_at(now_local).expect("an estimate");
+        // The truth at that local reading: invert local() by search (it is monotonic).
+        let (mut lo, mut hi) = (-10_000_000_000i64, 20_000_000_000i64);
+        while hi - lo > 1 {
+            let mid = (lo + hi) / 2;
+            if local(mid) <= now_local {
+                lo = mid
+            } else {
+                hi = mid
+            }
+        }
+        let truth = (lo - now_local) as f64;
+        let error = estimate.offset_ns - truth;
+        assert!(estimate.age_ns < 0);
+        assert!(
+            error.abs() <= estimate.bound_ns,
+            "error {error}, {estimate:?}"
+        );
     }
 
     /// Goal: the t quantiles match known values on both sides of the table's end.

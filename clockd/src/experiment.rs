@@ -185,7 +185,7 @@ pub fn score(records: &[Record], skew: ClockSkew, epoch_ns: i64) -> Vec<Row> {
             let true_offset_now_ns = skew.true_offset_ns(sample.stamps.t4, epoch_ns);
             Row {
                 record: *record,
-                elapsed_ns: sample.reference_ns - start,
+                elapsed_ns: crate::estimator::ns_between(sample.reference_ns, start) as i64,
                 true_offset_ns,
                 raw_error_ns: sample.offset_ns - true_offset_ns,
                 true_offset_now_ns,

@@ -48,7 +48,8 @@ impl TimeServer {
             seq: request.seq,
             t1: request.t1,
             t2: origin.received_ns,
-            // The driver's transmit stamp replaces this; the turn's clock is a safe stand-in.
+            // The mio driver overwrites this at the write; the simulator sends at the turn's
+            // instant, whose clock is exact (and never before the receive stamp).
             t3: ctx.physical_now_ns().max(origin.received_ns),
             err_ns: self.config.err_ns,
             flags,

@@ -4,8 +4,9 @@
 //! signed 64-bit nanoseconds since the Unix epoch on the stamping node's physical clock.
 //!
 //! **Transmit stamps.** `t1` of a [`TimeRequest`] and `t3` of a [`TimeReply`] are written by
-//! the sending node's driver as late as it can, right before the bytes go to the socket
-//! (see [`transmit_stamp_offset`]); whatever the role encoded there is a placeholder.
+//! the sending node's real driver as late as it can, right before the bytes go to the socket
+//! (see [`transmit_stamp_offset`]); the role's own value (its turn's clock) stands where the
+//! frame leaves at the turn's instant, as in the simulator.
 //! Receive stamps (`t2`, and `t4` which never travels) are the driver's clock reading right
 //! after the read that brought the frame.
 

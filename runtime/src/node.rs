@@ -407,10 +407,6 @@ impl<R: Role> NodeCore<R> {
             corr,
         };
         encode_frame(&mut self.scratch, message, header, self.frame_len_max);
-        if let Some(offset) = proto::clock::transmit_stamp_offset(header.message_type) {
-            // A first transmit stamp; a driver that writes later stamps again at the write.
-            proto::clock::write_stamp(&mut self.scratch, offset, self.ctx.physical_now_ns);
-        }
     }
 
     fn record_send(&mut self, lamport: u64, peer: &str, message: &Message) {
