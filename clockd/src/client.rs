@@ -51,6 +51,8 @@ pub enum ClientTimer {
 pub struct Record {
     /// The measured sample.
     pub sample: Sample,
+    /// The poll it belongs to (a burst's exchanges share one).
+    pub poll: u64,
     /// Whether the regression kept it.
     pub verdict: Verdict,
     /// The current estimate right after it, at its `t4`.
@@ -221,6 +223,7 @@ impl TimeClient {
         };
         self.records.push(Record {
             sample,
+            poll,
             verdict,
             estimate,
             drift: self.estimator.drift(),

@@ -141,7 +141,7 @@ pub struct Convergence {
 pub struct Summary {
     /// Valid samples.
     pub samples: usize,
-    /// Samples the regression left out as delay outliers.
+    /// Polls the regression left out as delay outliers.
     pub outliers: usize,
     /// Delay min, median, 99th percentile, in nanoseconds.
     pub delay_ns: (i64, i64, i64),
@@ -228,10 +228,7 @@ pub fn summarize(rows: &[Row], true_drift_ppm: f64, targets: Targets) -> Summary
     });
     Summary {
         samples: rows.len(),
-        outliers: rows
-            .iter()
-            .filter(|row| row.record.verdict == Verdict::Outlier)
-            .count(),
+        outliers: outlier_polls(rows),
         delay_ns: (delay_at(0.0), delay_at(0.5), delay_at(0.99)),
         raw: ErrorStats::of(&raw),
         estimate: ErrorStats::of(&estimate),
@@ -249,6 +246,28 @@ pub fn summarize(rows: &[Row], true_drift_ppm: f64, targets: Targets) -> Summary
         targets,
         true_drift_ppm,
     }
+}
+
+/// Polls whose regression point ended up a delay outlier: the last verdict of each poll
+/// other than "not best" (a later, faster exchange of a burst replaces a slow first one).
+fn outlier_polls(rows: &[Row]) -> usize {
+    let mut count = 0;
+    let mut current: Option<(u64, bool)> = None;
+    for row in rows {
+        let verdict = row.record.verdict;
+        if verdict == Verdict::NotBest {
+            continue;
+        }
+        let outlier = verdict == Verdict::Outlier;
+        match current {
+            Some((poll, _)) if poll == row.record.poll => current = Some((poll, outlier)),
+            _ => {
+                count += usize::from(current.is_some_and(|(_, was)| was));
+                current = Some((row.record.poll, outlier));
+            }
+        }
+    }
+    count + usize::from(current.is_some_and(|(_, was)| was))
 }
 
 /// The first row from which `within` holds for every row to the end.

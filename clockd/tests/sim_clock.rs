@@ -82,8 +82,11 @@ fn bounds_always_cover_the_truth() {
                 summary.drift_truth_in_hard_interval,
                 "{context}: {summary:?}"
             );
-            // The 2 % slow frames are what the outlier rule is for.
-            assert!(summary.outliers >= 5, "{context}: {summary:?}");
+            // The 2 % slow frames are what the outlier rule is for; in a burst, a faster
+            // exchange of the same poll replaces a slow one before the rule is needed.
+            if burst == 1 {
+                assert!(summary.outliers >= 5, "{context}: {summary:?}");
+            }
         }
     }
 }

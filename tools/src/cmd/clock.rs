@@ -362,7 +362,7 @@ fn probe_text(report: &serde_json::Value) -> String {
     );
     let _ = writeln!(
         text,
-        "Samples       : {} of {} sent ({} lost, {} delay outliers)",
+        "Samples       : {} of {} sent ({} lost, {} polls out as delay outliers)",
         report["samples"], report["sent"], report["lost"], report["outliers"]
     );
     let _ = writeln!(
@@ -616,7 +616,7 @@ fn summary_text(header: &str, summary: &Summary, stats: &ClientStats, files: &[P
     let _ = writeln!(
         text,
         "samples    {} valid of {} sent ({} lost, {} late, {} bogus, {} invalid); \
-         {} delay outliers",
+         {} polls out of the regression as delay outliers",
         summary.samples,
         stats.sent,
         stats.lost,
