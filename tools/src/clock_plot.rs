@@ -103,6 +103,7 @@ pub fn offset_svg(rows: &[Row], mode: &str) -> Result<String, String> {
             .legend(legend_line(LINE));
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
@@ -185,6 +186,7 @@ pub fn drift_svg(rows: &[Row], summary: &Summary, mode: &str) -> Result<String, 
             .legend(legend_line(LINE));
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .draw()
