@@ -55,7 +55,7 @@ pub struct ProbeArgs {
     /// Exchanges per poll, back to back (the later ones run warm).
     #[arg(long, default_value_t = 4)]
     pub burst: u32,
-    /// Seconds to wait for the first answer before giving up.
+    /// Seconds to wait for answers, beyond the polling time itself, before giving up.
     #[arg(long, default_value_t = 3.0)]
     pub timeout: f64,
     /// Print JSON instead of text.
