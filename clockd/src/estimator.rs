@@ -385,11 +385,6 @@ impl Estimator {
             .min_by_key(|sample| sample.delay_ns)
     }
 
-    /// The newest sample.
-    pub fn latest(&self) -> Option<&Sample> {
-        self.recent.back()
-    }
-
     /// The drift estimate, once the window holds two samples at different times.
     pub fn drift(&self) -> Option<Drift> {
         self.drift

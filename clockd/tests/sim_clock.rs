@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use clockd::estimator::EstimatorConfig;
+use clockd::client::{ClientConfig, ClientTimer, TimeClient};
+use clockd::estimator::{EstimatorConfig, SampleError};
 use clockd::experiment::{
     SimExperiment, Summary, Targets, run_sim, score, sim_network, summarize, sweep_asymmetry,
 };
-use runtime::ClockSkew;
-use runtime::sim::seeds;
+use proto::Message;
+use proto::clock::TimeReply;
+use runtime::sim::{NodeSpec, Sim, seeds};
+use runtime::{ClockSkew, Ctx, Origin, Role};
 
 fn experiment(seed: u64, skew: (f64, f64), samples: u64, interval_ms: u64) -> SimExperiment {
     with_burst(seed, skew, samples, (interval_ms, 1))
@@ -147,4 +150,76 @@ fn asymmetry_biases_by_half_and_stays_covered() {
             assert_eq!(point.estimate.coverage, 1.0, "{context}");
         }
     }
+}
+
+/// A time server that answers with impossible stamps: its transmit stamp before its
+/// receive stamp.
+enum Hostile {
+    Server,
+    Client(TimeClient),
+}
+
+impl Role for Hostile {
+    type Timer = ClientTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        if let Hostile::Client(client) = self {
+            client.on_start(ctx);
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<ClientTimer>, origin: &Origin, message: Message) {
+        match (self, message) {
+            (Hostile::Server, Message::TimeRequest(request)) => {
+                let reply = TimeReply {
+                    seq: request.seq,
+                    t1: request.t1,
+                    t2: origin.received_ns,
+                    t3: origin.received_ns - 1_000,
+                    err_ns: 0,
+                    flags: 0,
+                };
+                ctx.reply(origin, reply);
+            }
+            (Hostile::Client(client), message) => client.on_message(ctx, origin, message),
+            _ => {}
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<ClientTimer>, timer: ClientTimer) {
+        if let Hostile::Client(client) = self {
+            client.on_timer(ctx, timer);
+        }
+    }
+}
+
+/// Goal: replies with impossible stamps are refused and counted, with the reason kept;
+/// none reaches the estimator, and nothing panics.
+#[test]
+fn impossible_replies_are_refused_with_their_reason() {
+    let mut sim: Sim<Hostile> = Sim::new(1, sim_network());
+    let addr = clockd::experiment::SIM_SERVER_ADDR;
+    sim.add_node(NodeSpec::server("bad", addr), Hostile::Server);
+    let client = sim.add_node(
+        NodeSpec::client("c1"),
+        Hostile::Client(TimeClient::new(ClientConfig {
+            server: addr,
+            interval: Duration::from_millis(10),
+            burst: 2,
+            samples: Some(10),
+            stop_when_done: false,
+            estimator: EstimatorConfig::default(),
+        })),
+    );
+    sim.run_for(Duration::from_millis(200));
+    let Some(Hostile::Client(role)) = sim.role(client) else {
+        panic!("the client is up");
+    };
+    assert!(role.records().is_empty());
+    assert!(role.stats().invalid >= 20, "{:?}", role.stats());
+    assert!(matches!(
+        role.last_error(),
+        Some(SampleError::NegativeHold(-1_000))
+    ));
+    assert!(role.estimator().best().is_none());
 }

@@ -1,6 +1,7 @@
 //! The SVG plots of `pbkv clock experiment`.
 
 use clockd::experiment::{AsymmetryPoint, Row, Summary};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 const SIZE: (u32, u32) = (960, 540);
@@ -38,6 +39,68 @@ fn legend_line(color: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)
     move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 
+/// A chart on the plots' common frame.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// What differs between the plots' frames.
+struct Axes<'t> {
+    title: &'t str,
+    x: (f64, f64),
+    y: (f64, f64),
+    x_desc: &'t str,
+    y_desc: &'t str,
+    legend: SeriesLabelPosition,
+}
+
+/// Draws the frame (caption, mesh), lets `draw` add the series, then the legend.
+fn render(
+    axes: Axes<'_>,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), String>,
+) -> Result<String, String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(error("fill"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(axes.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(axes.x.0..axes.x.1, axes.y.0..axes.y.1)
+            .map_err(error("chart"))?;
+        chart
+            .configure_mesh()
+            .x_desc(axes.x_desc)
+            .y_desc(axes.y_desc)
+            .draw()
+            .map_err(error("mesh"))?;
+        draw(&mut chart)?;
+        chart
+            .configure_series_labels()
+            .position(axes.legend)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(error("legend"))?;
+        root.present().map_err(error("present"))?;
+    }
+    Ok(svg)
+}
+
+/// Fills the band between `(x, lower, upper)` points, labelled for the legend.
+fn draw_band(
+    chart: &mut Chart<'_, '_>,
+    points: &[(f64, f64, f64)],
+    label: &str,
+) -> Result<(), String> {
+    chart
+        .draw_series(std::iter::once(Polygon::new(band(points), BAND.mix(0.35))))
+        .map_err(error("band"))?
+        .label(label)
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], BAND.mix(0.35).filled()));
+    Ok(())
+}
+
 /// Offset error of the current estimate over time, with its ±bound band; raw samples'
 /// errors as dots (those beyond the band's scale are clipped).
 ///
@@ -53,39 +116,22 @@ pub fn offset_svg(rows: &[Row], mode: &str) -> Result<String, String> {
             (x, us(row.error_ns), -bound, bound)
         })
         .collect();
-    let (x0, x1) = span(points.iter().map(|p| p.0));
     // The scale follows the estimate's bound (its 99th percentile), not the raw outliers.
     let mut bounds: Vec<f64> = points.iter().map(|p| p.3).collect();
     bounds.sort_by(f64::total_cmp);
     let scale = clockd::experiment::percentile(&bounds, 0.99).max(1.0) * 1.15;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(error("fill"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Offset error of the current estimate, with its bound ({mode})"),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, -scale..scale)
-            .map_err(error("chart"))?;
-        chart
-            .configure_mesh()
-            .x_desc("elapsed (s, reference time)")
-            .y_desc("estimate − truth (µs)")
-            .draw()
-            .map_err(error("mesh"))?;
+    let title = format!("Offset error of the current estimate, with its bound ({mode})");
+    let axes = Axes {
+        title: &title,
+        x: span(points.iter().map(|p| p.0)),
+        y: (-scale, scale),
+        x_desc: "elapsed (s, reference time)",
+        y_desc: "estimate − truth (µs)",
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    render(axes, |chart| {
         let bands: Vec<(f64, f64, f64)> = points.iter().map(|p| (p.0, p.2, p.3)).collect();
-        chart
-            .draw_series(std::iter::once(Polygon::new(band(&bands), BAND.mix(0.35))))
-            .map_err(error("band"))?
-            .label("± error bound")
-            .legend(|(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 20, y + 5)], BAND.mix(0.35).filled())
-            });
+        draw_band(chart, &bands, "± error bound")?;
         chart
             .draw_series(
                 rows.iter()
@@ -101,16 +147,8 @@ pub fn offset_svg(rows: &[Row], mode: &str) -> Result<String, String> {
             .map_err(error("line"))?
             .label("current estimate − truth")
             .legend(legend_line(LINE));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(error("legend"))?;
-        root.present().map_err(error("present"))?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// The drift estimate over time with its 95 % confidence band, converging on the truth.
@@ -134,40 +172,21 @@ pub fn drift_svg(rows: &[Row], summary: &Summary, mode: &str) -> Result<String, 
     let final_error = summary.drift_error_ppm.unwrap_or(1.0).abs();
     let half = (6.0 * final_ci).max(3.0 * final_error).max(0.25);
     let (y0, y1) = (truth - half, truth + half);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(error("fill"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Drift estimate with its 95 % interval ({mode})"),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(80)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(error("chart"))?;
-        chart
-            .configure_mesh()
-            .x_desc("elapsed (s, reference time)")
-            .y_desc("drift (ppm, + = fast)")
-            .draw()
-            .map_err(error("mesh"))?;
+    let title = format!("Drift estimate with its 95 % interval ({mode})");
+    let axes = Axes {
+        title: &title,
+        x: (x0, x1),
+        y: (y0, y1),
+        x_desc: "elapsed (s, reference time)",
+        y_desc: "drift (ppm, + = fast)",
+        legend: SeriesLabelPosition::UpperRight,
+    };
+    render(axes, |chart| {
         let clipped: Vec<(f64, f64, f64)> = points
             .iter()
             .map(|p| (p.0, p.2.max(y0), p.3.min(y1)))
             .collect();
-        chart
-            .draw_series(std::iter::once(Polygon::new(
-                band(&clipped),
-                BAND.mix(0.35),
-            )))
-            .map_err(error("band"))?
-            .label("95 % confidence interval")
-            .legend(|(x, y)| {
-                Rectangle::new([(x, y - 5), (x + 20, y + 5)], BAND.mix(0.35).filled())
-            });
+        draw_band(chart, &clipped, "95 % confidence interval")?;
         chart
             .draw_series(LineSeries::new(
                 [(x0, truth), (x1, truth)],
@@ -184,16 +203,8 @@ pub fn drift_svg(rows: &[Row], summary: &Summary, mode: &str) -> Result<String, 
             .map_err(error("line"))?
             .label("estimate ρ̂")
             .legend(legend_line(LINE));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(error("legend"))?;
-        root.present().map_err(error("present"))?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }
 
 /// Median offset error against the injected one-way asymmetry, with the a/2 line no
@@ -204,30 +215,18 @@ pub fn drift_svg(rows: &[Row], summary: &Summary, mode: &str) -> Result<String, 
 pub fn asymmetry_svg(sweep: &[AsymmetryPoint]) -> Result<String, String> {
     let us = |ns: f64| ns / 1e3;
     let (x0, x1) = span(sweep.iter().map(|p| us(p.asymmetry_ns as f64)));
-    let (y0, y1) = span(sweep.iter().flat_map(|p| {
-        let bound = us(p.estimate.p50_bound_ns);
-        [us(p.estimate.median_ns), us(p.raw.median_ns), bound, -bound]
-    }));
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(error("fill"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "Offset error against one-way asymmetry a (simulated)",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(error("chart"))?;
-        chart
-            .configure_mesh()
-            .x_desc("a: extra request-path delay (µs; negative = reply path)")
-            .y_desc("median error (µs)")
-            .draw()
-            .map_err(error("mesh"))?;
+    let axes = Axes {
+        title: "Offset error against one-way asymmetry a (simulated)",
+        x: (x0, x1),
+        y: span(sweep.iter().flat_map(|p| {
+            let bound = us(p.estimate.p50_bound_ns);
+            [us(p.estimate.median_ns), us(p.raw.median_ns), bound, -bound]
+        })),
+        x_desc: "a: extra request-path delay (µs; negative = reply path)",
+        y_desc: "median error (µs)",
+        legend: SeriesLabelPosition::UpperLeft,
+    };
+    render(axes, |chart| {
         let bands: Vec<(f64, f64, f64)> = sweep
             .iter()
             .map(|p| {
@@ -235,11 +234,7 @@ pub fn asymmetry_svg(sweep: &[AsymmetryPoint]) -> Result<String, String> {
                 (us(p.asymmetry_ns as f64), -bound, bound)
             })
             .collect();
-        chart
-            .draw_series(std::iter::once(Polygon::new(band(&bands), BAND.mix(0.3))))
-            .map_err(error("band"))?
-            .label("± median bound of the estimate")
-            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 20, y + 5)], BAND.mix(0.3).filled()));
+        draw_band(chart, &bands, "± median bound of the estimate")?;
         chart
             .draw_series(LineSeries::new(
                 [(x0, x0 / 2.0), (x1, x1 / 2.0)],
@@ -269,14 +264,6 @@ pub fn asymmetry_svg(sweep: &[AsymmetryPoint]) -> Result<String, String> {
             .map_err(error("line"))?
             .label("current estimate (median)")
             .legend(legend_line(LINE));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(error("legend"))?;
-        root.present().map_err(error("present"))?;
-    }
-    Ok(svg)
+        Ok(())
+    })
 }

@@ -280,10 +280,17 @@ fn probe(args: &ProbeArgs) -> i32 {
         Err(why) => return fail(exit::MISSING, &why),
     };
     if run.records.is_empty() {
+        let refused = match run.client.last_error() {
+            Some(why) => format!(
+                "; {} replies refused, the last for {why}",
+                run.stats.invalid
+            ),
+            None => String::new(),
+        };
         return fail(
             exit::MISSING,
             &format!(
-                "no answer from the time server at {server} ({} sent, {} lost)",
+                "no answer from the time server at {server} ({} sent, {} lost{refused})",
                 run.stats.sent, run.stats.lost
             ),
         );
