@@ -154,6 +154,7 @@ fn asymmetry_biases_by_half_and_stays_covered() {
 
 /// A time server that answers with impossible stamps: its transmit stamp before its
 /// receive stamp.
+#[allow(clippy::large_enum_variant)]
 enum Hostile {
     Server,
     Client(TimeClient),
