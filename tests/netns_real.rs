@@ -1,8 +1,14 @@
 //! A silently dropped link — a firewall DROP, so no RST and no FIN ever arrives — is noticed
 //! in bounded time, not minutes: TCP_USER_TIMEOUT (2 s) and keepalive break the connection
 //! and the role hears `on_link(Down)`. Two private test hosts are built with network
-//! namespaces and a veth pair; their addresses exist only inside those namespaces. Needs
-//! root, `ip` and `iptables` (CI installs them).
+//! namespaces and a veth pair; their addresses exist only inside those namespaces.
+//!
+//! Needs root and iproute2's `ip` and `tc`, which a fresh machine has; the test is ignored
+//! by default and runs with `cargo test --workspace -- --include-ignored` (as CI does). The
+//! silent drop is a `pfifo` queue of length 0 on the responder's only interface: every
+//! packet it sends (data and ACKs alike) is discarded without an RST or an ICMP error.
+//! `tc qdisc … netem loss 100%` would do the same, but netem is not built into every
+//! kernel (this machine's lacks it), while a plain FIFO always is.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -14,6 +20,8 @@ use pbkv_e2e::pbkv_bin;
 struct Hosts {
     a: String,
     b: String,
+    /// Host `a`'s end of the veth pair.
+    x: String,
 }
 
 impl Hosts {
@@ -37,6 +45,7 @@ impl Hosts {
         let hosts = Hosts {
             a: a.clone(),
             b: b.clone(),
+            x: x.clone(),
         };
         for step in steps {
             let status = Command::new("ip")
@@ -128,22 +137,12 @@ fn wait_for(daemon: &Daemon, needle: &str, limit: Duration) -> Option<Instant> {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
 /// Goal: a link whose peer silently drops everything breaks within a few seconds. Method:
 /// ping-pong between two namespaces; once rounds are flowing, the responder's host drops
-/// all input (iptables DROP); the pinger must report its link down within 6 s.
+/// all its output (a zero-length FIFO); the pinger must report its link down within 6 s.
 #[test]
+#[ignore = "needs root: builds network namespaces (cargo test -- --include-ignored)"]
 fn silently_dropped_link_breaks_in_bounded_time() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root (CI runs as root)");
-        return;
-    }
     let hosts = Hosts::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let responder = start(
@@ -169,15 +168,16 @@ fn silently_dropped_link_breaks_in_bounded_time() {
         assert!(Instant::now() < deadline, "ping-pong never got going");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let drop_rule = ["iptables", "-A", "INPUT", "-j", "DROP"];
     let status = hosts
         .exec(&hosts.a)
-        .args(drop_rule)
+        .args([
+            "tc", "qdisc", "replace", "dev", &hosts.x, "root", "pfifo", "limit", "0",
+        ])
         .status()
-        .expect("run iptables");
+        .expect("run tc (iproute2)");
     assert!(
         status.success(),
-        "iptables failed: this test needs iptables"
+        "tc failed: this test needs root and iproute2"
     );
     let dropped_at = Instant::now();
     let down = wait_for(

@@ -1,5 +1,5 @@
-//! pbkv's roles: the view service, the primary/backup replica and the client, plus the
-//! checkers that judge simulated runs.
+//! pbkv's roles: the view service, the primary/backup replica and the client, the host that
+//! composes them into a node, and the checkers that judge simulated runs.
 //!
 //! Every role is sans-IO (see `runtime::role`): no sockets, threads, clocks or unseeded
 //! randomness, and only ordered collections, so a simulated run is reproducible.
@@ -9,14 +9,15 @@
 //! - [`replica`]: the primary/backup replica role (DESIGN.md §6).
 //! - [`store`]: PutHash's hash and the state both replicas apply operations to.
 //! - [`client`]: the client role (sessions, view caching, retries).
-//! - [`node`]: one role type hosting any of them, for simulations.
+//! - [`host`]: one node's roles behind one route table: what `pbkv node` and every
+//!   simulation run.
 //! - [`lincheck`]: linearizability checking of recorded histories.
 //!
 //! The rules and the tests named after them are listed in docs/protocol.md.
 
 pub mod client;
+pub mod host;
 pub mod lincheck;
-pub mod node;
 pub mod replica;
 pub mod store;
 pub mod viewservice;

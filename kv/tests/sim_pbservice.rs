@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use kv::client::{ClientOp, Outcome};
-use kv::node::KvNode;
+use kv::host::Host;
 use kv::store::puthash_value;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -118,7 +118,7 @@ fn test_at_most_once() {
         dedup_hits += c
             .sim
             .role(node)
-            .and_then(KvNode::replica)
+            .and_then(Host::replica)
             .expect("up")
             .stats()
             .dedup_hits;
@@ -205,7 +205,7 @@ fn drive(
             let idle = c
                 .sim
                 .role(*clerk)
-                .and_then(KvNode::client)
+                .and_then(Host::client)
                 .is_some_and(|client| client.pending() == 0);
             if idle {
                 let op = next(index, c);
@@ -428,7 +428,7 @@ fn repeated_crash(seed: u64, unreliable: bool) {
             let clerk = clerks[i];
             let done = c.sim.run_until_true(second(30), |sim| {
                 sim.role(clerk)
-                    .and_then(KvNode::client)
+                    .and_then(Host::client)
                     .is_some_and(|cl| cl.completed().iter().any(|d| d.id == id))
             });
             assert!(done, "child failed: clerk {i} hung; {}", replay(seed));
@@ -598,7 +598,7 @@ fn test_count_view_requests() {
         let asked = c
             .sim
             .role(ck)
-            .and_then(KvNode::client)
+            .and_then(Host::client)
             .expect("clerk")
             .view_requests();
         assert_eq!(asked, 1, "view requests for 100 Puts; {}", replay(seed));

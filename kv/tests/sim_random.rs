@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv::client::{ClientOp, Completed, Outcome};
+use kv::host::Host;
 use kv::lincheck::{Kind, Operation, Output, check};
-use kv::node::KvNode;
 use kv::replica::{ReplicaConfig, ReplicaStats};
 use proto::Addr;
 use rand::rngs::StdRng;
@@ -136,7 +136,7 @@ impl Run {
                 .c
                 .sim
                 .role(clerk)
-                .and_then(KvNode::client)
+                .and_then(Host::client)
                 .is_some_and(|c| c.pending() == 0);
             if !idle || now < self.idle_until[index] {
                 continue;
@@ -186,7 +186,7 @@ impl Run {
                     self.c
                         .sim
                         .role(*node)
-                        .and_then(KvNode::replica)
+                        .and_then(Host::replica)
                         .is_some_and(|replica| {
                             replica.serving()
                                 && !replica.backup_synced()
@@ -244,7 +244,7 @@ impl Run {
     fn history(&self) -> Vec<Operation> {
         let mut ops = Vec::new();
         for clerk in &self.clerks {
-            let Some(client) = self.c.sim.role(*clerk).and_then(KvNode::client) else {
+            let Some(client) = self.c.sim.role(*clerk).and_then(Host::client) else {
                 continue;
             };
             ops.extend(client.completed().iter().filter_map(history_op));
@@ -332,7 +332,7 @@ fn run_seed(seed: u64) -> Events {
         );
     }
     for (node, _) in &run.c.servers {
-        if let Some(replica) = run.c.sim.role(*node).and_then(KvNode::replica) {
+        if let Some(replica) = run.c.sim.role(*node).and_then(Host::replica) {
             run.events.add(replica.stats());
         }
     }

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use kv::client::{ClientOp, Outcome};
-use kv::node::KvNode;
+use kv::host::Host;
 use kv::viewservice::ViewService;
 use runtime::sim::SimConfig;
 use support::{Cluster, DEAD_PINGS, bytes, seeds};
@@ -26,14 +26,16 @@ fn replicas_refuse_a_restarted_view_service() {
         let ck = c.clerk();
         c.put(ck, "a", "1");
         let vs = c.vs;
-        c.sim
-            .restart(vs, KvNode::ViewService(ViewService::new(support::timing())));
+        c.sim.restart(
+            vs,
+            Host::new().with_view_service(ViewService::new(support::timing())),
+        );
         c.sleep(Duration::from_secs(2));
         for (node, addr) in c.servers.clone() {
             let replica = c
                 .sim
                 .role(node)
-                .and_then(KvNode::replica)
+                .and_then(Host::replica)
                 .expect("replica up");
             assert!(
                 !replica.serving(),
@@ -145,7 +147,7 @@ fn uncommitted_session_expiry_is_not_reported() {
         assert!(
             c.sim.run_until_true(Duration::from_secs(20), |sim| {
                 sim.role(ck)
-                    .and_then(KvNode::client)
+                    .and_then(Host::client)
                     .is_some_and(|cl| cl.pending() == 0)
             }),
             "seed {seed}: Put never finished"

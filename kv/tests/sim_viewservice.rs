@@ -2,14 +2,16 @@
 //! (lab2.md §3.1), run in the simulator over many seeds. The servers are stand-ins that only
 //! ping, as in the lab: each keeps one fixed incarnation and nothing listens at its address.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use proto::viewservice::{GetViewRequest, Member, PingRequest, View};
 use proto::{Addr, Incarnation, Message};
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
-use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
+use runtime::{Ctx, Origin, Role};
 
-use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
+use kv::host::Host;
+use kv::viewservice::{ViewService, ViewTiming};
 
 const PING_INTERVAL: Duration = Duration::from_millis(100);
 const DEAD_PINGS: u32 = 5;
@@ -18,60 +20,32 @@ fn seeds() -> std::ops::Range<u64> {
     runtime::sim::seeds(100)
 }
 
-/// A lab "viewservice Clerk": pings or gets the view when told to, remembers the answer.
+/// A lab "viewservice Clerk": pings or gets the view when told to, remembers the answer. It
+/// is the extra role of a host with no built-in roles, so it gets every view reply.
 #[derive(Debug, Default)]
 struct Clerk {
     last: Option<View>,
 }
 
-#[derive(Debug)]
-enum Node {
-    ViewService(ViewService),
-    Clerk(Clerk),
-}
+impl Role for Clerk {
+    type Timer = Infallible;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Timer {
-    ViewService(ViewServiceTimer),
-}
+    fn on_start(&mut self, _ctx: &mut Ctx<Infallible>) {}
 
-impl Role for Node {
-    type Timer = Timer;
-
-    fn on_start(&mut self, ctx: &mut Ctx<Timer>) {
-        if let Node::ViewService(vs) = self {
-            ctx.nested(Timer::ViewService, |inner| vs.on_start(inner));
+    fn on_message(&mut self, _ctx: &mut Ctx<Infallible>, _origin: &Origin, message: Message) {
+        match message {
+            Message::PingReply(reply) => self.last = Some(reply.view),
+            Message::GetViewReply(reply) => self.last = Some(reply.view),
+            _ => {}
         }
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<Timer>, origin: &Origin, message: Message) {
-        match self {
-            Node::ViewService(vs) => ctx.nested(Timer::ViewService, |inner| {
-                vs.on_message(inner, origin, message)
-            }),
-            Node::Clerk(clerk) => match message {
-                Message::PingReply(reply) => clerk.last = Some(reply.view),
-                Message::GetViewReply(reply) => clerk.last = Some(reply.view),
-                _ => {}
-            },
-        }
-    }
-
-    fn on_timer(&mut self, ctx: &mut Ctx<Timer>, timer: Timer) {
-        if let (Node::ViewService(vs), Timer::ViewService(timer)) = (self, timer) {
-            ctx.nested(Timer::ViewService, |inner| vs.on_timer(inner, timer));
-        }
-    }
-
-    fn on_link(&mut self, _ctx: &mut Ctx<Timer>, _to: Dest, _link: Link) {}
-    fn on_closed(&mut self, _ctx: &mut Ctx<Timer>, _conn: ConnId) {}
-
-    fn check_invariants(&self) {
-        if let Node::ViewService(vs) = self {
-            vs.check_invariants();
-        }
+    fn on_timer(&mut self, _ctx: &mut Ctx<Infallible>, timer: Infallible) {
+        match timer {}
     }
 }
+
+type Node = Host<Clerk>;
 
 struct Harness {
     sim: Sim<Node>,
@@ -95,7 +69,7 @@ impl Harness {
         };
         sim.add_node(
             NodeSpec::server("vs", vs_addr),
-            Node::ViewService(ViewService::new(timing)),
+            Host::with_extra(Clerk::default()).with_view_service(ViewService::new(timing)),
         );
         Harness { sim, vs_addr, seed }
     }
@@ -104,7 +78,7 @@ impl Harness {
         let incarnation = Incarnation(u64::from(port));
         let mut spec = NodeSpec::client(name);
         spec.fixed_incarnation = Some(incarnation);
-        let node = self.sim.add_node(spec, Node::Clerk(Clerk::default()));
+        let node = self.sim.add_node(spec, Host::with_extra(Clerk::default()));
         Ck {
             node,
             addr: Addr::v4(127, 0, 0, 1, port),
@@ -123,24 +97,23 @@ impl Harness {
     fn call(&mut self, ck: &Ck, message: Message) -> View {
         let vs = self.vs_addr;
         self.sim.with_role(ck.node, |node, ctx| {
-            if let Node::Clerk(clerk) = node {
-                clerk.last = None;
-            }
+            node.extra_mut().last = None;
             ctx.send(vs, message);
         });
         let node = ck.node;
         let answered = self.sim.run_until_true(Duration::from_secs(5), |sim| {
-            matches!(sim.role(node), Some(Node::Clerk(Clerk { last: Some(_) })))
+            sim.role(node)
+                .is_some_and(|host| host.extra().last.is_some())
         });
         assert!(
             answered,
             "seed {}: the view service did not answer",
             self.seed
         );
-        match self.sim.role(ck.node) {
-            Some(Node::Clerk(Clerk { last: Some(view) })) => *view,
-            _ => unreachable!("checked above"),
-        }
+        self.sim
+            .role(ck.node)
+            .and_then(|host| host.extra().last)
+            .expect("checked above")
     }
 
     fn ping(&mut self, ck: &Ck, viewnum: u64) -> View {

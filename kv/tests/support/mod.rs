@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kv::client::{Client, ClientConfig, ClientOp, Completed, Outcome};
-use kv::node::KvNode;
+use kv::host::Host;
 use kv::replica::{Replica, ReplicaConfig};
 use kv::viewservice::{ViewService, ViewTiming};
 use proto::Addr;
@@ -26,7 +26,7 @@ pub fn timing() -> ViewTiming {
 }
 
 pub struct Cluster {
-    pub sim: Sim<KvNode>,
+    pub sim: Sim<Host>,
     pub seed: u64,
     pub vs: NodeIndex,
     pub vs_addr: Addr,
@@ -42,7 +42,7 @@ impl Cluster {
         let mut sim = Sim::new(seed, config);
         let vs = sim.add_node(
             NodeSpec::server("vs", vs_addr),
-            KvNode::ViewService(ViewService::new(timing())),
+            Host::new().with_view_service(ViewService::new(timing())),
         );
         Cluster {
             sim,
@@ -60,8 +60,8 @@ impl Cluster {
         }
     }
 
-    pub fn replica(&self, me: Addr) -> KvNode {
-        KvNode::Replica(Replica::new((self.replica_config)(me, self.vs_addr)))
+    pub fn replica(&self, me: Addr) -> Host {
+        Host::new().with_replica(Replica::new((self.replica_config)(me, self.vs_addr)))
     }
 
     /// Starts server number `self.servers.len()`, optionally unreliable.
@@ -91,9 +91,10 @@ impl Cluster {
         let name = format!("ck{}", self.clerks.len() + 1);
         let mut config = ClientConfig::new(self.vs_addr);
         config.retry_after = self.client_retry_after;
-        let node = self
-            .sim
-            .add_node(NodeSpec::client(&name), KvNode::Client(Client::new(config)));
+        let node = self.sim.add_node(
+            NodeSpec::client(&name),
+            Host::new().with_client(Client::new(config)),
+        );
         self.clerks.push(node);
         node
     }
@@ -102,7 +103,7 @@ impl Cluster {
     pub fn view(&self) -> View {
         self.sim
             .role(self.vs)
-            .and_then(KvNode::view_service)
+            .and_then(Host::view_service)
             .expect("vs up")
             .view()
     }
@@ -132,17 +133,15 @@ impl Cluster {
 
     pub fn submit(&mut self, clerk: NodeIndex, op: ClientOp) -> u64 {
         self.sim
-            .with_role(clerk, |node, ctx| match node {
-                KvNode::Client(client) => {
-                    ctx.nested(kv::node::KvTimer::Client, |inner| client.submit(inner, op))
-                }
-                _ => unreachable!("clerks are clients"),
+            .with_role(clerk, |host, ctx| {
+                host.call_client(ctx, |client, inner| client.submit(inner, op))
             })
-            .expect("clerk is up")
+            .flatten()
+            .expect("clerk is up, and a client")
     }
 
     pub fn completed(&self, clerk: NodeIndex, id: u64) -> Option<Completed> {
-        let client = self.sim.role(clerk).and_then(KvNode::client)?;
+        let client = self.sim.role(clerk).and_then(Host::client)?;
         client.completed().iter().find(|c| c.id == id).cloned()
     }
 
@@ -151,7 +150,7 @@ impl Cluster {
         let id = self.submit(clerk, op);
         let done = self.sim.run_until_true(limit, |sim| {
             sim.role(clerk)
-                .and_then(KvNode::client)
+                .and_then(Host::client)
                 .is_some_and(|c| c.completed().iter().any(|done| done.id == id))
         });
         if !done {

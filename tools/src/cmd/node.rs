@@ -6,14 +6,14 @@ use clap::Args;
 use std::time::Duration;
 
 use clockd::server::{ServerConfig, TimeServer};
-use kv::replica::{Replica, ReplicaConfig, ReplicaTimer};
-use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
-use proto::kv::InfoReply;
-use proto::{Message, MessageType, NodeId};
-use runtime::echo::{EchoConfig, EchoRole, EchoTimer};
+use kv::host::Host;
+use kv::replica::{Replica, ReplicaConfig};
+use kv::viewservice::{ViewService, ViewTiming};
+use proto::NodeId;
+use runtime::ClockSkew;
+use runtime::echo::{EchoConfig, EchoRole};
 use runtime::event_log::FileSink;
 use runtime::net::{NetDriver, NetOptions};
-use runtime::{ClockSkew, ConnId, Ctx, Dest, Link, Origin, Role};
 
 use crate::config::{NodeConfig, RoleName};
 use crate::exit;
@@ -29,237 +29,38 @@ pub struct NodeArgs {
     pub check: bool,
 }
 
-/// The roles one node hosts; messages are routed to a role by their type.
-pub struct Hosted {
-    view_service: Option<ViewService>,
-    replica: Option<Replica>,
-    echo: Option<EchoRole>,
-    time_server: Option<TimeServer>,
-}
-
-/// Timers of the hosted roles.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub enum HostedTimer {
-    /// The view service's.
-    ViewService(ViewServiceTimer),
-    /// The replica's.
-    Replica(ReplicaTimer),
-    /// The echo role's.
-    Echo(EchoTimer),
-}
-
-/// Which hosted role a message type goes to.
-enum Route {
-    ViewService,
-    Replica,
-    Echo,
-    TimeServer,
-    Info,
-    Nobody,
-}
-
-fn route(message_type: MessageType) -> Route {
-    use MessageType as T;
-    match message_type {
-        T::PingRequest | T::GetViewRequest => Route::ViewService,
-        T::PingReply
-        | T::GetViewReply
-        | T::OpenSessionRequest
-        | T::GetRequest
-        | T::PutRequest
-        | T::ForwardRequest
-        | T::ForwardReply
-        | T::TransferRequest
-        | T::TransferReply => Route::Replica,
-        T::EchoRequest | T::EchoReply => Route::Echo,
-        T::TimeRequest => Route::TimeServer,
-        T::InfoRequest => Route::Info,
-        T::Hello
-        | T::OpenSessionReply
-        | T::GetReply
-        | T::PutReply
-        | T::InfoReply
-        | T::TimeReply => Route::Nobody,
-    }
-}
-
-impl Hosted {
-    /// The roles `config` names.
-    pub fn from_config(config: &NodeConfig) -> Hosted {
-        let timing = ViewTiming {
-            ping_interval: Duration::from_millis(config.timing.ping_interval_ms),
-            dead_pings: config.timing.dead_pings,
-        };
-        let view_service = config
-            .roles
-            .contains(&RoleName::Viewservice)
-            .then(|| ViewService::new(timing));
-        let replica = match (
-            config.roles.contains(&RoleName::Replica),
-            config.viewservice,
-        ) {
-            (true, Some(view_service)) => {
-                let me = proto::Addr(config.advertise.unwrap_or(config.listen));
-                let mut replica_config = ReplicaConfig::new(me, proto::Addr(view_service));
-                replica_config.timing = timing;
-                Some(Replica::new(replica_config))
-            }
-            _ => None,
-        };
-        let echo = config.roles.contains(&RoleName::Echo).then(|| {
-            EchoRole::new(EchoConfig {
-                peer: config.echo.peer.map(proto::Addr),
-                rounds: config.echo.rounds,
-                window: config.echo.window,
-                payload_len: config.echo.payload_len,
-                stop_when_done: true,
-            })
-        });
-        let time_server = config
-            .roles
-            .contains(&RoleName::Timeserver)
-            .then(|| TimeServer::new(ServerConfig::default()));
-        Hosted {
-            view_service,
-            replica,
-            echo,
-            time_server,
-        }
-    }
-
-    fn info(&self) -> String {
-        let mut roles = serde_json::Map::new();
-        if let Some(view_service) = &self.view_service {
-            roles.insert("viewservice".into(), view_service.info());
-        }
-        if let Some(replica) = &self.replica {
-            roles.insert("replica".into(), replica.info());
-        }
-        if self.echo.is_some() {
-            roles.insert("echo".into(), serde_json::json!({}));
-        }
-        if let Some(server) = &self.time_server {
-            roles.insert(
-                "timeserver".into(),
-                serde_json::json!({ "answered": server.answered() }),
-            );
-        }
-        serde_json::Value::Object(roles).to_string()
-    }
-}
-
-macro_rules! each_role {
-    ($self:ident, $ctx:ident, |$role:ident, $inner:ident| $call:expr) => {
-        if let Some($role) = $self.view_service.as_mut() {
-            $ctx.nested(HostedTimer::ViewService, |$inner| $call);
-        }
-        if let Some($role) = $self.replica.as_mut() {
-            $ctx.nested(HostedTimer::Replica, |$inner| $call);
-        }
-        if let Some($role) = $self.echo.as_mut() {
-            $ctx.nested(HostedTimer::Echo, |$inner| $call);
-        }
+/// The roles `config` names, composed into one host.
+pub fn host_from_config(config: &NodeConfig) -> Host {
+    let timing = ViewTiming {
+        ping_interval: Duration::from_millis(config.timing.ping_interval_ms),
+        dead_pings: config.timing.dead_pings,
     };
-}
-
-impl Role for Hosted {
-    type Timer = HostedTimer;
-
-    fn on_start(&mut self, ctx: &mut Ctx<HostedTimer>) {
-        each_role!(self, ctx, |role, inner| role.on_start(inner));
+    let mut host = Host::new();
+    if config.roles.contains(&RoleName::Viewservice) {
+        host = host.with_view_service(ViewService::new(timing));
     }
-
-    fn on_message(&mut self, ctx: &mut Ctx<HostedTimer>, origin: &Origin, message: Message) {
-        let message_type = message.message_type();
-        match route(message_type) {
-            Route::ViewService => {
-                if let Some(role) = self.view_service.as_mut() {
-                    ctx.nested(HostedTimer::ViewService, |c| {
-                        role.on_message(c, origin, message)
-                    });
-                    return;
-                }
-            }
-            Route::Replica => {
-                if let Some(role) = self.replica.as_mut() {
-                    ctx.nested(HostedTimer::Replica, |c| {
-                        role.on_message(c, origin, message)
-                    });
-                    return;
-                }
-            }
-            Route::Echo => {
-                if let Some(role) = self.echo.as_mut() {
-                    ctx.nested(HostedTimer::Echo, |c| role.on_message(c, origin, message));
-                    return;
-                }
-            }
-            Route::TimeServer => {
-                if let (Some(server), Message::TimeRequest(request)) =
-                    (self.time_server.as_mut(), &message)
-                {
-                    server.answer(ctx, origin, *request);
-                    return;
-                }
-            }
-            Route::Info => {
-                ctx.reply(origin, InfoReply { json: self.info() });
-                return;
-            }
-            Route::Nobody => {}
-        }
-        log::debug!("no hosted role takes {message_type} from {}", origin.node);
+    if let (true, Some(view_service)) = (
+        config.roles.contains(&RoleName::Replica),
+        config.viewservice,
+    ) {
+        let me = proto::Addr(config.advertise.unwrap_or(config.listen));
+        let mut replica_config = ReplicaConfig::new(me, proto::Addr(view_service));
+        replica_config.timing = timing;
+        host = host.with_replica(Replica::new(replica_config));
     }
-
-    fn on_timer(&mut self, ctx: &mut Ctx<HostedTimer>, timer: HostedTimer) {
-        match timer {
-            HostedTimer::ViewService(timer) => {
-                if let Some(role) = self.view_service.as_mut() {
-                    ctx.nested(HostedTimer::ViewService, |inner| {
-                        role.on_timer(inner, timer)
-                    });
-                }
-            }
-            HostedTimer::Replica(timer) => {
-                if let Some(role) = self.replica.as_mut() {
-                    ctx.nested(HostedTimer::Replica, |inner| role.on_timer(inner, timer));
-                }
-            }
-            HostedTimer::Echo(timer) => {
-                if let Some(role) = self.echo.as_mut() {
-                    ctx.nested(HostedTimer::Echo, |inner| role.on_timer(inner, timer));
-                }
-            }
-        }
+    if config.roles.contains(&RoleName::Echo) {
+        host = host.with_echo(EchoRole::new(EchoConfig {
+            peer: config.echo.peer.map(proto::Addr),
+            rounds: config.echo.rounds,
+            window: config.echo.window,
+            payload_len: config.echo.payload_len,
+            stop_when_done: true,
+        }));
     }
-
-    fn on_link(&mut self, ctx: &mut Ctx<HostedTimer>, to: Dest, link: Link) {
-        each_role!(self, ctx, |role, inner| role.on_link(inner, to, link));
+    if config.roles.contains(&RoleName::Timeserver) {
+        host = host.with_time_server(TimeServer::new(ServerConfig::default()));
     }
-
-    fn on_closed(&mut self, ctx: &mut Ctx<HostedTimer>, conn: ConnId) {
-        each_role!(self, ctx, |role, inner| role.on_closed(inner, conn));
-    }
-
-    fn on_turn_end(&mut self, ctx: &mut Ctx<HostedTimer>) {
-        each_role!(self, ctx, |role, inner| role.on_turn_end(inner));
-    }
-
-    fn busy(&self) -> bool {
-        self.replica.as_ref().is_some_and(Role::busy)
-    }
-
-    fn check_invariants(&self) {
-        if let Some(role) = self.view_service.as_ref() {
-            role.check_invariants();
-        }
-        if let Some(role) = self.replica.as_ref() {
-            role.check_invariants();
-        }
-        if let Some(role) = self.echo.as_ref() {
-            role.check_invariants();
-        }
-    }
+    host
 }
 
 /// Loads and validates a configuration file.
@@ -326,7 +127,7 @@ fn serve(config: &NodeConfig) -> Result<(), String> {
             .map_err(|e| format!("log.events {}: {e}", path.display()))?;
         options.events = Some(Box::new(sink));
     }
-    let driver = NetDriver::new(Hosted::from_config(config), options)
+    let driver = NetDriver::new(host_from_config(config), options)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = driver
         .local_addr()
