@@ -27,7 +27,7 @@ pub fn puthash_value(previous: &[u8], value: &[u8]) -> Bytes {
 }
 
 /// Store and session table, as of `applied`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     /// Key/value pairs.
     pub store: OrdMap<Bytes, Bytes>,

@@ -117,7 +117,7 @@ pub enum Link {
 }
 
 /// An effect a role asked for; carried out by the driver after the call returns.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action<T> {
     /// Send over this node's own link to `to`, opening it if needed.
     Send {
@@ -176,6 +176,35 @@ impl<T> Ctx<T> {
             next_corr: 1,
             actions: Vec::new(),
         }
+    }
+
+    /// A context for role-level tests: node `node`, incarnation `incarnation`, monotonic
+    /// time `now`, physical time [`crate::sim::SIM_EPOCH_NS`] plus `now`, and a random
+    /// source seeded with `seed`. A test calls a role's handlers with it, then takes the
+    /// recorded actions with [`Ctx::take_actions`] and asserts them exactly (the drain rule:
+    /// take them after every call, as a driver would carry them out).
+    ///
+    /// # Panics
+    /// If `node` is not a valid node id (a bug in the test).
+    pub fn for_test(node: &str, incarnation: Incarnation, now: MonoTime, seed: u64) -> Ctx<T> {
+        use rand::SeedableRng;
+        let node = NodeId::new(node).expect("a valid node id in a test");
+        let mut ctx = Ctx::new(node, incarnation, StdRng::seed_from_u64(seed));
+        ctx.set_now(now);
+        ctx
+    }
+
+    /// Moves a test context's clocks to `now` (monotonic) and the matching physical time:
+    /// the start of a new turn.
+    pub fn set_now(&mut self, now: MonoTime) {
+        self.now = now;
+        let offset_ns = i64::try_from(now.0).unwrap_or(i64::MAX);
+        self.physical_now_ns = crate::sim::SIM_EPOCH_NS.saturating_add(offset_ns);
+    }
+
+    /// The actions recorded since the last call, in order; the context is left empty.
+    pub fn take_actions(&mut self) -> Vec<Action<T>> {
+        std::mem::take(&mut self.actions)
     }
 
     /// This node's id.
