@@ -1,0 +1,466 @@
+//! The replica role: primary or backup of the view it adopted (DESIGN.md §6).
+//!
+//! Rules, each cited where it is implemented (docs/protocol.md R1–R12):
+//! - **may serve**: a server serves as primary of view N only if N = 1 names it, or it was
+//!   allowed to serve as primary of N−1, or it was N−1's backup with `synced_view = N−1`;
+//!   otherwise it never serves clients nor sends a state transfer;
+//! - **views travel with messages**: forwards, transfer chunks, acks and rejections carry the
+//!   sender's view; an older receiver adopts it, a newer one rejects and names its own;
+//! - **the forward stream**: operations get consecutive indexes (continuing across views);
+//!   the backup applies only the next index, re-acks duplicates, ignores gaps; acks are
+//!   cumulative and checked against the view and the backup's incarnation;
+//! - **commit point**: an index commits when the view's synced backup acknowledged it, or at
+//!   once without a backup; a client is answered only after its operation committed;
+//! - **linearizable Gets**: read at their place in the order, answered once an index assigned
+//!   after them committed (a no-op entry when nothing else was assigned in the turn);
+//! - **sessions**: at most once per (session, seq), the reply kept and replicated;
+//! - **state transfer**: a frozen snapshot in bounded chunks, installed only when complete.
+//!
+//! # Layout
+//! - this file: the role, its standing in the view ([`Standing`]), adopting views, dispatch;
+//! - `primary`: client requests, the forward stream and the commit point (primary only);
+//! - `backup`: taking forwards and transfer chunks (backup only);
+//! - `transfer`: the state transfer, both ends;
+//! - `sessions`: at-most-once checks and idle-session expiry.
+//!
+//! What a server keeps depends on its standing: a serving primary has a [`Primary`] (its
+//! unacknowledged entries, waiting replies, transfer), a backup a [`Backup`] (whether it is
+//! synced, the transfer it is receiving). "Serving implies primary state" is therefore a
+//! type, not an assertion.
+
+mod backup;
+mod primary;
+mod sessions;
+mod transfer;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use proto::kv::{GetReply, InfoReply, OpenSessionReply, OpenSessionRequest, PutReply, Status};
+use proto::viewservice::{Member, PingRequest, View};
+use proto::{Addr, Incarnation, Message};
+use runtime::{Ctx, Dest, Link, Origin, Role};
+
+use crate::store::State;
+use crate::viewservice::ViewTiming;
+
+use backup::Backup;
+use primary::Primary;
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This server's address (its identity in views).
+    pub me: Addr,
+    /// The view service's address.
+    pub view_service: Addr,
+    /// Ping interval (and dead-ping count, for reference).
+    pub timing: ViewTiming,
+    /// Forwards in flight to the backup at once.
+    pub forward_in_flight_max: usize,
+    /// Bytes of entries in one forward.
+    pub forward_batch_len_max: usize,
+    /// Bytes of items in one transfer chunk.
+    pub transfer_chunk_len_max: usize,
+    /// Session records in one transfer chunk.
+    pub transfer_chunk_sessions_max: usize,
+    /// Transfer chunks produced per loop turn.
+    pub transfer_chunks_per_turn: usize,
+    /// Transfer chunks sent and not yet acknowledged.
+    pub transfer_window: u32,
+    /// Sessions idle longer than this expire.
+    pub session_idle_max: Duration,
+}
+
+impl ReplicaConfig {
+    /// Defaults for a server at `me` using the view service at `view_service`.
+    pub fn new(me: Addr, view_service: Addr) -> ReplicaConfig {
+        ReplicaConfig {
+            me,
+            view_service,
+            timing: ViewTiming::default(),
+            forward_in_flight_max: 8,
+            forward_batch_len_max: 1024 * 1024,
+            transfer_chunk_len_max: 256 * 1024,
+            transfer_chunk_sessions_max: 4096,
+            transfer_chunks_per_turn: 4,
+            transfer_window: 8,
+            session_idle_max: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The replica's timers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ReplicaTimer {
+    /// Ping the view service.
+    Ping,
+    /// Look for idle sessions.
+    ExpireSessions,
+}
+
+/// Counts of rare events, so that a simulation sweep can fail if one never happened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Promotions of a synced backup to primary.
+    pub promotions: u64,
+    /// State transfers installed by this server as backup.
+    pub transfers_installed: u64,
+    /// State transfers started over after a break (as primary).
+    pub transfers_restarted: u64,
+    /// Retries answered from the session table (or waiting on the original commit).
+    pub dedup_hits: u64,
+    /// Forwards or chunks this server rejected as stale.
+    pub forwards_rejected: u64,
+    /// Views adopted from a peer's message rather than the view service.
+    pub views_from_peers: u64,
+    /// Sessions expired by this server as primary.
+    pub sessions_expired: u64,
+    /// Views in which this server was named primary but could not serve.
+    pub promotions_refused: u64,
+    /// Client requests answered (after commit) as primary.
+    pub replies: u64,
+}
+
+/// What this server is in the view it adopted, with the state only that standing has.
+#[derive(Debug)]
+enum Standing {
+    /// Neither a serving primary nor the backup: a named primary that may not serve, an
+    /// idle server, or a server that refuses service.
+    Idle,
+    /// Serving as primary of the view (boxed: it is much larger than the others).
+    Primary(Box<Primary>),
+    /// The view's backup.
+    Backup(Backup),
+}
+
+/// The replica role.
+#[derive(Debug)]
+pub struct Replica {
+    config: ReplicaConfig,
+    me: Member,
+    state: State,
+    view: View,
+    /// The view service incarnation of the first view seen.
+    service: Option<Incarnation>,
+    /// Why this server refuses to serve at all, if it does.
+    refused: Option<String>,
+    standing: Standing,
+    /// Highest index known committed.
+    committed: u64,
+    stats: ReplicaStats,
+}
+
+impl Replica {
+    /// A replica with `config`; it learns its incarnation at start.
+    pub fn new(config: ReplicaConfig) -> Replica {
+        let me = Member {
+            addr: config.me,
+            incarnation: Incarnation(0),
+        };
+        Replica {
+            config,
+            me,
+            state: State::default(),
+            view: View::initial(Incarnation(0)),
+            service: None,
+            refused: None,
+            standing: Standing::Idle,
+            committed: 0,
+            stats: ReplicaStats::default(),
+        }
+    }
+
+    /// The adopted view.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// Whether this server may serve as primary of its view.
+    pub fn serving(&self) -> bool {
+        matches!(self.standing, Standing::Primary(_))
+    }
+
+    /// The view in which this server completed a transfer as backup (0 = none).
+    pub fn synced_view(&self) -> u64 {
+        match &self.standing {
+            Standing::Backup(backup) if backup.synced => self.view.viewnum,
+            _ => 0,
+        }
+    }
+
+    /// As primary: whether the view's backup installed this primary's snapshot.
+    pub fn backup_synced(&self) -> bool {
+        match &self.standing {
+            Standing::Primary(primary) => primary.backup_synced,
+            _ => false,
+        }
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Highest index known committed.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Rare-event counters.
+    pub fn stats(&self) -> ReplicaStats {
+        self.stats
+    }
+
+    /// This server as views name it.
+    pub fn member(&self) -> Member {
+        self.me
+    }
+
+    /// Why this server refuses to serve, if it does.
+    pub fn refused(&self) -> Option<&str> {
+        self.refused.as_deref()
+    }
+
+    /// State for `pbkv info`, as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        let primary = match &self.standing {
+            Standing::Primary(primary) => Some(primary.as_ref()),
+            _ => None,
+        };
+        serde_json::json!({
+            "role": "replica",
+            "addr": self.me.addr.to_string(),
+            "incarnation": self.me.incarnation.to_string(),
+            "view": crate::view_json(&self.view),
+            "may_serve": self.serving(),
+            "synced_view": self.synced_view(),
+            "refused": self.refused,
+            "applied": self.state.applied,
+            "committed": self.committed,
+            "forwards_in_flight": primary.map_or(0, |p| p.in_flight.len()),
+            "backup_synced": self.backup_synced(),
+            "keys": self.state.store.len(),
+            "sessions": self.state.sessions.len(),
+            "waiting_replies": primary.map_or(0, Primary::waiting_count),
+            "transfer": primary.and_then(|p| p.transfer.as_ref()).map(transfer::Transfer::info),
+            "stats": {
+                "promotions": self.stats.promotions,
+                "transfers_installed": self.stats.transfers_installed,
+                "transfers_restarted": self.stats.transfers_restarted,
+                "dedup_hits": self.stats.dedup_hits,
+                "forwards_rejected": self.stats.forwards_rejected,
+                "views_from_peers": self.stats.views_from_peers,
+                "sessions_expired": self.stats.sessions_expired,
+                "promotions_refused": self.stats.promotions_refused,
+            },
+        })
+    }
+
+    fn backup_dest(&self) -> Option<Dest> {
+        self.view.backup.map(|backup| Dest::from(backup.addr))
+    }
+
+    fn send_ping(&self, ctx: &mut Ctx<ReplicaTimer>) {
+        let ping = PingRequest {
+            server: self.me.addr,
+            incarnation: self.me.incarnation,
+            viewnum: self.view.viewnum,
+        };
+        ctx.send(self.config.view_service, ping);
+    }
+
+    // ----- Views -----
+
+    /// Adopts `view` if it is newer; `from_peer` counts views learnt from a peer's message.
+    fn adopt(&mut self, ctx: &mut Ctx<ReplicaTimer>, view: View, from_peer: bool) {
+        match self.service {
+            None => self.service = Some(view.service),
+            Some(service) if service != view.service => {
+                self.refuse_service(ctx, service, view.service);
+                return;
+            }
+            Some(_) => {}
+        }
+        if self.refused.is_some() || view.viewnum <= self.view.viewnum {
+            return;
+        }
+        if from_peer {
+            self.stats.views_from_peers += 1;
+        }
+        let previous = self.view;
+        // R1, the may-serve rule: first view naming us, or continuity from N−1 as serving
+        // primary, or as N−1's synced backup.
+        let named = view.is_primary(self.me);
+        let continues = view.viewnum == previous.viewnum + 1
+            && (self.serving()
+                || (previous.is_backup(self.me) && self.synced_view() == previous.viewnum));
+        let may_serve = named && (view.viewnum == 1 || continues);
+        self.view = view;
+        ctx.event(format!("adopt view {}", crate::view_text(&view)));
+        if named && !may_serve {
+            self.stats.promotions_refused += 1;
+            ctx.event("named primary but may not serve: not synced in the previous view");
+        }
+        if !may_serve {
+            // R2: adopting any other view clears `synced_view` (a new, unsynced backup).
+            self.step_down(ctx);
+            if view.is_backup(self.me) {
+                self.standing = Standing::Backup(Backup::default());
+            }
+            return;
+        }
+        let primary = match std::mem::replace(&mut self.standing, Standing::Idle) {
+            Standing::Primary(primary) => primary,
+            Standing::Idle | Standing::Backup(_) => {
+                if view.viewnum > 1 {
+                    self.stats.promotions += 1;
+                }
+                // Idle time restarts at promotion, on this server's own clock.
+                Box::new(Primary::new(&self.state, ctx.now()))
+            }
+        };
+        self.standing = Standing::Primary(primary);
+        self.begin_view_as_primary(ctx);
+    }
+
+    fn refuse_service(&mut self, ctx: &mut Ctx<ReplicaTimer>, was: Incarnation, now: Incarnation) {
+        if self.refused.is_some() {
+            return;
+        }
+        let why = format!(
+            "the view service restarted (incarnation {now}, was {was}): it keeps no state, so \
+             its views could name an empty server; restart the cluster"
+        );
+        log::error!("{why}");
+        ctx.event(why.clone());
+        self.refused = Some(why);
+        self.step_down(ctx);
+    }
+
+    /// R3: no longer allowed to serve: answer every pending client request with
+    /// ErrWrongServer and forget it; stop forwarding and transferring. Whatever standing
+    /// this server had is dropped.
+    fn step_down(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        if let Standing::Primary(primary) = std::mem::replace(&mut self.standing, Standing::Idle) {
+            for pending in primary.into_pending() {
+                ctx.reply(pending.to, wrong_server(&pending.reply));
+            }
+        }
+    }
+
+    fn check(&self) {
+        assert!(
+            self.committed <= self.state.applied,
+            "committed past applied"
+        );
+        match &self.standing {
+            Standing::Primary(primary) => {
+                assert!(
+                    self.view.is_primary(self.me),
+                    "serving but not the view's primary"
+                );
+                assert!(self.refused.is_none(), "serving while refusing");
+                primary.check(&self.state, &self.config);
+            }
+            Standing::Backup(_) => {
+                assert!(
+                    self.view.is_backup(self.me),
+                    "backup state but not the view's backup"
+                );
+            }
+            Standing::Idle => {}
+        }
+    }
+}
+
+/// The same request's answer, saying "not here": used when stepping down.
+fn wrong_server(reply: &Message) -> Message {
+    match reply {
+        Message::OpenSessionReply(open) => OpenSessionReply {
+            status: Status::ErrWrongServer,
+            nonce: open.nonce,
+            session: 0,
+        }
+        .into(),
+        Message::GetReply(_) => GetReply {
+            status: Status::ErrWrongServer,
+            value: Bytes::new(),
+        }
+        .into(),
+        _ => PutReply {
+            status: Status::ErrWrongServer,
+            previous: Bytes::new(),
+        }
+        .into(),
+    }
+}
+
+impl Role for Replica {
+    type Timer = ReplicaTimer;
+
+    fn on_start(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        self.me = Member {
+            addr: self.config.me,
+            incarnation: ctx.incarnation(),
+        };
+        self.send_ping(ctx);
+        ctx.set_timer(ReplicaTimer::Ping, self.config.timing.ping_interval);
+        ctx.set_timer(
+            ReplicaTimer::ExpireSessions,
+            self.config.session_idle_max / 4,
+        );
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, message: Message) {
+        match message {
+            Message::PingReply(reply) => self.adopt(ctx, reply.view, false),
+            Message::GetViewReply(reply) => self.adopt(ctx, reply.view, false),
+            Message::OpenSessionRequest(OpenSessionRequest { nonce }) => {
+                self.on_open_session(ctx, origin, nonce)
+            }
+            Message::GetRequest(request) => self.on_get(ctx, origin, request),
+            Message::PutRequest(request) => self.on_put(ctx, origin, request),
+            Message::ForwardRequest(request) => self.on_forward(ctx, origin, request),
+            Message::ForwardReply(reply) => self.on_forward_reply(ctx, reply),
+            Message::TransferRequest(request) => self.on_transfer(ctx, origin, request),
+            Message::TransferReply(reply) => self.on_transfer_reply(ctx, reply),
+            Message::InfoRequest(_) => {
+                let json = self.info().to_string();
+                ctx.reply(origin, InfoReply { json });
+            }
+            other => log::debug!("replica: ignoring {}", other.message_type()),
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<ReplicaTimer>, timer: ReplicaTimer) {
+        match timer {
+            ReplicaTimer::Ping => {
+                self.send_ping(ctx);
+                ctx.set_timer(ReplicaTimer::Ping, self.config.timing.ping_interval);
+            }
+            ReplicaTimer::ExpireSessions => self.on_expire_sessions(ctx),
+        }
+    }
+
+    fn on_link(&mut self, ctx: &mut Ctx<ReplicaTimer>, to: Dest, link: Link) {
+        if link == Link::Down && self.backup_dest() == Some(to) {
+            self.on_backup_link_down(ctx);
+        }
+    }
+
+    fn on_turn_end(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        self.end_turn_as_primary(ctx);
+    }
+
+    fn busy(&self) -> bool {
+        match &self.standing {
+            Standing::Primary(primary) => primary.waiting_count() > 0,
+            _ => false,
+        }
+    }
+
+    fn check_invariants(&self) {
+        self.check();
+    }
+}

@@ -1,0 +1,227 @@
+//! State transfer (R12), both ends: the primary cuts a frozen snapshot into bounded chunks
+//! of one transfer id; the backup assembles them and installs the snapshot only whole.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use imbl::OrdMap;
+use proto::kv::{SessionRecord, TransferReply, TransferRequest};
+use proto::viewservice::View;
+use rand::RngExt;
+use runtime::Ctx;
+
+use super::{Replica, ReplicaTimer, Standing};
+use crate::store::State;
+
+/// Encoded bytes of a session record besides its reply.
+const SESSION_RECORD_FIXED_LEN: usize = 28;
+
+/// A state transfer in progress, as primary.
+#[derive(Debug)]
+pub(super) struct Transfer {
+    id: u64,
+    snapshot: State,
+    /// Last key sent; `None` before the first.
+    key_cursor: Option<Bytes>,
+    items_done: bool,
+    session_cursor: Option<u64>,
+    next_chunk: u32,
+    chunks_acked: u32,
+    last_sent: bool,
+}
+
+/// A state transfer being received, as backup.
+#[derive(Debug)]
+pub(super) struct Receiving {
+    pub(super) id: u64,
+    pub(super) next_chunk: u32,
+    pub(super) snapshot_index: u64,
+    pub(super) store: OrdMap<Bytes, Bytes>,
+    pub(super) sessions: OrdMap<u64, SessionRecord>,
+}
+
+/// How big a chunk may be.
+#[derive(Debug, Clone, Copy)]
+struct ChunkLimits {
+    len_max: usize,
+    sessions_max: usize,
+}
+
+impl Transfer {
+    /// Progress for `pbkv info`.
+    pub(super) fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "snapshot_index": self.snapshot.applied,
+            "chunks_sent": self.next_chunk,
+            "chunks_acked": self.chunks_acked,
+            "keys": self.snapshot.store.len(),
+        })
+    }
+
+    /// Cuts the next chunk: items first, then session records, then `last`.
+    fn next_chunk(&mut self, view: View, limits: ChunkLimits) -> TransferRequest {
+        let items = self.next_items(limits);
+        let items_len: usize = items.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let sessions = self.next_sessions(limits, items_len, items.is_empty());
+        let sessions_left = match self.session_cursor {
+            Some(cursor) => self
+                .snapshot
+                .sessions
+                .range((Bound::Excluded(cursor), Bound::Unbounded))
+                .next()
+                .is_some(),
+            None => !self.snapshot.sessions.is_empty(),
+        };
+        let last = self.items_done && !sessions_left;
+        self.last_sent = last;
+        let chunk = self.next_chunk;
+        self.next_chunk += 1;
+        TransferRequest {
+            view,
+            transfer_id: self.id,
+            chunk,
+            snapshot_index: self.snapshot.applied,
+            last,
+            items,
+            sessions,
+        }
+    }
+
+    /// The next keys and values, up to about `len_max` bytes.
+    fn next_items(&mut self, limits: ChunkLimits) -> Vec<(Bytes, Bytes)> {
+        let mut items = Vec::new();
+        if self.items_done {
+            return items;
+        }
+        let lower = match &self.key_cursor {
+            Some(key) => Bound::Excluded(key.clone()),
+            None => Bound::Unbounded,
+        };
+        let mut len = 0;
+        let mut range = self.snapshot.store.range((lower, Bound::Unbounded));
+        loop {
+            let Some((key, value)) = range.next() else {
+                self.items_done = true;
+                break;
+            };
+            len += key.len() + value.len() + 8;
+            items.push((key.clone(), value.clone()));
+            if len >= limits.len_max {
+                break;
+            }
+        }
+        if let Some((key, _)) = items.last() {
+            self.key_cursor = Some(key.clone());
+        }
+        items
+    }
+
+    /// The next session records, once the items are done, filling the chunk to its limits.
+    fn next_sessions(
+        &mut self,
+        limits: ChunkLimits,
+        items_len: usize,
+        no_items: bool,
+    ) -> Vec<SessionRecord> {
+        let mut sessions = Vec::new();
+        let mut len = items_len;
+        if !self.items_done || len >= limits.len_max {
+            return sessions;
+        }
+        let lower = match self.session_cursor {
+            Some(session) => Bound::Excluded(session),
+            None => Bound::Unbounded,
+        };
+        for (session, record) in self.snapshot.sessions.range((lower, Bound::Unbounded)) {
+            // Bounded by count and by bytes (a record's reply can be a 1 MiB value), but
+            // never empty, so every chunk makes progress and stays within the frame limit.
+            let record_len = SESSION_RECORD_FIXED_LEN + record.reply.len();
+            let full = len + record_len > limits.len_max || sessions.len() >= limits.sessions_max;
+            if full && (!sessions.is_empty() || !no_items) {
+                break;
+            }
+            len += record_len;
+            sessions.push(record.clone());
+            self.session_cursor = Some(*session);
+        }
+        sessions
+    }
+}
+
+impl Replica {
+    /// Starts a transfer to the view's backup with a fresh id. The snapshot covers every
+    /// index assigned so far; cloning it is O(1) (persistent maps). Entries after it are
+    /// forwarded once it is installed.
+    pub(super) fn start_transfer(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        let id = ctx.rng().random::<u64>();
+        let snapshot = self.state.clone();
+        let Standing::Primary(primary) = &mut self.standing else {
+            return;
+        };
+        primary.transfer = Some(Transfer {
+            id,
+            snapshot,
+            key_cursor: None,
+            items_done: false,
+            session_cursor: None,
+            next_chunk: 0,
+            chunks_acked: 0,
+            last_sent: false,
+        });
+        primary.unacked.clear();
+        primary.unacked_first = self.state.applied + 1;
+        primary.sent = self.state.applied;
+    }
+
+    /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window.
+    pub(super) fn send_transfer_chunks(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        let Some(dest) = self.backup_dest() else {
+            return;
+        };
+        let view = self.view;
+        let limits = ChunkLimits {
+            len_max: self.config.transfer_chunk_len_max,
+            sessions_max: self.config.transfer_chunk_sessions_max,
+        };
+        let Standing::Primary(primary) = &mut self.standing else {
+            return;
+        };
+        let Some(transfer) = primary.transfer.as_mut() else {
+            return;
+        };
+        for _ in 0..self.config.transfer_chunks_per_turn {
+            if transfer.last_sent
+                || transfer.next_chunk - transfer.chunks_acked >= self.config.transfer_window
+            {
+                return;
+            }
+            ctx.send(dest, transfer.next_chunk(view, limits));
+        }
+    }
+
+    pub(super) fn on_transfer_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, reply: TransferReply) {
+        if !self.ack_from_backup(ctx, reply.view, reply.incarnation, reply.outcome) {
+            return;
+        }
+        let Standing::Primary(primary) = &mut self.standing else {
+            return;
+        };
+        let Some(transfer) = primary.transfer.as_mut() else {
+            return;
+        };
+        if reply.transfer_id != transfer.id {
+            return; // An ack of an older transfer: ignored.
+        }
+        transfer.chunks_acked = transfer.chunks_acked.max(reply.chunk + 1);
+        if reply.installed {
+            let snapshot_index = transfer.snapshot.applied;
+            primary.transfer = None;
+            primary.backup_synced = true;
+            primary.sent = snapshot_index;
+            ctx.event(format!("backup synced at index {snapshot_index}"));
+            // R7: the new backup's ack of its snapshot commits what waited.
+            self.acknowledged(ctx, snapshot_index);
+        }
+    }
+}
