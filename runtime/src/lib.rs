@@ -12,6 +12,8 @@
 //! - [`lamport`], [`timers`], [`clock`]: the Lamport clock, keyed timers, skewable clocks.
 //! - [`event_log`]: JSON-lines event logs; [`logcheck`]: reading and checking them.
 //! - [`node`]: the driver-independent core of a node.
+//! - [`link`]: the link layer both drivers share (hello checks, backoff, bounds,
+//!   backpressure, drops).
 //! - [`net`]: the mio driver. [`sim`]: the simulator.
 //! - [`echo`]: a demonstration ping-pong role.
 #![deny(missing_docs)]
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod echo;
 pub mod event_log;
 pub mod lamport;
+pub mod link;
 pub mod logcheck;
 pub mod net;
 pub mod node;

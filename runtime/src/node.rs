@@ -164,6 +164,20 @@ impl<R: Role> NodeCore<R> {
         &self.hello
     }
 
+    /// The hello as a frame, as it goes first on every connection (Lamport time 0: hellos
+    /// are not events).
+    pub fn hello_frame(&self) -> bytes::Bytes {
+        let mut frame = BytesMut::new();
+        let hello = Message::Hello(self.hello.clone());
+        let header = FrameHeader {
+            message_type: hello.message_type(),
+            lamport: 0,
+            corr: 0,
+        };
+        encode_frame(&mut frame, &hello, header, self.frame_len_max);
+        frame.freeze()
+    }
+
     /// The hosted role.
     pub fn role(&self) -> &R {
         &self.role

@@ -19,7 +19,22 @@
 //! requests on inbound connections pauses until it drains, and an inbound connection whose
 //! own replies back up is not read until its peer reads them.
 
-mod driver;
-mod stamped;
+//!
+//! # Layout
+//! - `event_loop`: options, the driver, turns, accepting, signals;
+//! - `connection`: a connection's state and the table of them (dial, connect, close);
+//! - `read`: the read path (budget, backpressure, frames, the hello checks);
+//! - `write`: the write path (queueing, transmit stamps, flushing);
+//! - `stamped`: kernel receive timestamps.
+//!
+//! Every link decision (hello checks, backoff, the connecting-queue and write bounds,
+//! backpressure, drops) is the shared link layer's, [`crate::link`], which the simulator runs
+//! too.
 
-pub use driver::{NetDriver, NetOptions, StopHandle};
+mod connection;
+mod event_loop;
+mod read;
+mod stamped;
+mod write;
+
+pub use event_loop::{NetDriver, NetOptions, StopHandle};

@@ -29,10 +29,11 @@ use rand::{RngExt, SeedableRng};
 
 use crate::clock::ClockSkew;
 use crate::event_log::{MemorySink, RUN_ID_DEFAULT};
-use crate::node::{Arrival, NodeCore, NodeOptions, PeerInfo};
-use crate::role::{Ctx, MonoTime, Role};
+use crate::link::LinkOptions;
+use crate::node::{Arrival, NodeCore, NodeOptions};
+use crate::role::{Ctx, Link, MonoTime, Role};
 
-use net::{Input, Net};
+use net::{Due, Input, Net};
 
 /// Wall-clock time (ns since the Unix epoch) that virtual time 0 stands for.
 pub const SIM_EPOCH_NS: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
@@ -68,14 +69,13 @@ pub struct SimConfig {
     pub turn_latency_max: Duration,
     /// How long a partition holds frames (or a connect hangs) before the link breaks.
     pub link_timeout: Duration,
-    /// Probability that a frame is dropped (which breaks its connection).
+    /// Probability that a frame is dropped (which breaks its connection), for every node.
     pub drop_rate: f64,
-    /// Frames a link still connecting will queue; past it, the link fails.
-    pub connecting_queue_max: usize,
-    /// First reconnect backoff after a failed connect; doubles up to `backoff_max`.
-    pub backoff_min: Duration,
-    /// Longest reconnect backoff.
-    pub backoff_max: Duration,
+    /// Every node's link-layer bounds and backoff (its `drop_rate` is unused: see above).
+    pub links: LinkOptions,
+    /// Bytes one direction of a connection carries before its sender's writes queue up
+    /// (the two kernels' socket buffers together).
+    pub socket_window_len: usize,
     /// Run id written in every node's log.
     pub run: String,
 }
@@ -90,9 +90,11 @@ impl Default for SimConfig {
             turn_latency_max: Duration::from_micros(20),
             link_timeout: Duration::from_secs(1),
             drop_rate: 0.0,
-            connecting_queue_max: 1024,
-            backoff_min: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(200),
+            links: LinkOptions {
+                backoff_max: Duration::from_millis(200),
+                ..LinkOptions::default()
+            },
+            socket_window_len: 2 * 1024 * 1024,
             run: RUN_ID_DEFAULT.to_string(),
         }
     }
@@ -210,7 +212,7 @@ impl<R: Role> Sim<R> {
                 "two nodes listen at {addr}"
             );
         }
-        self.net.add_endpoint(spec.id.clone());
+        self.net.add_endpoint();
         self.hosts.push(Host {
             spec,
             core: None,
@@ -255,16 +257,12 @@ impl<R: Role> Sim<R> {
             skew: host.spec.skew,
             events: host.spec.logs.then(|| Box::new(host.log.clone()) as _),
         };
-        let peer = PeerInfo {
-            node: host.spec.id.clone(),
-            incarnation,
-            addr: host.spec.addr,
-            logs: host.spec.logs,
-        };
         let core_seed = self.net.rng.random::<u64>();
-        host.core = Some(NodeCore::new(role, options, incarnation, core_seed));
+        let core = NodeCore::new(role, options, incarnation, core_seed);
+        let hello = core.hello_frame();
+        host.core = Some(core);
         host.start_true_ns = SIM_EPOCH_NS + self.net.now as i64;
-        self.net.boot(index, peer);
+        self.net.boot(index, hello);
         self.net.push_input(index, Input::Start);
     }
 
@@ -356,7 +354,7 @@ impl<R: Role> Sim<R> {
 
     /// Sets the probability that a frame is dropped (breaking its connection).
     pub fn set_drop_rate(&mut self, rate: f64) {
-        self.net.config.drop_rate = rate;
+        self.net.set_drop_rate(rate);
     }
 
     /// Sets a node's unreliable mode (takes effect at its next start).
@@ -404,14 +402,26 @@ impl<R: Role> Sim<R> {
 
     /// Processes the next event; returns false if none is left.
     pub fn step(&mut self) -> bool {
-        match self.net.pop_due_turn() {
+        match self.net.pop_due() {
             None => false,
-            Some(Some(node)) => {
+            Some(Due::Turn(node)) => {
                 self.turn(node);
                 true
             }
-            Some(None) => true,
+            Some(Due::Handled) => true,
         }
+    }
+
+    /// Makes a node stop reading its sockets (`false`), as a process that never reads its
+    /// replies, or read again (`true`). Frames for it wait unread, filling their windows.
+    pub fn set_reading(&mut self, node: NodeIndex, reading: bool) {
+        self.net.set_reading(node.0, reading);
+    }
+
+    /// The longest write queue (bytes waiting for window) any connection of `node` had:
+    /// what the write-buffer bound and backpressure keep in check.
+    pub fn queued_len_high(&self, node: NodeIndex) -> usize {
+        self.net.queued_len_high(node.0)
     }
 
     fn physical_now_ns(&self, index: usize) -> i64 {
@@ -434,27 +444,43 @@ impl<R: Role> Sim<R> {
         for input in inputs {
             match input {
                 Input::Start => core.start(&mut transport),
-                Input::Frame {
-                    conn,
-                    inbound,
-                    peer,
-                    bytes,
-                } => match decoder.decode_whole(bytes) {
-                    Ok(frame) => {
-                        let arrival = Arrival {
-                            conn,
-                            inbound,
-                            peer: &peer,
-                            received_ns: physical,
-                        };
-                        core.frame(&mut transport, arrival, frame);
-                    }
-                    Err(error) => {
-                        log::warn!("sim node {index}: closing {conn:?}: {error}");
-                        transport.count_decode_error();
-                        transport.close_conn(conn);
-                    }
-                },
+                Input::Frame { conn, bytes } => {
+                    let frame = match decoder.decode_whole(bytes) {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            log::warn!("sim node {index}: closing {conn:?}: {error}");
+                            transport.count_decode_error();
+                            transport.close_conn(conn);
+                            continue;
+                        }
+                    };
+                    let Some(end) = transport.end_mut(conn) else {
+                        continue; // Closed meanwhile: what was in flight is lost.
+                    };
+                    let Some(peer) = end.peer().cloned() else {
+                        // The link layer's hello checks, as in the real driver.
+                        match end.on_first_frame(core.hello(), frame.message) {
+                            Ok(Some(dest)) => {
+                                transport.link_opened(dest);
+                                core.link(&mut transport, dest, Link::Up);
+                            }
+                            Ok(None) => {}
+                            Err(refusal) => {
+                                log::warn!("sim node {index}: closing {conn:?}: {refusal}");
+                                transport.count_decode_error();
+                                transport.close_conn(conn);
+                            }
+                        }
+                        continue;
+                    };
+                    let arrival = Arrival {
+                        conn,
+                        inbound: end.is_inbound(),
+                        peer: &peer,
+                        received_ns: physical,
+                    };
+                    core.frame(&mut transport, arrival, frame);
+                }
                 Input::Link { to, link } => core.link(&mut transport, to, link),
                 Input::Closed { conn } => core.closed(&mut transport, conn),
             }

@@ -1,25 +1,39 @@
-//! The simulated network: connections, the event queue, partitions and drops.
+//! The simulated network: connections, the event queue, partitions, drops, and TCP-like
+//! flow control. Every link decision is the shared link layer's ([`crate::link`]), as in
+//! the mio driver: both ends send a hello first and check the other's; failed links back off;
+//! a link still connecting queues a bounded number of bytes; backpressure pauses reading
+//! exactly as the real node does; drops are injected where a node sends.
+//!
+//! **Flow control.** Each direction of a connection has a window (`socket_window_len`, the
+//! two kernels' socket buffers together): bytes sent and not yet read by the receiver. A
+//! frame that does not fit waits in the sender's write queue, which is what the write-buffer
+//! bound and the backpressure rule measure. A receiver whose reads are paused leaves arrived
+//! frames unread, so its window stays full and its peer's write queue grows, as over TCP.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::{Addr, NodeId};
+use proto::Addr;
 use rand::RngExt;
 use rand::rngs::StdRng;
 
 use super::{SimConfig, SimStats};
-use crate::node::{PeerInfo, Transport};
-use crate::role::{ConnId, Dest, Link};
+use crate::link::{self, Backoffs, DropInjector, LinkEnd};
+use crate::node::Transport;
+use crate::role::{ConnId, Dest, Link, MonoTime};
+
+/// Bytes of unread frames a resumed reader takes per go, like one read call of the real
+/// driver, before the backpressure rule is checked again.
+const READ_CHUNK_LEN: usize = 64 * 1024;
 
 /// One input waiting in a node's inbox for its next turn.
 pub(super) enum Input {
     Start,
+    /// A frame (the first on a connection is the other end's hello).
     Frame {
         conn: ConnId,
-        inbound: bool,
-        peer: PeerInfo,
         bytes: Bytes,
     },
     Link {
@@ -37,8 +51,16 @@ const TO_CLIENT: usize = 1;
 
 enum Payload {
     Frame(Bytes),
-    /// The accepting end's hello: the link is up once it reaches the connecting end.
-    Hello,
+    /// A hello: never dropped by fault injection, not counted as a delivered frame.
+    Hello(Bytes),
+}
+
+impl Payload {
+    fn bytes(&self) -> &Bytes {
+        match self {
+            Payload::Frame(bytes) | Payload::Hello(bytes) => bytes,
+        }
+    }
 }
 
 enum Event {
@@ -94,38 +116,56 @@ impl Ord for Scheduled {
     }
 }
 
-enum ConnState {
-    Connecting { queued: Vec<Bytes> },
-    Open,
+/// One direction of a connection.
+#[derive(Default)]
+struct Flow {
+    /// Bytes sent and not yet read by the receiver (in flight, held, or unread).
+    in_window: usize,
+    /// The sender's write queue: frames that did not fit the window.
+    queued: VecDeque<Payload>,
+    queued_len: usize,
+    /// Frames that arrived and the receiver has not read (its reads are paused).
+    unread: VecDeque<Payload>,
+    /// When the last frame arrives (FIFO per direction).
+    last_arrival: u64,
+    /// Frames held by a partition.
+    held: VecDeque<Payload>,
 }
 
 struct Conn {
     client: usize,
     server: Option<usize>,
-    dest: Dest,
-    client_peer: PeerInfo,
-    server_peer: Option<PeerInfo>,
-    state: ConnState,
-    last_arrival: [u64; 2],
-    held: [VecDeque<Payload>; 2],
+    /// The connecting end: this node's own link.
+    client_end: LinkEnd,
+    /// The accepting end.
+    server_end: LinkEnd,
+    /// Frames sent before the connect finished (the client's hello first).
+    connecting: Vec<Bytes>,
+    connecting_len: usize,
+    flows: [Flow; 2],
 }
 
-#[derive(Clone, Copy)]
-struct Backoff {
-    next_attempt_at: u64,
-    delay: Duration,
+impl Conn {
+    fn dest(&self) -> Dest {
+        self.client_end
+            .dest()
+            .expect("the connecting end is a link")
+    }
 }
 
 pub(super) struct Endpoint {
-    node_id: NodeId,
     alive: bool,
+    /// False while a test makes the node stop reading its sockets.
+    reading: bool,
     epoch: u64,
-    peer: Option<PeerInfo>,
+    hello: Option<Bytes>,
     inbox: Vec<Input>,
     next_turn: Option<u64>,
     links: BTreeMap<Dest, u64>,
     inbound: BTreeSet<u64>,
-    backoff: BTreeMap<Dest, Backoff>,
+    backoffs: Backoffs,
+    /// The longest write queue any of its connections had.
+    queued_len_high: usize,
 }
 
 pub(super) struct Net {
@@ -133,6 +173,7 @@ pub(super) struct Net {
     pub(super) rng: StdRng,
     pub(super) config: SimConfig,
     pub(super) stats: SimStats,
+    drops: DropInjector,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
     next_conn: u64,
@@ -142,6 +183,8 @@ pub(super) struct Net {
     blocked: BTreeSet<(usize, usize)>,
     /// Extra one-way latency by (from, to): an asymmetric path.
     extra_latency: BTreeMap<(usize, usize), u64>,
+    /// Directions with unread frames, to resume when their readers may read again.
+    unread: BTreeSet<(u64, usize)>,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -149,12 +192,14 @@ fn nanos(duration: Duration) -> u64 {
 }
 
 impl Net {
-    pub(super) fn new(rng: StdRng, config: SimConfig) -> Net {
+    pub(super) fn new(mut rng: StdRng, config: SimConfig) -> Net {
+        let drops = DropInjector::new(config.drop_rate, rng.random());
         Net {
             now: 0,
             rng,
             config,
             stats: SimStats::default(),
+            drops,
             queue: BinaryHeap::new(),
             seq: 0,
             next_conn: 1,
@@ -163,35 +208,45 @@ impl Net {
             by_addr: BTreeMap::new(),
             blocked: BTreeSet::new(),
             extra_latency: BTreeMap::new(),
+            unread: BTreeSet::new(),
         }
+    }
+
+    pub(super) fn set_drop_rate(&mut self, rate: f64) {
+        self.config.drop_rate = rate;
+        self.drops.set_rate(rate);
     }
 
     pub(super) fn register_addr(&mut self, addr: Addr, index: usize) -> bool {
         self.by_addr.insert(addr, index).is_none()
     }
 
-    pub(super) fn add_endpoint(&mut self, node_id: NodeId) {
+    pub(super) fn add_endpoint(&mut self) {
+        let backoffs = Backoffs::new(&self.config.links);
         self.endpoints.push(Endpoint {
-            node_id,
             alive: false,
+            reading: true,
             epoch: 0,
-            peer: None,
+            hello: None,
             inbox: Vec::new(),
             next_turn: None,
             links: BTreeMap::new(),
             inbound: BTreeSet::new(),
-            backoff: BTreeMap::new(),
+            backoffs,
+            queued_len_high: 0,
         });
     }
 
-    pub(super) fn boot(&mut self, index: usize, peer: PeerInfo) {
+    /// Starts (or restarts) a node that sends `hello` first on every connection.
+    pub(super) fn boot(&mut self, index: usize, hello: Bytes) {
         let endpoint = &mut self.endpoints[index];
         endpoint.alive = true;
+        endpoint.reading = true;
         endpoint.epoch += 1;
-        endpoint.peer = Some(peer);
+        endpoint.hello = Some(hello);
         endpoint.inbox.clear();
         endpoint.next_turn = None;
-        endpoint.backoff.clear();
+        endpoint.backoffs.clear_all();
     }
 
     pub(super) fn crash(&mut self, index: usize) {
@@ -205,6 +260,19 @@ impl Net {
         for conn in conns {
             self.break_conn(conn);
         }
+    }
+
+    /// Makes a node stop (or resume) reading its sockets, as a process that never reads.
+    pub(super) fn set_reading(&mut self, index: usize, reading: bool) {
+        self.endpoints[index].reading = reading;
+        if reading {
+            self.resume_readers();
+        }
+    }
+
+    /// The longest write queue any connection of a node had.
+    pub(super) fn queued_len_high(&self, index: usize) -> usize {
+        self.endpoints[index].queued_len_high
     }
 
     fn schedule(&mut self, at: u64, event: Event) {
@@ -261,42 +329,34 @@ impl Net {
         std::mem::take(&mut self.endpoints[node].inbox)
     }
 
-    /// Pops the next event and handles it unless it is a node's turn, which is returned
-    /// for the caller to run: `Some(Some(node))` a turn, `Some(None)` another event,
-    /// `None` an empty queue.
-    pub(super) fn pop_due_turn(&mut self) -> Option<Option<usize>> {
+    /// The next event: `Due::Turn(node)` is a node's turn, for the caller to run; any other
+    /// event is handled here.
+    pub(super) fn pop_due(&mut self) -> Option<Due> {
         let scheduled = self.queue.pop()?;
         self.now = self.now.max(scheduled.at);
         match scheduled.event {
             Event::Turn { node, epoch } => {
                 let endpoint = &mut self.endpoints[node];
                 if endpoint.epoch != epoch || endpoint.next_turn != Some(scheduled.at) {
-                    return Some(None); // superseded by an earlier turn, or the node crashed
+                    return Some(Due::Handled); // superseded, or the node crashed
                 }
                 endpoint.next_turn = None;
-                Some(Some(node))
+                return Some(Due::Turn(node));
             }
-            Event::Connect { conn } => {
-                self.connect(conn);
-                Some(None)
-            }
+            Event::Connect { conn } => self.connect(conn),
             Event::Arrive {
                 conn,
                 direction,
                 payload,
-            } => {
-                self.arrive(conn, direction, payload);
-                Some(None)
-            }
+            } => self.arrive(conn, direction, payload),
             Event::HoldTimeout { conn, direction } => {
                 let still_held = self
                     .conns
                     .get(&conn)
-                    .is_some_and(|c| !c.held[direction].is_empty());
+                    .is_some_and(|c| !c.flows[direction].held.is_empty());
                 if still_held {
                     self.break_conn(conn);
                 }
-                Some(None)
             }
             Event::Notify { node, epoch, input } => {
                 if self.endpoints[node].epoch == epoch {
@@ -309,47 +369,42 @@ impl Net {
                     };
                     self.push_input(node, input);
                 }
-                Some(None)
             }
         }
+        Some(Due::Handled)
     }
 
-    fn open_link(&mut self, client: usize, dest: Dest, frame: Bytes) {
+    fn open_link(&mut self, client: usize, dest: Dest) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
-        let client_peer = self.endpoints[client]
-            .peer
-            .clone()
-            .expect("a live node has a peer");
+        let now = MonoTime(self.now);
+        let endpoint = &self.endpoints[client];
+        let client_end = LinkEnd::outbound(dest, &endpoint.backoffs, now);
+        let hello = endpoint.hello.clone().expect("a live node has a hello");
+        let not_before = client_end.deadline().map_or(self.now, |at| at.0);
         self.conns.insert(
             id,
             Conn {
                 client,
                 server: None,
-                dest,
-                client_peer,
-                server_peer: None,
-                state: ConnState::Connecting {
-                    queued: vec![frame],
-                },
-                last_arrival: [0; 2],
-                held: [VecDeque::new(), VecDeque::new()],
+                client_end,
+                server_end: LinkEnd::inbound(),
+                connecting_len: hello.len(),
+                connecting: vec![hello],
+                flows: [Flow::default(), Flow::default()],
             },
         );
         self.endpoints[client].links.insert(dest, id);
-        let not_before = self.endpoints[client]
-            .backoff
-            .get(&dest)
-            .map_or(0, |b| b.next_attempt_at);
-        let at = self.now.max(not_before) + self.latency();
+        let at = not_before.max(self.now) + self.latency();
         self.schedule(at, Event::Connect { conn: id });
+        id
     }
 
     fn connect(&mut self, id: u64) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let (client, dest) = (conn.client, conn.dest);
+        let (client, dest) = (conn.client, conn.dest());
         let server = self
             .by_addr
             .get(&dest.addr)
@@ -371,23 +426,29 @@ impl Net {
                 },
             );
             if let Some(conn) = self.conns.get_mut(&id) {
-                conn.held[TO_SERVER].push_back(Payload::Hello);
+                conn.flows[TO_SERVER]
+                    .held
+                    .push_back(Payload::Hello(Bytes::new()));
             }
             return;
         }
-        self.endpoints[client].backoff.remove(&dest);
         self.endpoints[server].inbound.insert(id);
-        let server_peer = self.endpoints[server].peer.clone();
+        let server_hello = self.endpoints[server].hello.clone();
         let conn = self.conns.get_mut(&id).expect("checked above");
         conn.server = Some(server);
-        conn.server_peer = server_peer;
-        let ConnState::Connecting { queued } = std::mem::replace(&mut conn.state, ConnState::Open)
-        else {
-            return;
-        };
-        self.transmit(id, TO_CLIENT, Payload::Hello);
-        for frame in queued {
-            self.transmit(id, TO_SERVER, Payload::Frame(frame));
+        conn.client_end.connected();
+        let queued = std::mem::take(&mut conn.connecting);
+        conn.connecting_len = 0;
+        if let Some(hello) = server_hello {
+            self.transmit(id, TO_CLIENT, Payload::Hello(hello));
+        }
+        for (position, frame) in queued.into_iter().enumerate() {
+            let payload = if position == 0 {
+                Payload::Hello(frame)
+            } else {
+                Payload::Frame(frame)
+            };
+            self.transmit(id, TO_SERVER, payload);
         }
     }
 
@@ -395,32 +456,40 @@ impl Net {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let (client, dest) = (conn.client, conn.dest);
-        let backoff = self.endpoints[client].backoff.get(&dest).copied();
-        let delay = backoff.map_or(self.config.backoff_min, |b| {
-            (b.delay * 2).min(self.config.backoff_max)
-        });
-        let next_attempt_at = self.now + nanos(delay);
-        self.endpoints[client].backoff.insert(
-            dest,
-            Backoff {
-                next_attempt_at,
-                delay,
-            },
-        );
+        let (client, dest) = (conn.client, conn.dest());
+        let now = MonoTime(self.now);
+        self.endpoints[client].backoffs.failed(dest, now);
         self.break_conn(id);
     }
 
+    /// Sends `payload` on `id` in `direction`: into the window, or the sender's write queue.
     fn transmit(&mut self, id: u64, direction: usize, payload: Payload) {
-        if matches!(payload, Payload::Frame(_))
-            && self.config.drop_rate > 0.0
-            && self.rng.random_bool(self.config.drop_rate)
-        {
-            // A lost segment that is never retransmitted: the connection eventually breaks.
-            self.stats.frames_dropped += 1;
-            self.break_conn(id);
+        let window = self.config.socket_window_len;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let flow = &mut conn.flows[direction];
+        let len = payload.bytes().len();
+        let fits =
+            flow.queued.is_empty() && (flow.in_window == 0 || flow.in_window + len <= window);
+        if !fits {
+            flow.queued_len += len;
+            flow.queued.push_back(payload);
+            let sender = if direction == TO_SERVER {
+                conn.client
+            } else {
+                conn.server.unwrap_or(conn.client)
+            };
+            let queued_len = flow.queued_len;
+            let endpoint = &mut self.endpoints[sender];
+            endpoint.queued_len_high = endpoint.queued_len_high.max(queued_len);
             return;
         }
+        flow.in_window += len;
+        self.put_on_wire(id, direction, payload);
+    }
+
+    fn put_on_wire(&mut self, id: u64, direction: usize, payload: Payload) {
         let mut latency = self.latency();
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -433,8 +502,9 @@ impl Net {
             };
             latency += self.extra_latency.get(&path).copied().unwrap_or(0);
         }
-        let at = (self.now + latency).max(conn.last_arrival[direction]);
-        conn.last_arrival[direction] = at;
+        let flow = &mut conn.flows[direction];
+        let at = (self.now + latency).max(flow.last_arrival);
+        flow.last_arrival = at;
         self.schedule(
             at,
             Event::Arrive {
@@ -443,6 +513,36 @@ impl Net {
                 payload,
             },
         );
+    }
+
+    /// The receiver read `len` bytes of `direction`: the window frees, and the sender's
+    /// write queue moves on.
+    fn consumed(&mut self, id: u64, direction: usize, len: usize) {
+        let window = self.config.socket_window_len;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let flow = &mut conn.flows[direction];
+        flow.in_window = flow.in_window.saturating_sub(len);
+        let mut moving = Vec::new();
+        while let Some(next) = flow.queued.front() {
+            let next_len = next.bytes().len();
+            if flow.in_window != 0 && flow.in_window + next_len > window {
+                break;
+            }
+            let payload = flow.queued.pop_front().expect("checked above");
+            flow.queued_len -= next_len;
+            flow.in_window += next_len;
+            moving.push(payload);
+        }
+        let drained = !moving.is_empty();
+        for payload in moving {
+            self.put_on_wire(id, direction, payload);
+        }
+        if drained {
+            // The sender's queue shrank: its own paused reads may go on.
+            self.resume_readers();
+        }
     }
 
     fn arrive(&mut self, id: u64, direction: usize, payload: Payload) {
@@ -455,9 +555,10 @@ impl Net {
         } else {
             (server, conn.client)
         };
-        if !conn.held[direction].is_empty() || self.blocked.contains(&(from, to)) {
-            let first = conn.held[direction].is_empty();
-            conn.held[direction].push_back(payload);
+        let flow = &mut conn.flows[direction];
+        if !flow.held.is_empty() || self.blocked.contains(&(from, to)) {
+            let first = flow.held.is_empty();
+            flow.held.push_back(payload);
             if first {
                 let at = self.now + nanos(self.config.link_timeout);
                 self.schedule(
@@ -473,40 +574,96 @@ impl Net {
         self.deliver(id, direction, payload);
     }
 
+    /// The receiver's end of `direction` on `conn`, and the receiving node.
+    fn receiver(conn: &Conn, direction: usize) -> (usize, &LinkEnd) {
+        if direction == TO_SERVER {
+            (conn.server.unwrap_or(conn.client), &conn.server_end)
+        } else {
+            (conn.client, &conn.client_end)
+        }
+    }
+
+    /// The link layer's backpressure rule for the receiver of `direction` on `id`.
+    fn reads_paused(&self, id: u64, direction: usize) -> bool {
+        let Some(conn) = self.conns.get(&id) else {
+            return false;
+        };
+        let (node, end) = Net::receiver(conn, direction);
+        if !self.endpoints[node].reading {
+            return true;
+        }
+        let options = &self.config.links;
+        let own_queued_len = conn.flows[1 - direction].queued_len;
+        let own_link_backed_up = end.is_inbound()
+            && self.endpoints[node].links.values().any(|link| {
+                self.conns
+                    .get(link)
+                    .is_some_and(|c| link::backed_up(c.flows[TO_SERVER].queued_len, options))
+            });
+        link::reads_paused(end, own_queued_len, own_link_backed_up, options)
+    }
+
     fn deliver(&mut self, id: u64, direction: usize, payload: Payload) {
+        let paused = self.reads_paused(id, direction);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let flow = &mut conn.flows[direction];
+        if paused || !flow.unread.is_empty() {
+            flow.unread.push_back(payload);
+            self.unread.insert((id, direction));
+            return;
+        }
+        self.read(id, direction, payload);
+    }
+
+    /// The receiver reads one frame: it joins the node's next turn.
+    fn read(&mut self, id: u64, direction: usize, payload: Payload) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let Some(server) = conn.server else { return };
-        let input = match payload {
-            Payload::Hello => Input::Link {
-                to: conn.dest,
-                link: Link::Up,
-            },
+        let (node, _) = Net::receiver(conn, direction);
+        let len = payload.bytes().len();
+        let bytes = match payload {
             Payload::Frame(bytes) => {
                 self.stats.frames_delivered += 1;
-                let inbound = direction == TO_SERVER;
-                let peer = if inbound {
-                    conn.client_peer.clone()
-                } else {
-                    conn.server_peer
-                        .clone()
-                        .expect("an open connection knows its server")
-                };
-                Input::Frame {
-                    conn: ConnId(id),
-                    inbound,
-                    peer,
-                    bytes,
-                }
+                bytes
             }
+            Payload::Hello(bytes) => bytes,
         };
-        let to = if direction == TO_SERVER {
-            server
-        } else {
-            conn.client
-        };
-        self.push_input(to, input);
+        self.push_input(
+            node,
+            Input::Frame {
+                conn: ConnId(id),
+                bytes,
+            },
+        );
+        self.consumed(id, direction, len);
+    }
+
+    /// Readers whose reads may go on again take their unread frames, a read chunk at a time.
+    pub(super) fn resume_readers(&mut self) {
+        let waiting: Vec<(u64, usize)> = self.unread.iter().copied().collect();
+        for (id, direction) in waiting {
+            let mut taken = 0;
+            while taken < READ_CHUNK_LEN && !self.reads_paused(id, direction) {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    break;
+                };
+                let Some(payload) = conn.flows[direction].unread.pop_front() else {
+                    break;
+                };
+                taken += payload.bytes().len();
+                self.read(id, direction, payload);
+            }
+            let empty = self
+                .conns
+                .get(&id)
+                .is_none_or(|conn| conn.flows[direction].unread.is_empty());
+            if empty {
+                self.unread.remove(&(id, direction));
+            }
+        }
     }
 
     /// Breaks a connection: what is in flight is lost; both live ends hear of it.
@@ -514,15 +671,18 @@ impl Net {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.unread.remove(&(id, TO_SERVER));
+        self.unread.remove(&(id, TO_CLIENT));
         self.stats.connections_broken += 1;
+        let dest = conn.dest();
         let client = &mut self.endpoints[conn.client];
-        if client.links.get(&conn.dest) == Some(&id) {
-            client.links.remove(&conn.dest);
+        if client.links.get(&dest) == Some(&id) {
+            client.links.remove(&dest);
         }
         let at = self.now + nanos(self.config.latency_min);
         let (client_alive, client_epoch) = (client.alive, client.epoch);
         if client_alive {
-            let input = NotifyInput::LinkDown(conn.dest);
+            let input = NotifyInput::LinkDown(dest);
             self.schedule(
                 at,
                 Event::Notify {
@@ -535,7 +695,8 @@ impl Net {
         if let Some(server) = conn.server {
             let endpoint = &mut self.endpoints[server];
             endpoint.inbound.remove(&id);
-            if endpoint.alive {
+            // Only a connection whose hello arrived was ever open for the accepting role.
+            if endpoint.alive && conn.server_end.peer().is_some() {
                 let epoch = endpoint.epoch;
                 let input = NotifyInput::Closed(ConnId(id));
                 self.schedule(
@@ -583,15 +744,15 @@ impl Net {
                 };
                 let Some(server) = conn.server else {
                     // A connect held by a partition: retry it now.
-                    if direction == TO_SERVER && !conn.held[TO_SERVER].is_empty() {
-                        let (client, dest) = (conn.client, conn.dest);
+                    if direction == TO_SERVER && !conn.flows[TO_SERVER].held.is_empty() {
+                        let (client, dest) = (conn.client, conn.dest());
                         let server = self.by_addr.get(&dest.addr).copied();
                         let free = server.is_none_or(|s| {
                             !self.blocked.contains(&(client, s))
                                 && !self.blocked.contains(&(s, client))
                         });
                         if free {
-                            conn.held[TO_SERVER].clear();
+                            conn.flows[TO_SERVER].held.clear();
                             self.connect(id);
                         }
                     }
@@ -605,7 +766,7 @@ impl Net {
                 if self.blocked.contains(&(from, to)) {
                     continue;
                 }
-                let held: Vec<Payload> = conn.held[direction].drain(..).collect();
+                let held: Vec<Payload> = conn.flows[direction].held.drain(..).collect();
                 for payload in held {
                     self.deliver(id, direction, payload);
                 }
@@ -616,6 +777,14 @@ impl Net {
     pub(super) fn transport(&mut self, node: usize) -> SimTransport<'_> {
         SimTransport { net: self, node }
     }
+}
+
+/// What the next event was.
+pub(super) enum Due {
+    /// A node's turn, for the caller to run.
+    Turn(usize),
+    /// Any other event, handled.
+    Handled,
 }
 
 /// The [`Transport`] a node's core uses during its turn.
@@ -632,39 +801,67 @@ impl SimTransport<'_> {
     pub(super) fn close_conn(&mut self, conn: ConnId) {
         self.net.break_conn(conn.0);
     }
+
+    /// This node's end of `conn`, if the connection is still there.
+    pub(super) fn end_mut(&mut self, conn: ConnId) -> Option<&mut LinkEnd> {
+        let state = self.net.conns.get_mut(&conn.0)?;
+        if state.client == self.node {
+            Some(&mut state.client_end)
+        } else {
+            Some(&mut state.server_end)
+        }
+    }
+
+    /// This node's link to `dest` opened: no more backoff.
+    pub(super) fn link_opened(&mut self, dest: Dest) {
+        self.net.endpoints[self.node].backoffs.clear(dest);
+    }
 }
 
 impl Transport for SimTransport<'_> {
     fn send(&mut self, to: Dest, frame: &[u8]) {
-        let frame = Bytes::copy_from_slice(frame);
-        let Some(&id) = self.net.endpoints[self.node].links.get(&to) else {
-            self.net.open_link(self.node, to, frame);
-            return;
+        let id = match self.net.endpoints[self.node].links.get(&to) {
+            Some(&id) => id,
+            None => self.net.open_link(self.node, to),
         };
-        let queue_max = self.net.config.connecting_queue_max;
+        if self.net.drops.drop_next() {
+            // A lost segment that is never retransmitted: the connection eventually breaks.
+            self.net.stats.frames_dropped += 1;
+            self.net.break_conn(id);
+            return;
+        }
+        let options = self.net.config.links.clone();
         let conn = self
             .net
             .conns
             .get_mut(&id)
             .expect("links name live connections");
-        match &mut conn.state {
-            ConnState::Connecting { queued } if queued.len() >= queue_max => {
-                self.net.break_conn(id);
-            }
-            ConnState::Connecting { queued } => queued.push(frame),
-            ConnState::Open => self.net.transmit(id, TO_SERVER, Payload::Frame(frame)),
+        let queued_len = if conn.server.is_none() {
+            conn.connecting_len
+        } else {
+            conn.flows[TO_SERVER].queued_len
+        };
+        if !conn.client_end.admits(queued_len, frame.len(), &options) {
+            self.net.break_conn(id);
+            return;
+        }
+        let frame = Bytes::copy_from_slice(frame);
+        if conn.server.is_none() {
+            conn.connecting_len += frame.len();
+            conn.connecting.push(frame);
+        } else {
+            self.net.transmit(id, TO_SERVER, Payload::Frame(frame));
         }
     }
 
     fn peer_name(&self, conn: ConnId) -> Option<&str> {
-        let conn = self.net.conns.get(&conn.0)?;
-        let server = conn.server?;
-        let other = if conn.client == self.node {
-            server
+        let state = self.net.conns.get(&conn.0)?;
+        let end = if state.client == self.node {
+            &state.client_end
         } else {
-            conn.client
+            &state.server_end
         };
-        Some(self.net.endpoints[other].node_id.as_str())
+        end.peer().map(|peer| peer.node.as_str())
     }
 
     fn reply(&mut self, conn: ConnId, frame: &[u8]) {
@@ -676,11 +873,13 @@ impl Transport for SimTransport<'_> {
         } else {
             TO_CLIENT
         };
-        self.net.transmit(
-            conn.0,
-            direction,
-            Payload::Frame(Bytes::copy_from_slice(frame)),
-        );
+        if self.net.drops.drop_next() {
+            self.net.stats.frames_dropped += 1;
+            self.net.break_conn(conn.0);
+            return;
+        }
+        let frame = Payload::Frame(Bytes::copy_from_slice(frame));
+        self.net.transmit(conn.0, direction, frame);
     }
 
     fn close(&mut self, conn: ConnId) {

@@ -115,7 +115,7 @@ fn serve(config: &NodeConfig) -> Result<(), String> {
     options.advertise = config.advertise.map(proto::Addr);
     options.run = config.run_id();
     options.unreliable = config.faults.unreliable;
-    options.drop_rate = config.faults.drop_rate;
+    options.links.drop_rate = config.faults.drop_rate;
     options.skew = ClockSkew {
         offset_ns: config.clock.offset_ms * 1e6,
         drift_ppm: config.clock.drift_ppm,

@@ -1,0 +1,411 @@
+//! The event loop: options, the driver, and one turn after another (see [`crate::net`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use proto::{Addr, FrameDecoder, Incarnation, NodeId};
+use rand::RngExt;
+use slab::Slab;
+use socket2::{Domain, Socket, Type};
+
+use super::connection::{Io, IoOptions, Report};
+use crate::clock::ClockSkew;
+use crate::event_log::EventSink;
+use crate::link::{Backoffs, DropInjector, LinkOptions};
+use crate::node::{NodeCore, NodeOptions};
+use crate::role::{MonoTime, Role};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// How a real node runs.
+pub struct NetOptions {
+    /// Node id.
+    pub node: NodeId,
+    /// Address to listen on; `None` for a client. Port 0 picks a free port.
+    pub listen: Option<SocketAddr>,
+    /// Address peers use, where it differs from the bound listen address.
+    pub advertise: Option<Addr>,
+    /// Run id shared by all nodes of a run.
+    pub run: String,
+    /// Event-log sink; `None` = off.
+    pub events: Option<Box<dyn EventSink>>,
+    /// The lab's unreliable mode for incoming requests.
+    pub unreliable: bool,
+    /// Injected physical-clock skew.
+    pub skew: ClockSkew,
+    /// Largest frame accepted or sent.
+    pub frame_len_max: usize,
+    /// The link layer's bounds, backoff and injected drops.
+    pub links: LinkOptions,
+    /// How long a connect may take.
+    pub connect_timeout: Duration,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the link breaks.
+    pub user_timeout: Duration,
+    /// How long a stopping node keeps flushing its write buffers.
+    pub shutdown_grace: Duration,
+    /// Stop cleanly on SIGTERM/SIGINT (a second signal exits at once).
+    pub handle_signals: bool,
+}
+
+impl NetOptions {
+    /// Defaults for a node called `node`.
+    pub fn new(node: NodeId) -> NetOptions {
+        NetOptions {
+            node,
+            listen: None,
+            advertise: None,
+            run: crate::event_log::RUN_ID_DEFAULT.to_string(),
+            events: None,
+            unreliable: false,
+            skew: ClockSkew::default(),
+            frame_len_max: proto::FRAME_LEN_MAX_DEFAULT,
+            links: LinkOptions::default(),
+            connect_timeout: Duration::from_secs(1),
+            user_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(3),
+            handle_signals: false,
+        }
+    }
+}
+
+/// Stops a running driver from another thread.
+#[derive(Clone)]
+pub struct StopHandle {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl StopHandle {
+    /// Wakes the loop for a turn, so a role that reads work from a shared queue (a host
+    /// role in a tool, not a sans-IO role) sees it at `on_turn_end`.
+    pub fn wake(&self) {
+        if let Err(error) = self.waker.wake() {
+            log::warn!("cannot wake the event loop: {error}");
+        }
+    }
+
+    /// Asks the loop to stop after its current turn.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Err(error) = self.waker.wake() {
+            log::warn!("cannot wake the event loop: {error}");
+        }
+    }
+}
+
+/// The node's physical clock: the host's real-time clock with the injected skew.
+#[derive(Clone, Copy)]
+pub(super) struct PhysicalClock {
+    skew: ClockSkew,
+    pub(super) start_true_ns: i64,
+}
+
+impl PhysicalClock {
+    pub(super) fn now_ns(&self) -> i64 {
+        self.at_true_ns(true_now_ns())
+    }
+
+    /// This clock's reading when the host's real-time clock read `true_ns`.
+    pub(super) fn at_true_ns(&self, true_ns: i64) -> i64 {
+        self.skew.apply(true_ns, self.start_true_ns)
+    }
+}
+
+fn true_now_ns() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// A node on real TCP: a role, its listener and connections, and the loop that runs them.
+pub struct NetDriver<R: Role> {
+    pub(super) core: NodeCore<R>,
+    pub(super) io: Io,
+    listener: Option<TcpListener>,
+    local_addr: Option<SocketAddr>,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    stop_flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    start: Instant,
+    shutdown_grace: Duration,
+}
+
+impl<R: Role> NetDriver<R> {
+    /// Binds the listener (if any) and prepares the node; nothing runs until [`run`].
+    ///
+    /// # Errors
+    /// Binding, polling or signal registration failures.
+    ///
+    /// [`run`]: NetDriver::run
+    pub fn new(role: R, options: NetOptions) -> io::Result<NetDriver<R>> {
+        let poll = Poll::new()?;
+        let mut listener = options.listen.map(bind_listener).transpose()?;
+        let local_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        if let Some(listener) = listener.as_mut() {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
+        let signals = if options.handle_signals {
+            let mut handle = signal_hook_mio::v1_0::Signals::new([
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+            ])?;
+            poll.registry()
+                .register(&mut handle, SIGNALS, Interest::READABLE)?;
+            Some(handle)
+        } else {
+            None
+        };
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let incarnation = Incarnation(rand::rng().random::<u64>() | 1);
+        let node_options = NodeOptions {
+            node: options.node,
+            addr: options.advertise.or(local_addr.map(Addr)),
+            run: options.run,
+            frame_len_max: options.frame_len_max,
+            unreliable: options.unreliable,
+            skew: options.skew,
+            events: options.events,
+        };
+        let core = NodeCore::new(role, node_options, incarnation, rand::rng().random());
+        let start = Instant::now();
+        let io = Io {
+            poll,
+            conns: Slab::new(),
+            links: std::collections::BTreeMap::new(),
+            backoffs: Backoffs::new(&options.links),
+            reports: Vec::new(),
+            next_generation: 1,
+            hello: core.hello().clone(),
+            hello_frame: BytesMut::from(&core.hello_frame()[..]),
+            decoder: FrameDecoder::new(options.frame_len_max),
+            drops: DropInjector::new(options.links.drop_rate, rand::rng().random()),
+            options: IoOptions {
+                links: options.links,
+                connect_timeout: options.connect_timeout,
+                user_timeout: options.user_timeout,
+            },
+            start,
+            now: MonoTime(0),
+            clock: PhysicalClock {
+                skew: options.skew,
+                start_true_ns: true_now_ns(),
+            },
+        };
+        Ok(NetDriver {
+            core,
+            io,
+            listener,
+            local_addr,
+            signals,
+            stop_flag: Arc::new(AtomicBool::new(false)),
+            waker,
+            start,
+            shutdown_grace: options.shutdown_grace,
+        })
+    }
+
+    /// The instant that monotonic time 0 stands for (`Ctx::now` counts from it).
+    pub fn epoch(&self) -> Instant {
+        self.start
+    }
+
+    /// The bound listen address (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// This process start's incarnation.
+    pub fn incarnation(&self) -> Incarnation {
+        self.core.hello().incarnation
+    }
+
+    /// A handle that stops the loop from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            flag: Arc::clone(&self.stop_flag),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// The true time (ns since the Unix epoch) this driver started at: the epoch its clock
+    /// skew's drift counts from.
+    pub fn physical_epoch_ns(&self) -> i64 {
+        self.io.clock.start_true_ns
+    }
+
+    /// The node's physical clock now, skew included.
+    pub(super) fn physical_now_ns(&self) -> i64 {
+        self.io.clock.now_ns()
+    }
+
+    fn begin_turn(&mut self) {
+        let now = self.io.mono_now();
+        self.io.now = now;
+        let physical = self.io.clock.now_ns();
+        self.core.begin_turn(now, physical);
+    }
+
+    /// Runs the loop until the role stops, a signal or a [`StopHandle`] asks, or the event
+    /// log fails; returns the role.
+    ///
+    /// # Errors
+    /// Poll failures and event-log write failures (the node stops rather than lose events).
+    pub fn run(mut self) -> io::Result<R> {
+        let mut events = Events::with_capacity(1024);
+        self.begin_turn();
+        self.core.start(&mut self.io);
+        self.end_turn()?;
+        let mut stopping_since: Option<Instant> = None;
+        loop {
+            let timeout = self.poll_timeout();
+            match self.io.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+            self.begin_turn();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => self.on_signals(&mut stopping_since)?,
+                    WAKER => {}
+                    Token(key) => self.on_conn_event(key, event.is_readable(), event.is_writable()),
+                }
+            }
+            self.read_deferred();
+            self.io.check_deadlines();
+            self.deliver_reports();
+            self.end_turn()?;
+            if self.stop_requested() && stopping_since.is_none() {
+                stopping_since = Some(Instant::now());
+                self.core.driver_event("stopping");
+                self.core.flush_log()?;
+                if let Some(mut listener) = self.listener.take() {
+                    self.io.poll.registry().deregister(&mut listener)?;
+                }
+            }
+            if let Some(since) = stopping_since
+                && ((!self.io.has_pending_writes() && !self.core.role().busy())
+                    || since.elapsed() >= self.shutdown_grace)
+            {
+                self.core.driver_event("stopped");
+                self.core.flush_log()?;
+                let NetDriver { core, .. } = self;
+                return Ok(core.into_role());
+            }
+        }
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop_flag.load(Ordering::SeqCst) || self.core.stop_requested()
+    }
+
+    fn on_signals(&mut self, stopping_since: &mut Option<Instant>) -> io::Result<()> {
+        let Some(signals) = self.signals.as_mut() else {
+            return Ok(());
+        };
+        for signal in signals.pending() {
+            log::info!("received signal {signal}, shutting down");
+            if stopping_since.is_some() || self.stop_flag.load(Ordering::SeqCst) {
+                // Second signal: exit at once, logs flushed.
+                self.core.driver_event("second signal: exit now");
+                self.core.flush_log()?;
+                std::process::exit(1);
+            }
+            self.stop_flag.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn end_turn(&mut self) -> io::Result<()> {
+        self.core.end_turn(&mut self.io)?;
+        self.deliver_reports();
+        self.core.flush_log()?;
+        self.io.flush_all();
+        self.deliver_reports();
+        self.core.flush_log()?;
+        self.io.flush_all();
+        Ok(())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let mut deadline = self.core.next_deadline();
+        for conn in self.io.conns.iter().map(|(_, conn)| conn) {
+            if conn.read_deferred && !self.io.reads_paused_for(conn) {
+                return Some(Duration::ZERO);
+            }
+            deadline = match (deadline, conn.link.deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if !self.io.reports.is_empty() || self.stop_flag.load(Ordering::SeqCst) {
+            return Some(Duration::from_millis(1));
+        }
+        deadline.map(|at| {
+            (self.start + Duration::from_nanos(at.0)).saturating_duration_since(Instant::now())
+        })
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
+        };
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(error) = self.io.add_inbound(stream) {
+                        log::warn!("cannot accept {peer}: {error}");
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    // Out of descriptors, say: log and try again on the next event.
+                    log::warn!("accept failed: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        if writable {
+            self.io.on_writable(key);
+        }
+        if readable {
+            self.read_conn(key);
+        }
+    }
+
+    pub(super) fn deliver_reports(&mut self) {
+        while !self.io.reports.is_empty() {
+            for report in std::mem::take(&mut self.io.reports) {
+                match report {
+                    Report::Link(dest, link) => self.core.link(&mut self.io, dest, link),
+                    Report::Closed(conn) => self.core.closed(&mut self.io, conn),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The write path: queueing frames (within the link layer's connecting-queue bound, with
+//! drops injected where the link layer says), transmit stamps written right before the
+//! bytes go, and flushing each connection until done or `WouldBlock`.
+
+use std::io::{self, Write};
+
+use bytes::Buf;
+
+use super::connection::{Conn, Io};
+use crate::node::Transport;
+use crate::role::{ConnId, Dest};
+
+impl Io {
+    pub(super) fn flush_all(&mut self) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| !conn.write_buffer.is_empty())
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            self.flush(key);
+        }
+    }
+
+    /// Writes what `key` has buffered until done or `WouldBlock`.
+    pub(super) fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn.link.is_connected() {
+            return;
+        }
+        let Some(stream) = conn.stream.as_mut() else {
+            return;
+        };
+        while !conn.write_buffer.is_empty() {
+            if !conn.stamps.is_empty() {
+                // As late as possible: one clock read right before the write call.
+                let now_ns = self.clock.now_ns();
+                for &at in &conn.stamps {
+                    proto::clock::write_stamp(&mut conn.write_buffer, at, now_ns);
+                }
+            }
+            match stream.write(&conn.write_buffer) {
+                Ok(0) => {
+                    self.fail(key, "write returned 0");
+                    return;
+                }
+                Ok(len) => {
+                    conn.write_buffer.advance(len);
+                    // A stamp any of whose bytes went out keeps the value it went with.
+                    conn.stamps.retain_mut(|at| {
+                        let unsent = *at >= len;
+                        *at = at.wrapping_sub(len);
+                        unsent
+                    });
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    self.fail(key, &format!("write: {error}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any.
+fn queue_frame(conn: &mut Conn, frame: &[u8]) {
+    if let Some(offset) = proto::clock::frame_transmit_stamp_offset(frame) {
+        conn.stamps.push(conn.write_buffer.len() + offset);
+    }
+    conn.write_buffer.extend_from_slice(frame);
+}
+
+impl Transport for Io {
+    fn send(&mut self, to: Dest, frame: &[u8]) {
+        let key = match self.links.get(&to) {
+            Some(&key) => key,
+            None => self.open_link(to),
+        };
+        if self.drops.drop_next() {
+            self.fail(key, "injected drop");
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if !conn
+            .link
+            .admits(conn.write_buffer.len(), frame.len(), &self.options.links)
+        {
+            self.fail(key, "too much queued while connecting");
+            return;
+        }
+        queue_frame(conn, frame);
+    }
+
+    fn peer_name(&self, conn: ConnId) -> Option<&str> {
+        let key = self.key_of(conn)?;
+        self.conns[key].link.peer().map(|peer| peer.node.as_str())
+    }
+
+    fn reply(&mut self, conn: ConnId, frame: &[u8]) {
+        if let Some(key) = self.key_of(conn) {
+            if self.drops.drop_next() {
+                self.fail(key, "injected drop");
+                return;
+            }
+            queue_frame(&mut self.conns[key], frame);
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        if let Some(key) = self.key_of(conn) {
+            // Best effort: what is already buffered goes out before the close.
+            self.flush(key);
+            self.fail(key, "closed by this node");
+        }
+    }
+}
