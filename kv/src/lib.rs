@@ -12,6 +12,8 @@
 //! - [`host`]: one node's roles behind one route table: what `pbkv node` and every
 //!   simulation run.
 //! - [`lincheck`]: linearizability checking of recorded histories.
+//! - [`testkit`]: the lab's scenarios written once behind a cluster trait, and the one
+//!   simulated cluster that runs them (real processes run them from the root `tests/`).
 //!
 //! The rules and the tests named after them are listed in docs/protocol.md.
 
@@ -20,6 +22,7 @@ pub mod host;
 pub mod lincheck;
 pub mod replica;
 pub mod store;
+pub mod testkit;
 pub mod viewservice;
 
 use proto::viewservice::{Member, View};

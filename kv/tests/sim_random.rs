@@ -7,8 +7,6 @@
 //!
 //! `PBKV_SEEDS=N` sets the number of seeds (default 1000); `PBKV_SEED=S` replays one.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -17,11 +15,13 @@ use kv::client::{ClientOp, Completed, Outcome};
 use kv::host::Host;
 use kv::lincheck::{Kind, Operation, Output, check};
 use kv::replica::{ReplicaConfig, ReplicaStats};
+use kv::testkit::lab::{DEAD_PINGS, LabCluster};
+use kv::testkit::seeds;
+use kv::testkit::sim::{Cluster, timing};
 use proto::Addr;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use runtime::sim::{NodeIndex, SimConfig};
-use support::{Cluster, seeds};
 
 const SERVERS: usize = 3;
 const CLIENTS: usize = 3;
@@ -82,7 +82,7 @@ struct Run {
 }
 
 fn replay(seed: u64) -> String {
-    format!("replay: PBKV_SEED={seed} cargo test -p pbkv-kv --test sim_random")
+    kv::testkit::replay("pbkv-kv", "sim_random", seed)
 }
 
 impl Run {
@@ -96,7 +96,7 @@ impl Run {
         let mut c = Cluster::new(seed, config);
         c.replica_config = Box::new(|me: Addr, vs: Addr| {
             let mut config = ReplicaConfig::new(me, vs);
-            config.timing = support::timing();
+            config.timing = timing();
             config.session_idle_max = Duration::from_millis(1500);
             // Small chunks and windows so transfers span turns and can break midway.
             config.transfer_chunk_len_max = 64;
@@ -422,7 +422,7 @@ fn history_op(done: &Completed) -> Option<Operation> {
 
 fn run_seed(seed: u64) -> Events {
     let mut run = Run::new(seed);
-    run.c.poll(support::DEAD_PINGS * 2, |c| {
+    run.c.poll(DEAD_PINGS * 2, |c| {
         c.primary().is_some() && c.backup().is_some()
     });
     let start = run.c.sim.now();

@@ -1,14 +1,14 @@
 //! Targeted tests of single rules in docs/protocol.md that the lab's tests do not reach.
 
-mod support;
-
 use std::time::Duration;
 
 use kv::client::{ClientOp, Outcome};
 use kv::host::Host;
+use kv::testkit::lab::{DEAD_PINGS, LabCluster, bytes, text};
+use kv::testkit::seeds;
+use kv::testkit::sim::{Cluster, timing};
 use kv::viewservice::ViewService;
 use runtime::sim::SimConfig;
-use support::{Cluster, DEAD_PINGS, bytes, seeds};
 
 /// R9. Goal: a replica that sees a view from a restarted view service refuses to serve
 /// rather than let a fresh view 1 name an empty server. Method: a primary and backup hold
@@ -28,7 +28,7 @@ fn replicas_refuse_a_restarted_view_service() {
         let vs = c.vs;
         c.sim.restart(
             vs,
-            Host::new().with_view_service(ViewService::new(support::timing())),
+            Host::new().with_view_service(ViewService::new(timing())),
         );
         c.sleep(Duration::from_secs(2));
         for (node, addr) in c.servers.clone() {
@@ -96,7 +96,7 @@ fn transfer_chunks_stay_within_the_frame_limit() {
         let ck = c.clerk();
         for i in 0..5 {
             let want = kv::store::puthash_value(big.as_bytes(), b"y");
-            c.check(ck, &format!("k{i}"), &support::text(&want));
+            c.check(ck, &format!("k{i}"), &text(&want));
         }
     }
 }
@@ -112,7 +112,7 @@ fn uncommitted_session_expiry_is_not_reported() {
         let mut c = Cluster::new(seed, SimConfig::default());
         c.replica_config = Box::new(|me, vs| {
             let mut config = kv::replica::ReplicaConfig::new(me, vs);
-            config.timing = support::timing();
+            config.timing = timing();
             config.session_idle_max = Duration::from_secs(3);
             config
         });

@@ -1,0 +1,213 @@
+//! The one simulated cluster: a view service, replicas at fixed addresses, and clerks, with
+//! the lab's kills, restarts, unreliable mode and partitions. It runs the lab's scenarios
+//! ([`super::lab`]) and the other simulation tests; every node is a [`Host`], composed as
+//! `pbkv node` composes it.
+
+use std::time::Duration;
+
+use proto::Addr;
+use proto::viewservice::View;
+use runtime::MonoTime;
+use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
+
+use super::lab::{DEAD_PINGS, LabCluster, PING_INTERVAL};
+use crate::client::{Client, ClientConfig, ClientOp, Completed, Outcome};
+use crate::host::Host;
+use crate::replica::{Replica, ReplicaConfig};
+use crate::viewservice::{ViewService, ViewTiming};
+
+/// The lab's timing: 100 ms pings, dead after 5.
+pub fn timing() -> ViewTiming {
+    ViewTiming {
+        ping_interval: PING_INTERVAL,
+        dead_pings: DEAD_PINGS,
+    }
+}
+
+/// Builds a replica's configuration from its address and the view service's.
+pub type ReplicaConfigFn = Box<dyn Fn(Addr, Addr) -> ReplicaConfig>;
+
+/// A simulated cluster.
+pub struct Cluster {
+    /// The simulation.
+    pub sim: Sim<Host>,
+    /// Its seed.
+    pub seed: u64,
+    /// The view service's node.
+    pub vs: NodeIndex,
+    /// The view service's address.
+    pub vs_addr: Addr,
+    /// Servers started so far, with their addresses.
+    pub servers: Vec<(NodeIndex, Addr)>,
+    /// Clerks made so far.
+    pub clerks: Vec<NodeIndex>,
+    /// How replicas are configured.
+    pub replica_config: ReplicaConfigFn,
+    /// New clerks' `retry_after`.
+    pub client_retry_after: Duration,
+    /// How to replay a failure (said in failure messages).
+    pub replay: String,
+    /// Delayed links to release: (when, clerk, server node).
+    releases: Vec<(MonoTime, NodeIndex, NodeIndex)>,
+}
+
+impl Cluster {
+    /// A cluster with only its view service, at 127.0.0.1:7000.
+    pub fn new(seed: u64, config: SimConfig) -> Cluster {
+        let vs_addr = Addr::v4(127, 0, 0, 1, 7000);
+        let mut sim = Sim::new(seed, config);
+        let vs = sim.add_node(
+            NodeSpec::server("vs", vs_addr),
+            Host::new().with_view_service(ViewService::new(timing())),
+        );
+        Cluster {
+            sim,
+            seed,
+            vs,
+            vs_addr,
+            servers: Vec::new(),
+            clerks: Vec::new(),
+            replica_config: Box::new(|me, vs| {
+                let mut config = ReplicaConfig::new(me, vs);
+                config.timing = timing();
+                config
+            }),
+            client_retry_after: Duration::from_secs(1),
+            replay: format!("seed {seed}"),
+            releases: Vec::new(),
+        }
+    }
+
+    /// Names how to replay this seed in failure messages.
+    pub fn with_replay(mut self, replay: String) -> Cluster {
+        self.replay = replay;
+        self
+    }
+
+    /// A replica host for the server at `me`.
+    pub fn replica(&self, me: Addr) -> Host {
+        Host::new().with_replica(Replica::new((self.replica_config)(me, self.vs_addr)))
+    }
+
+    /// The clerk's client, if it is up.
+    pub fn client(&self, clerk: NodeIndex) -> Option<&Client> {
+        self.sim.role(clerk).and_then(Host::client)
+    }
+
+    /// A finished operation of `clerk`, with its times.
+    pub fn completed(&self, clerk: NodeIndex, id: u64) -> Option<Completed> {
+        let client = self.client(clerk)?;
+        client.completed().iter().find(|c| c.id == id).cloned()
+    }
+
+    fn start(&mut self, unreliable: bool) -> usize {
+        let index = self.servers.len();
+        let port = 7101 + u16::try_from(index).expect("few servers");
+        let addr = Addr::v4(127, 0, 0, 1, port);
+        let mut spec = NodeSpec::server(&format!("s{}", index + 1), addr);
+        spec.unreliable = unreliable;
+        let node = self.sim.add_node(spec, self.replica(addr));
+        self.servers.push((node, addr));
+        index
+    }
+
+    fn make_clerk(&mut self, retry_after: Duration) -> NodeIndex {
+        let name = format!("ck{}", self.clerks.len() + 1);
+        let mut config = ClientConfig::new(self.vs_addr);
+        config.retry_after = retry_after;
+        let host = Host::new().with_client(Client::new(config));
+        let node = self.sim.add_node(NodeSpec::client(&name), host);
+        self.clerks.push(node);
+        node
+    }
+}
+
+impl LabCluster for Cluster {
+    type Clerk = NodeIndex;
+
+    fn context(&self) -> String {
+        self.replay.clone()
+    }
+
+    fn start_server(&mut self, unreliable: bool) -> usize {
+        self.start(unreliable)
+    }
+
+    fn start_cuttable_server(&mut self) -> usize {
+        self.start(false)
+    }
+
+    fn kill(&mut self, server: usize) {
+        self.sim.crash(self.servers[server].0);
+    }
+
+    fn restart(&mut self, server: usize) {
+        let (node, addr) = self.servers[server];
+        self.sim.set_unreliable(node, false);
+        let role = self.replica(addr);
+        self.sim.restart(node, role);
+    }
+
+    fn addr(&self, server: usize) -> Addr {
+        self.servers[server].1
+    }
+
+    /// Read directly: no side effects, like the lab's `Get` of the view.
+    fn view(&self) -> View {
+        self.sim
+            .role(self.vs)
+            .and_then(Host::view_service)
+            .expect("the view service is up")
+            .view()
+    }
+
+    fn sleep(&mut self, duration: Duration) {
+        let until = self.sim.now().plus(duration);
+        self.releases.sort();
+        while let Some(&(at, clerk, server)) = self.releases.first()
+            && at <= until
+        {
+            self.sim.run_until(at);
+            self.sim.unblock(clerk, server);
+            self.releases.remove(0);
+        }
+        self.sim.run_until(until);
+    }
+
+    fn elapsed(&self) -> Duration {
+        Duration::from_nanos(self.sim.now().0)
+    }
+
+    fn clerk(&mut self) -> NodeIndex {
+        self.make_clerk(self.client_retry_after)
+    }
+
+    fn patient_clerk(&mut self) -> NodeIndex {
+        self.make_clerk(Duration::from_secs(60))
+    }
+
+    fn submit(&mut self, clerk: NodeIndex, op: ClientOp) -> u64 {
+        self.sim
+            .with_role(clerk, |host, ctx| {
+                host.call_client(ctx, |client, inner| client.submit(inner, op))
+            })
+            .flatten()
+            .expect("the clerk is up, and a client")
+    }
+
+    fn outcome(&mut self, clerk: NodeIndex, id: u64) -> Option<Outcome> {
+        self.completed(clerk, id).map(|done| done.outcome)
+    }
+
+    fn cut_from_view_service(&mut self, server: usize) {
+        let (node, vs) = (self.servers[server].0, self.vs);
+        self.sim.partition(&[node], &[vs]);
+    }
+
+    fn delay_requests_to(&mut self, server: usize, clerk: NodeIndex, delay: Duration) {
+        let node = self.servers[server].0;
+        self.sim.block(clerk, node);
+        let at = self.sim.now().plus(delay);
+        self.releases.push((at, clerk, node));
+    }
+}
