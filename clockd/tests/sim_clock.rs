@@ -43,10 +43,10 @@ fn run(experiment: &SimExperiment) -> Summary {
     assert_eq!(
         output.records.len() as u64,
         experiment.samples,
-        "seed {}: the run did not complete ({:?}); replay with PBKV_SEED={}",
+        "seed {}: the run did not complete ({:?}); {}",
         experiment.seed,
         output.stats,
-        experiment.seed
+        runtime::sim::replay("pbkv-clockd", "sim_clock", experiment.seed)
     );
     let rows = score(&output.records, experiment.skew, output.epoch_ns);
     summarize(&rows, experiment.skew.drift_ppm, Targets::default())
@@ -70,7 +70,8 @@ fn bounds_always_cover_the_truth() {
         for skew in SKEWS {
             let burst = if seed % 2 == 0 { 1 } else { 4 };
             let summary = run(&with_burst(seed, skew, 1000, (20, burst)));
-            let context = format!("seed {seed} skew {skew:?}: replay with PBKV_SEED={seed}");
+            let replay = runtime::sim::replay("pbkv-clockd", "sim_clock", seed);
+            let context = format!("seed {seed} skew {skew:?}: {replay}");
             assert_eq!(summary.raw.coverage, 1.0, "{context}: {:?}", summary.raw);
             assert_eq!(
                 summary.estimate.coverage, 1.0,

@@ -39,12 +39,12 @@ fn replicas_refuse_a_restarted_view_service() {
                 .expect("replica up");
             assert!(
                 !replica.serving(),
-                "seed {seed}: {addr} serves after the view service restarted"
+                "seed {seed}: {addr} serves after the view service restarted (PBKV_SEED={seed} replays it)"
             );
             let why = replica.refused().unwrap_or_default();
             assert!(
                 why.contains("view service restarted"),
-                "seed {seed}: {addr}: {why:?}"
+                "seed {seed}: {addr}: {why:?} (PBKV_SEED={seed} replays it)"
             );
         }
         let id = c.submit(ck, ClientOp::Get { key: bytes("a") });
@@ -53,7 +53,7 @@ fn replicas_refuse_a_restarted_view_service() {
             assert_eq!(
                 done.outcome,
                 Outcome::Done(bytes("1")),
-                "seed {seed}: answered from an empty server"
+                "seed {seed}: answered from an empty server (PBKV_SEED={seed} replays it)"
             );
         }
     }
@@ -78,20 +78,24 @@ fn transfer_chunks_stay_within_the_frame_limit() {
             let ck = c.clerk();
             let key = format!("k{i}");
             c.put(ck, &key, &big);
-            assert_eq!(c.puthash(ck, &key, "y"), big, "seed {seed}: previous value");
+            assert_eq!(
+                c.puthash(ck, &key, "y"),
+                big,
+                "seed {seed}: previous value (PBKV_SEED={seed} replays it)"
+            );
         }
         let s3 = c.start_server(false);
         c.kill(s2);
         let s3_addr = c.addr(s3);
         assert!(
             c.poll(DEAD_PINGS * 6, |c| c.backup() == Some(s3_addr)),
-            "seed {seed}: s3 joins"
+            "seed {seed}: s3 joins (PBKV_SEED={seed} replays it)"
         );
         c.sleep(Duration::from_secs(2));
         c.kill(s1);
         assert!(
             c.poll(DEAD_PINGS * 6, |c| c.primary() == Some(s3_addr)),
-            "seed {seed}: failover"
+            "seed {seed}: failover (PBKV_SEED={seed} replays it)"
         );
         let ck = c.clerk();
         for i in 0..5 {
@@ -150,13 +154,13 @@ fn uncommitted_session_expiry_is_not_reported() {
                     .and_then(Host::client)
                     .is_some_and(|cl| cl.pending() == 0)
             }),
-            "seed {seed}: Put never finished"
+            "seed {seed}: Put never finished (PBKV_SEED={seed} replays it)"
         );
         let done = c.completed(ck, id).expect("finished");
         assert_eq!(
             done.outcome,
             Outcome::Done(bytes::Bytes::new()),
-            "seed {seed}: Put outcome"
+            "seed {seed}: Put outcome (PBKV_SEED={seed} replays it)"
         );
         c.check(ck, "a", "2");
     }

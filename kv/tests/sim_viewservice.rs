@@ -107,8 +107,8 @@ impl Harness {
         });
         assert!(
             answered,
-            "seed {}: the view service did not answer",
-            self.seed
+            "the view service did not answer; {}",
+            kv::testkit::replay("pbkv-kv", "sim_viewservice", self.seed)
         );
         self.sim
             .role(ck.node)
@@ -143,19 +143,19 @@ impl Harness {
         what: &str,
     ) {
         let view = self.get(ck);
-        let seed = self.seed;
+        let replay = kv::testkit::replay("pbkv-kv", "sim_viewservice", self.seed);
         assert_eq!(
             view.primary,
             primary.map(Harness::member),
-            "seed {seed}: {what}: primary"
+            "{what}: primary; {replay}"
         );
         assert_eq!(
             view.backup,
             backup.map(Harness::member),
-            "seed {seed}: {what}: backup"
+            "{what}: backup; {replay}"
         );
         if viewnum != 0 {
-            assert_eq!(view.viewnum, viewnum, "seed {seed}: {what}: viewnum");
+            assert_eq!(view.viewnum, viewnum, "{what}: viewnum; {replay}");
         }
     }
 }
@@ -172,7 +172,7 @@ fn view_service_test(seed: u64) {
     let dp = u64::from(DEAD_PINGS);
     assert!(
         h.get(&ck1).primary.is_none(),
-        "seed {seed}: there was a primary too soon"
+        "seed {seed}: there was a primary too soon (PBKV_SEED={seed} replays it)"
     );
 
     // Phase 1: "First primary".
@@ -270,7 +270,7 @@ fn view_service_test(seed: u64) {
     assert_eq!(
         view.primary,
         Some(Harness::member(&ck3)),
-        "seed {seed}: expected primary=ck3"
+        "seed {seed}: expected primary=ck3 (PBKV_SEED={seed} replays it)"
     );
 
     // "Dead backup is removed from view".
@@ -331,7 +331,7 @@ fn view_service_test(seed: u64) {
     assert_ne!(
         view.primary,
         Some(Harness::member(&ck2)),
-        "seed {seed}: uninitialized backup promoted to primary"
+        "seed {seed}: uninitialized backup promoted to primary (PBKV_SEED={seed} replays it)"
     );
 }
 
@@ -365,16 +365,19 @@ fn new_incarnation_at_primary_address_is_a_restart() {
             incarnation: Incarnation(999),
         };
         let view = h.ping(&reborn, 2);
-        assert_eq!(view.viewnum, 3, "seed {seed}: one view change");
+        assert_eq!(
+            view.viewnum, 3,
+            "seed {seed}: one view change (PBKV_SEED={seed} replays it)"
+        );
         assert_eq!(
             view.primary,
             Some(Harness::member(&ck2)),
-            "seed {seed}: backup promoted"
+            "seed {seed}: backup promoted (PBKV_SEED={seed} replays it)"
         );
         assert_eq!(
             view.backup,
             Some(Harness::member(&reborn)),
-            "seed {seed}: reborn is backup"
+            "seed {seed}: reborn is backup (PBKV_SEED={seed} replays it)"
         );
     }
 }

@@ -11,6 +11,10 @@ use runtime::echo::{EchoConfig, EchoRole};
 use runtime::link::LinkOptions;
 use runtime::sim::{NodeSpec, Sim, SimConfig};
 
+fn replay(seed: u64) -> String {
+    runtime::sim::replay("pbkv-runtime", "sim_backpressure", seed)
+}
+
 const WRITE_BOUND: usize = 512 * 1024;
 const WINDOW: usize = 128 * 1024;
 const FLOOD_ROUNDS: u64 = 400;
@@ -60,7 +64,8 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
         });
         assert!(
             served,
-            "seed {seed}: the polite client starved (replay: PBKV_SEED={seed})"
+            "seed {seed}: the polite client starved ({})",
+            replay(seed)
         );
         let high = sim.queued_len_high(server);
         let frame_len = FLOOD_PAYLOAD + 64;
@@ -84,7 +89,8 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
         });
         assert!(
             drained,
-            "seed {seed}: the flood never drained (replay: PBKV_SEED={seed})"
+            "seed {seed}: the flood never drained ({})",
+            replay(seed)
         );
     }
 }

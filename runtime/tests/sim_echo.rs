@@ -8,6 +8,10 @@ use runtime::echo::{EchoConfig, EchoRole};
 use runtime::logcheck::{check, merge, parse_events};
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
 
+fn replay(seed: u64) -> String {
+    runtime::sim::replay("pbkv-runtime", "sim_echo", seed)
+}
+
 const SEEDS_DEFAULT: u64 = 50;
 
 fn seeds() -> std::ops::Range<u64> {
@@ -52,7 +56,8 @@ fn echo_rounds_complete_and_logs_obey_lamport_rules() {
         });
         assert!(
             done,
-            "seed {seed}: rounds did not complete (replay: PBKV_SEED={seed})"
+            "seed {seed}: rounds did not complete ({})",
+            replay(seed)
         );
         assert_eq!(
             sim.role(server).map(|role| role.answered()),
@@ -91,7 +96,7 @@ fn echo_survives_drops_and_a_restart() {
         let done = sim.run_until_true(Duration::from_secs(60), |sim| {
             sim.role(client).is_some_and(|role| role.completed() == 100)
         });
-        assert!(done, "seed {seed}: pinger stuck (replay: PBKV_SEED={seed})");
+        assert!(done, "seed {seed}: pinger stuck ({})", replay(seed));
         broken += sim.stats().connections_broken;
         let report = check(&all_events(&sim));
         assert!(
@@ -131,7 +136,8 @@ fn partition_breaks_links_after_timeout_and_heals() {
         });
         assert!(
             done,
-            "seed {seed}: stuck after heal at {stalled:?} (replay: PBKV_SEED={seed})"
+            "seed {seed}: stuck after heal at {stalled:?} ({})",
+            replay(seed)
         );
     }
 }

@@ -6,9 +6,4 @@
 pub mod lab;
 pub mod sim;
 
-pub use runtime::sim::seeds;
-
-/// How to replay a failing seed of simulation test `target` in `package`.
-pub fn replay(package: &str, target: &str, seed: u64) -> String {
-    format!("replay: PBKV_SEED={seed} cargo test -p {package} --test {target}")
-}
+pub use runtime::sim::{replay, seeds};

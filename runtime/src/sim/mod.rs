@@ -54,6 +54,12 @@ pub fn seeds(default: u64) -> std::ops::Range<u64> {
     0..count.unwrap_or(default)
 }
 
+/// How to replay seed `seed` of simulation test `target` in package `package`: the one line
+/// every failing simulation test prints.
+pub fn replay(package: &str, target: &str, seed: u64) -> String {
+    format!("replay: PBKV_SEED={seed} cargo test -p {package} --test {target}")
+}
+
 /// Network behaviour of a simulation.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
