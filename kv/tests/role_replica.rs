@@ -158,7 +158,7 @@ fn synced_pair() -> (Node, Node, View) {
     let acks = relay(&p, &mut b, &chunks);
     relay_replies(&b, &mut p, &acks);
     assert!(p.role.backup_synced());
-    assert_eq!(b.role.synced_view(), 2);
+    assert_eq!(b.role.synced_view(), Some(2));
     (p, b, second)
 }
 
@@ -270,7 +270,11 @@ fn r2_a_server_acknowledges_a_view_as_soon_as_it_adopts_it() {
     );
     let (_, mut b, _) = synced_pair();
     b.adopt(view(3, Some(s1()), Some(s2())));
-    assert_eq!(b.role.synced_view(), 0, "a new view needs a new transfer");
+    assert_eq!(
+        b.role.synced_view(),
+        None,
+        "a new view needs a new transfer"
+    );
 }
 
 /// R3: on adopting a view in which it may not serve, a server answers every pending client
@@ -308,7 +312,7 @@ fn r4_views_travel_with_messages() {
     let acks = relay(&p, &mut b, &chunks);
     assert_eq!(b.role.view(), second);
     assert_eq!(b.role.stats().views_from_peers, 1);
-    assert_eq!(b.role.synced_view(), 2);
+    assert_eq!(b.role.synced_view(), Some(2));
     relay_replies(&b, &mut p, &acks);
 
     // The backup moves on to view 3 (it is primary there); the old primary's forward is
@@ -675,7 +679,7 @@ fn r12_a_state_transfer_is_installed_only_whole() {
     let primary = p.origin(4);
     // Out of order (chunk 1 before any chunk 0) is never taken, nor acknowledged.
     assert_eq!(b.deliver(&primary, chunks[1].clone()), vec![]);
-    assert_eq!(b.role.synced_view(), 0);
+    assert_eq!(b.role.synced_view(), None);
     // Another transfer's chunk 0 starts over; the old id's later chunks are then ignored.
     let mut other = chunks[0].clone();
     other.transfer_id ^= 1;
@@ -692,7 +696,7 @@ fn r12_a_state_transfer_is_installed_only_whole() {
     }
     assert_eq!(
         b.role.synced_view(),
-        0,
+        None,
         "never installed from two transfers"
     );
     // The whole transfer, in order: installed at its snapshot index.

@@ -229,7 +229,7 @@ impl Run {
             // it has applied as much, it holds the same state.
             for (backup_addr, backup) in &replicas {
                 let synced =
-                    backup.synced_view() == view && replica.view().is_backup(backup.member());
+                    backup.synced_view() == Some(view) && replica.view().is_backup(backup.member());
                 if synced && backup.state().applied == replica.state().applied {
                     assert!(
                         backup.state().store == replica.state().store
@@ -273,7 +273,7 @@ impl Run {
                     || view
                         .backup
                         .and_then(running)
-                        .is_none_or(|backup| backup.synced_view() != view.viewnum)
+                        .is_none_or(|backup| backup.synced_view() != Some(view.viewnum))
             }
         }
     }
@@ -354,7 +354,7 @@ impl Run {
         for (node, addr) in &self.c.servers {
             let standing = match self.c.sim.role(*node).and_then(Host::replica) {
                 Some(r) => format!(
-                    "{addr} {} view {} serving {} synced_view {} applied {} committed {}",
+                    "{addr} {} view {} serving {} synced_view {:?} applied {} committed {}",
                     r.member().incarnation,
                     r.view().viewnum,
                     r.serving(),

@@ -92,7 +92,7 @@ impl Replica {
         request: ForwardRequest,
     ) {
         if !self.accept_from_primary(ctx, origin, request.view)
-            || self.synced_view() != self.view.viewnum
+            || self.synced_view() != Some(self.view.viewnum)
         {
             self.reject(ctx, origin, None);
             return;

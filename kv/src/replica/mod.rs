@@ -181,11 +181,12 @@ impl Replica {
         matches!(self.standing, Standing::Primary(_))
     }
 
-    /// The view in which this server completed a transfer as backup (0 = none).
-    pub fn synced_view(&self) -> u64 {
+    /// The view in which this server, as backup, completed a transfer from that view's
+    /// primary, if it did (it is always the current view: adopting another clears it).
+    pub fn synced_view(&self) -> Option<u64> {
         match &self.standing {
-            Standing::Backup(backup) if backup.synced => self.view.viewnum,
-            _ => 0,
+            Standing::Backup(backup) if backup.synced => Some(self.view.viewnum),
+            _ => None,
         }
     }
 
@@ -294,7 +295,7 @@ impl Replica {
         let named = view.is_primary(self.me);
         let continues = view.viewnum == previous.viewnum + 1
             && (self.serving()
-                || (previous.is_backup(self.me) && self.synced_view() == previous.viewnum));
+                || (previous.is_backup(self.me) && self.synced_view() == Some(previous.viewnum)));
         let may_serve = named && (view.viewnum == 1 || continues);
         self.view = view;
         ctx.event(format!("adopt view {}", crate::view_text(&view)));
