@@ -420,6 +420,33 @@ fn history_op(done: &Completed) -> Option<Operation> {
     })
 }
 
+/// The last operations of the shortest prefix (by invocation) of `key`'s operations that
+/// admits no linearization: where to look first. A prefix of a linearizable history is
+/// linearizable, so a binary search finds it.
+fn failing_prefix_tail(history: &[Operation], key: &Bytes) -> String {
+    let mut ops: Vec<Operation> = history.iter().filter(|o| o.key == *key).cloned().collect();
+    ops.sort_by_key(|o| o.invoked);
+    let (mut passes, mut fails) = (0, ops.len());
+    while passes + 1 < fails {
+        let mid = (passes + fails) / 2;
+        if check(&ops[..mid]).is_err() {
+            fails = mid;
+        } else {
+            passes = mid;
+        }
+    }
+    ops[fails.saturating_sub(12)..fails]
+        .iter()
+        .map(|o| {
+            format!(
+                "  {:?} -> {:?}, invoked {} completed {:?}",
+                o.kind, o.output, o.invoked, o.completed
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn run_seed(seed: u64) -> Events {
     let mut run = Run::new(seed);
     run.c.poll(DEAD_PINGS * 2, |c| {
@@ -455,9 +482,10 @@ fn run_seed(seed: u64) -> Events {
     let history = run.history();
     if let Err(violation) = check(&history) {
         panic!(
-            "seed {seed}: not linearizable: key {:?}: {}; {}",
+            "seed {seed}: not linearizable: key {:?}: {}; the shortest failing prefix ends:\n{}\n{}",
             violation.key,
             violation.explanation,
+            failing_prefix_tail(&history, &violation.key),
             replay(seed)
         );
     }
