@@ -387,21 +387,7 @@ impl<R: Role> NodeCore<R> {
                     return; // The connection closed meanwhile: the sender will retry.
                 };
                 let lamport = self.clock.tick();
-                let message_type = message.message_type();
-                self.log.record(&EventRecord {
-                    lamport,
-                    kind: EventKind::Send,
-                    message: Some(MessageId {
-                        node: &self.hello.node,
-                        incarnation: self.hello.incarnation,
-                        lamport,
-                    }),
-                    peer,
-                    message_type: message_type.name(),
-                    text: "",
-                    wall_ns: self.ctx.physical_now_ns,
-                    external: false,
-                });
+                self.record_send(lamport, peer, &message);
                 self.encode(&message, lamport, corr);
                 transport.reply(conn, &self.scratch);
             }
