@@ -253,6 +253,15 @@ fn bench_history_digests_long_values() {
         let hash = digest["fnv1a64"].as_str().expect("hash");
         assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
     }
+    let distinct: std::collections::BTreeSet<&str> = digests
+        .iter()
+        .filter_map(|d| d["fnv1a64"].as_str())
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        digests.len(),
+        "unique values, distinct hashes"
+    );
     let reads = events
         .iter()
         .filter(|e| e["type"] == "ok" && e["f"] == "get" && e["out"]["len"] == 100)
