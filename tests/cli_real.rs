@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pbkv_e2e::{Node, free_port, pbkv_bin};
+use pbkv_e2e::{LatencyProxy, Node, free_port, pbkv_bin};
 
 const STARTUP: Duration = Duration::from_secs(20);
 
@@ -168,7 +168,7 @@ fn usage_and_unreachable_errors() {
     assert_eq!(view.status.code(), Some(69));
 }
 
-/// Goal: the bench runs to the end and reports JSON with the promised fields.
+/// Goal: the bench runs to the end and reports JSON and CSV with the promised fields.
 #[test]
 fn bench_reports_json() {
     let c = cluster();
@@ -179,34 +179,137 @@ fn bench_reports_json() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
     assert_eq!(report["ops"], 400);
-    for field in ["ops_per_sec", "p50_us", "p99_us", "p999_us", "errors"] {
+    assert_eq!(report["mode"], "closed");
+    for field in ["ops_per_sec", "seconds", "errors", "pending_at_stop"] {
         assert!(!report[field].is_null(), "missing {field}");
     }
+    let latency = &report["latency_us"];
+    let counts = ["get", "put"].map(|kind| latency[kind]["count"].as_u64().expect("count"));
+    assert_eq!(counts[0] + counts[1], 400, "{latency}");
+    for field in ["min", "mean", "p50", "p90", "p99", "p999", "p9999", "max"] {
+        assert!(latency["all"][field].is_number(), "missing all.{field}");
+    }
+    let csv = pbkv(
+        &c.vs.addr,
+        &[
+            "bench",
+            "--clients",
+            "2",
+            "--requests",
+            "100",
+            "--csv",
+            "--mix",
+            "put=100",
+        ],
+    );
+    assert_eq!(csv.status.code(), Some(0), "{csv:?}");
+    let text = stdout(&csv);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("kind,count,ops_per_sec,min_us,"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with("put,100,") && lines[2].starts_with("all,100,"),
+        "{text}"
+    );
     let bad_mix = pbkv(&c.vs.addr, &["bench", "--mix", "get=50"]);
     assert_eq!(bad_mix.status.code(), Some(2));
 
     // A history on few keys, checked for linearizability over real processes.
+    let mix = ["--mix", "get=40,put=40,puthash=20"];
+    let events = bench_history(&c.vs.addr, &["--clients", "8", "--requests", "2000"], &mix);
+    let history = history_operations(&events);
+    let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
+    assert_eq!(checked, 2000);
+}
+
+/// Goal: with values over 64 bytes the history holds their length and hash, not the bytes,
+/// and still checks (equal iff length and hash are); pipelined sessions each get their own
+/// process number. A PutHash history with such values, which no checker could recompute,
+/// is refused.
+#[test]
+fn bench_history_digests_long_values() {
+    let c = cluster();
+    let args = [
+        "--clients",
+        "3",
+        "--pipeline",
+        "3",
+        "--requests",
+        "1500",
+        "--value-size",
+        "100",
+    ];
+    let events = bench_history(&c.vs.addr, &args, &["--mix", "get=50,put=50"]);
+    let digests: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "invoke" && e["f"] == "put")
+        .map(|e| &e["value"])
+        .collect();
+    assert!(digests.len() > 500, "{} puts", digests.len());
+    for digest in &digests {
+        assert_eq!(digest["len"], 100, "{digest}");
+        let hash = digest["fnv1a64"].as_str().expect("hash");
+        assert!(hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    let distinct: std::collections::BTreeSet<&str> = digests
+        .iter()
+        .filter_map(|d| d["fnv1a64"].as_str())
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        digests.len(),
+        "unique values, distinct hashes"
+    );
+    let reads = events
+        .iter()
+        .filter(|e| e["type"] == "ok" && e["f"] == "get" && e["out"]["len"] == 100)
+        .count();
+    assert!(reads > 100, "gets read the digested values back: {reads}");
+    let processes: std::collections::BTreeSet<u64> = events
+        .iter()
+        .filter_map(|e| e["process"].as_u64())
+        .collect();
+    assert_eq!(processes.len(), 9, "one process per session: {processes:?}");
+    let checked = kv::lincheck::check(&history_operations(&events)).expect("linearizable");
+    assert_eq!(checked, 1500);
+
+    let refused = pbkv(
+        &c.vs.addr,
+        &[
+            "bench",
+            "--mix",
+            "puthash=100",
+            "--value-size",
+            "65",
+            "--history",
+            "/dev/null",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--value-size 64 or less"));
+}
+
+/// Runs the bench on 3 keys with `--history`; returns the history's events, checked to be
+/// in time order with one invoke per operation.
+fn bench_history(vs: &str, args: &[&str], mix: &[&str]) -> Vec<serde_json::Value> {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("history.jsonl");
-    let args = [
-        "bench",
-        "--clients",
-        "8",
-        "--requests",
-        "2000",
-        "--keys",
-        "3",
-    ];
-    let mix = ["--mix", "get=40,put=40,puthash=20", "--history"];
     let output = Command::new(pbkv_bin())
-        .arg("--vs")
-        .arg(&c.vs.addr)
+        .args(["--vs", vs, "bench", "--keys", "3"])
         .args(args)
         .args(mix)
+        .arg("--history")
         .arg(&path)
         .output()
         .expect("bench");
     assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let requests: usize = args
+        .windows(2)
+        .find(|pair| pair[0] == "--requests")
+        .and_then(|pair| pair[1].parse().ok())
+        .expect("--requests N");
     let text = std::fs::read_to_string(&path).expect("history written");
     let events: Vec<serde_json::Value> = text
         .lines()
@@ -214,7 +317,7 @@ fn bench_reports_json() {
         .collect();
     let invokes = events.iter().filter(|e| e["type"] == "invoke").count();
     assert_eq!(
-        invokes, 2000,
+        invokes, requests,
         "every operation invoked once, however often retried"
     );
     assert!(
@@ -222,15 +325,28 @@ fn bench_reports_json() {
             .windows(2)
             .all(|w| w[0]["time_ns"].as_u64() <= w[1]["time_ns"].as_u64())
     );
-    let history = history_operations(&events);
-    let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
-    assert_eq!(checked, 2000);
+    events
+}
+
+/// A history value as the checker's bytes: a string is its bytes; a digest
+/// (`{"len", "fnv1a64"}`) is its JSON text behind a 0xff byte, which no string's UTF-8
+/// holds, so two values compare equal iff their history entries do.
+fn history_bytes(value: &serde_json::Value) -> bytes::Bytes {
+    match value {
+        serde_json::Value::String(text) => bytes::Bytes::from(text.clone()),
+        serde_json::Value::Object(_) => {
+            let mut digest = vec![0xff];
+            digest.extend_from_slice(value.to_string().as_bytes());
+            bytes::Bytes::from(digest)
+        }
+        _ => bytes::Bytes::new(),
+    }
 }
 
 /// Pairs each process's invoke with its completion, as the checker's operations.
 fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operation> {
     use kv::lincheck::{Kind, Operation, Output};
-    let bytes = |v: &serde_json::Value| bytes::Bytes::from(v.as_str().unwrap_or("").to_string());
+    let bytes = history_bytes;
     let mut open: std::collections::BTreeMap<u64, &serde_json::Value> = Default::default();
     let mut ops = Vec::new();
     for event in events {
@@ -250,7 +366,9 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
         let known = event["type"] == "ok";
         let output = match (&kind, known) {
             (_, false) => Output::Unknown,
-            (Kind::Get, true) => Output::Value(event["out"].as_str().map(|_| bytes(&event["out"]))),
+            (Kind::Get, true) => {
+                Output::Value((!event["out"].is_null()).then(|| bytes(&event["out"])))
+            }
             (Kind::Put(_), true) => Output::Done,
             (Kind::PutHash(_), true) => Output::Previous(bytes(&event["out"])),
         };
@@ -263,6 +381,180 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
         });
     }
     ops
+}
+
+/// A view service and one replica whose client connections go through a proxy that
+/// delays every request by `delay` (the replica advertises the proxy's address).
+fn delayed_primary(delay: Duration) -> (tempfile::TempDir, Node, Node, LatencyProxy) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vs_config = "node_id = \"vs\"\nlisten = \"127.0.0.1:0\"\nroles = [\"viewservice\"]\n";
+    let vs = Node::start(dir.path(), "vs", vs_config, STARTUP);
+    let port = free_port();
+    let proxy = LatencyProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], port)), delay);
+    let config = format!(
+        "node_id = \"s1\"\nlisten = \"127.0.0.1:{port}\"\nadvertise = \"{}\"\n\
+         roles = [\"replica\"]\nviewservice = \"{}\"\n",
+        proxy.addr, vs.addr
+    );
+    let server = Node::start(dir.path(), "s1", &config, STARTUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while view_json(&vs.addr)["primary"].is_null() {
+        assert!(Instant::now() < deadline, "no primary");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (dir, vs, server, proxy)
+}
+
+fn bench_json(vs: &str, args: &[&str]) -> serde_json::Value {
+    let output = pbkv(vs, &[&["bench", "--json"], args].concat());
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    serde_json::from_str(&stdout(&output)).expect("JSON")
+}
+
+fn p50_ms(report: &serde_json::Value, kind: &str) -> f64 {
+    report["latency_us"][kind]["p50"].as_f64().expect("p50") / 1000.0
+}
+
+/// Goal: the bench measures what the service costs, far above the 2 ms the old histogram
+/// could hold. Method: every request to the only replica is delayed 5 ms by a proxy on
+/// loopback; the closed loop and pipelined sessions must each report a p50 between 5 and
+/// 7 ms (the open loop up to 8 ms: its start lag counts); pipelining must multiply one
+/// connection's throughput and the open loop must keep its rate.
+#[test]
+fn bench_reports_an_injected_5ms_delay() {
+    let (_dir, vs, _server, proxy) = delayed_primary(Duration::from_millis(5));
+    let vs = vs.addr.as_str();
+    let mix = ["--mix", "get=50,put=50"];
+    let closed = bench_json(
+        vs,
+        &[&["--clients", "4", "--duration", "2"], &mix[..]].concat(),
+    );
+    eprintln!(
+        "closed loop p50: get {:.3} ms, put {:.3} ms, all {:.3} ms",
+        p50_ms(&closed, "get"),
+        p50_ms(&closed, "put"),
+        p50_ms(&closed, "all")
+    );
+    for kind in ["get", "put", "all"] {
+        let p50 = p50_ms(&closed, kind);
+        assert!(
+            (5.0..7.0).contains(&p50),
+            "closed loop {kind} p50 {p50} ms: {closed}"
+        );
+    }
+    let open_args = ["--rate", "200", "--clients", "4", "--duration", "2"];
+    let open = bench_json(vs, &[&open_args[..], &mix[..]].concat());
+    let p50 = p50_ms(&open, "all");
+    eprintln!(
+        "open loop p50 {p50:.3} ms at {} ops/s, start lag p50 {} us",
+        open["ops_per_sec"], open["schedule_lag_us"]["p50"]
+    );
+    // Measured from when each operation was due, so it also holds the generator's own start
+    // lag: up to 1 ms at this low rate, where the loop sleeps on a millisecond timer.
+    assert!((5.0..8.0).contains(&p50), "open loop p50 {p50} ms: {open}");
+    let lag_us = open["schedule_lag_us"]["p50"].as_f64().expect("lag");
+    assert!(lag_us < 1500.0, "start lag p50 {lag_us} us: {open}");
+    assert_eq!(
+        (open["mode"].as_str(), open["requested_rate"].as_f64()),
+        (Some("open"), Some(200.0))
+    );
+    let achieved = open["ops_per_sec"].as_f64().expect("rate");
+    assert!(
+        (180.0..=205.0).contains(&achieved),
+        "achieved {achieved} of 200: {open}"
+    );
+
+    let one = ["--clients", "1", "--duration", "2", "--mix", "get=100"];
+    let single = bench_json(vs, &[&one[..], &["--pipeline", "1"]].concat());
+    let connections_before = proxy.accepted_count();
+    let pipelined = bench_json(vs, &[&one[..], &["--pipeline", "4"]].concat());
+    assert_eq!(
+        proxy.accepted_count() - connections_before,
+        1,
+        "4 sessions on one connection"
+    );
+    let p50 = p50_ms(&pipelined, "get");
+    eprintln!(
+        "one connection: {} ops/s alone, {} ops/s with 4 in flight (p50 {p50:.3} ms)",
+        single["ops_per_sec"], pipelined["ops_per_sec"]
+    );
+    assert!(
+        (5.0..7.0).contains(&p50),
+        "pipelined p50 {p50} ms: {pipelined}"
+    );
+    let ratio = pipelined["ops_per_sec"].as_f64().expect("rate")
+        / single["ops_per_sec"].as_f64().expect("rate");
+    assert!(
+        ratio > 3.0,
+        "4 in flight on one connection gave {ratio:.2} times the rate"
+    );
+}
+
+/// Goal: the open loop corrects coordinated omission. Method: ask for 400 operations per
+/// second from one session when the service (delayed 5 ms) allows about 180: operations
+/// wait for the session, and their latencies, counted from when they were due, grow far
+/// beyond the 5 ms a closed loop would report; the shortfall is reported too.
+#[test]
+fn open_loop_counts_the_wait_for_a_session() {
+    let (_dir, vs, _server, _proxy) = delayed_primary(Duration::from_millis(5));
+    let args = [
+        "--rate",
+        "400",
+        "--clients",
+        "1",
+        "--duration",
+        "2",
+        "--mix",
+        "get=100",
+    ];
+    let report = bench_json(&vs.addr, &args);
+    let p50 = p50_ms(&report, "get");
+    let achieved = report["ops_per_sec"].as_f64().expect("rate");
+    eprintln!("overloaded open loop: p50 {p50:.1} ms, {achieved:.0} of 400 ops/s");
+    assert!(p50 > 100.0, "p50 {p50} ms hides the wait: {report}");
+    assert!(achieved < 300.0, "{report}");
+    let not_started = report["not_started_at_stop"].as_u64().expect("count");
+    assert!(not_started > 100, "{report}");
+}
+
+/// Goal: a bench that completes nothing fails clearly, within --timeout, with the client's
+/// exit codes: 69 when nothing could be sent (nothing listening; a view service with no
+/// primary), 75 when requests were sent and never answered.
+#[test]
+fn bench_exits_non_zero_when_nothing_answers() {
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let args = [
+        "--timeout",
+        "1",
+        "bench",
+        "--duration",
+        "30",
+        "--clients",
+        "2",
+    ];
+    let unreachable = pbkv(&nobody, &args);
+    assert_eq!(unreachable.status.code(), Some(69), "{unreachable:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up within --timeout"
+    );
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("no operation completed") && stderr.contains("nothing was sent"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vs_config = "node_id = \"vs\"\nlisten = \"127.0.0.1:0\"\nroles = [\"viewservice\"]\n";
+    let vs = Node::start(dir.path(), "vs", vs_config, STARTUP);
+    let no_primary = pbkv(&vs.addr, &[&args[..], &["--json"]].concat());
+    assert_eq!(no_primary.status.code(), Some(69), "{no_primary:?}");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&no_primary)).expect("JSON");
+    assert_eq!(report["ops"], 0, "the report is still printed");
+
+    let (_dir, vs, _server, _proxy) = delayed_primary(Duration::from_secs(600));
+    let silent = pbkv(&vs.addr, &[&args[..], &["--mix", "get=100"]].concat());
+    assert_eq!(silent.status.code(), Some(75), "{silent:?}");
+    let stderr = String::from_utf8_lossy(&silent.stderr);
+    assert!(stderr.contains("none was answered"), "{stderr}");
 }
 
 /// Goal: `pbkv demo` runs a failover end to end and leaves logs that check clean, a merged

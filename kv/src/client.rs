@@ -175,6 +175,12 @@ impl Client {
         std::mem::take(&mut self.completed)
     }
 
+    /// Drains the finished operations, oldest first, keeping the buffer for the next ones
+    /// (a load generator takes them after every call and must not allocate each time).
+    pub fn drain_completed(&mut self) -> std::vec::Drain<'_, Completed> {
+        self.completed.drain(..)
+    }
+
     /// Operations not finished (outstanding and queued).
     pub fn pending(&self) -> usize {
         self.queue.len() + usize::from(self.current.is_some())

@@ -234,3 +234,83 @@ impl Proxy {
         }
     }
 }
+
+/// A TCP forwarder that adds a fixed one-way latency to the bytes going to its target, as
+/// a slow server would, and passes the answers straight back. Each chunk is delivered
+/// `delay` after it was read, whatever else is in flight, so pipelined requests are each
+/// delayed once rather than queueing behind each other's sleeps (unlike [`Proxy`]).
+pub struct LatencyProxy {
+    /// Where the proxy listens.
+    pub addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LatencyProxy {
+    /// Starts a proxy to `target` that delays every request byte by `delay`.
+    ///
+    /// # Panics
+    /// If it cannot listen.
+    pub fn start(target: std::net::SocketAddr, delay: Duration) -> LatencyProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("proxy addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                let Ok(inbound) = inbound else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(outbound) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let (Ok(request_reader), Ok(answer_writer), Ok(answer_reader)) = (
+                    inbound.try_clone(),
+                    inbound.try_clone(),
+                    outbound.try_clone(),
+                ) else {
+                    continue;
+                };
+                latency_pipe(request_reader, outbound, delay);
+                latency_pipe(answer_reader, answer_writer, Duration::ZERO);
+            }
+        });
+        LatencyProxy { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted_count(&self) -> u64 {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it was read.
+fn latency_pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    let (sender, receiver) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match std::io::Read::read(&mut from, &mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(len) => {
+                    if sender
+                        .send((Instant::now() + delay, chunk[..len].to_vec()))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+    std::thread::spawn(move || {
+        for (due, bytes) in receiver {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if std::io::Write::write_all(&mut to, &bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
