@@ -76,6 +76,19 @@ pub struct Completed {
     pub lane: u64,
 }
 
+/// The operation a client is running, not yet finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outstanding<'a> {
+    /// The id `submit` returned.
+    pub id: u64,
+    /// The operation.
+    pub op: &'a ClientOp,
+    /// When it was submitted.
+    pub invoked_at: MonoTime,
+    /// Whether a request for it was ever sent (false: nothing left this client yet).
+    pub sent: bool,
+}
+
 /// How a client runs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -186,11 +199,14 @@ impl Client {
         self.queue.len() + usize::from(self.current.is_some())
     }
 
-    /// The outstanding operation, if any: (id, op, invoked_at, sent).
-    pub fn outstanding(&self) -> Option<(u64, &ClientOp, MonoTime, bool)> {
-        self.current
-            .as_ref()
-            .map(|c| (c.id, &c.op, c.invoked_at, c.sent))
+    /// The outstanding operation, if any.
+    pub fn outstanding(&self) -> Option<Outstanding<'_>> {
+        self.current.as_ref().map(|c| Outstanding {
+            id: c.id,
+            op: &c.op,
+            invoked_at: c.invoked_at,
+            sent: c.sent,
+        })
     }
 
     /// The correlation id of the request whose answer this client awaits.

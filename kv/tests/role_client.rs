@@ -322,7 +322,7 @@ fn c5_with_no_primary_the_request_blocks_unsent() {
         ck.answer(1, GetViewReply { view: empty }),
         vec![retry_at(ms(100))]
     );
-    let (_, _, _, sent) = ck.role.outstanding().expect("still outstanding");
+    let sent = ck.role.outstanding().expect("still outstanding").sent;
     assert!(!sent, "nothing left the client");
     assert_eq!(
         ck.timer(),
@@ -334,7 +334,7 @@ fn c5_with_no_primary_the_request_blocks_unsent() {
             view: view(1, Some(s1()), None),
         },
     );
-    let (_, _, _, sent) = ck.role.outstanding().expect("still outstanding");
+    let sent = ck.role.outstanding().expect("still outstanding").sent;
     assert!(
         sent,
         "the Get went to the primary: its outcome is unknown until answered"

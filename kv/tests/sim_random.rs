@@ -376,14 +376,14 @@ impl Run {
                 continue;
             };
             ops.extend(client.completed().iter().filter_map(history_op));
-            if let Some((_, op, invoked_at, _)) = client.outstanding() {
-                let (key, kind) = kind_of(op);
+            if let Some(outstanding) = client.outstanding() {
+                let (key, kind) = kind_of(outstanding.op);
                 let output = Output::Unknown;
                 ops.push(Operation {
                     key,
                     kind,
                     output,
-                    invoked: invoked_at.0,
+                    invoked: outstanding.invoked_at.0,
                     completed: None,
                 });
             }

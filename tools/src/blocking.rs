@@ -41,7 +41,7 @@ impl ClientHost {
         let sent = self
             .client
             .outstanding()
-            .is_some_and(|(_, _, _, sent)| sent);
+            .is_some_and(|outstanding| outstanding.sent);
         self.shared.sent.store(sent, Ordering::SeqCst);
         for done in self.client.take_completed() {
             // The caller may have given up waiting; nothing else to do then.

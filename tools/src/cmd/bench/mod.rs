@@ -625,11 +625,11 @@ fn run_bench(args: &BenchArgs, plan: &Plan) -> Result<Ran, String> {
     };
     let mut sent_outstanding = 0;
     for (index, session) in host.sessions.iter().enumerate() {
-        if let Some((_, op, invoked_at, sent)) = session.client.outstanding() {
-            sent_outstanding += u64::from(sent);
+        if let Some(outstanding) = session.client.outstanding() {
+            sent_outstanding += u64::from(outstanding.sent);
             if let Some(history) = host.history.as_mut() {
                 let process = u32::try_from(index).expect("sessions are at most SESSIONS_MAX");
-                history.record_outstanding(process, op, invoked_at);
+                history.record_outstanding(process, outstanding.op, outstanding.invoked_at);
             }
         }
     }
