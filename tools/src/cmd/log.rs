@@ -139,10 +139,15 @@ fn members_after<'a>(line: &'a [u8], lifeline: &[u8]) -> Option<&'a [u8]> {
         .filter(|rest| rest.first() == Some(&b','))
 }
 
+/// `line` without its `\n`, so that a parse error's position is within the line.
+fn without_newline(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
+}
+
 /// The merge key of one line, read through the schema: any JSON spelling of an event will
 /// do; only `lc`, `node` and `inc` are kept, borrowed from the line.
 fn key_of<'a>(name: &str, line_number: u64, line: &'a [u8]) -> Result<EventKey<'a>, String> {
-    EventKey::read(line).map_err(|error| format!("{name}:{line_number}: {error}"))
+    EventKey::read(without_newline(line)).map_err(|error| format!("{name}:{line_number}: {error}"))
 }
 
 /// One sorted run: the lines of one incarnation, contiguous in one file (a file holds one
@@ -215,7 +220,7 @@ fn runs(path: &Path) -> Result<Vec<Run>, String> {
             continue;
         }
         // A new run: its first line is read whole, for the run id of the writer's prefix.
-        let first: LoggedEvent = serde_json::from_slice(&line)
+        let first: LoggedEvent = serde_json::from_slice(without_newline(&line))
             .map_err(|error| format!("{name}:{line_number}: {error}"))?;
         bounds.push(RunBounds {
             start: end - len,
@@ -259,10 +264,10 @@ fn lamport_of(run: &mut Run) -> Result<u64, String> {
     if let Some(members) = members_after(&run.line, &run.lifeline) {
         run.rest.clear();
         run.rest.push(b'{');
-        run.rest.extend_from_slice(&members[1..]);
+        run.rest.extend_from_slice(without_newline(&members[1..]));
         return read_lamport(&run.rest).map_err(at);
     }
-    let key = EventKey::read(&run.line).map_err(at)?;
+    let key = EventKey::read(without_newline(&run.line)).map_err(at)?;
     if key.node != run.node || key.inc != run.incarnation {
         return Err(format!(
             "{}:{}: an event of {}/{} inside the run of {}/{} (the file changed?)",
