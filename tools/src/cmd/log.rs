@@ -166,8 +166,6 @@ struct Run {
     line_number: u64,
     /// The current line's Lamport time.
     lamport: u64,
-    /// The members after the lifeline prefix, as an object of their own (`{` for the `,`).
-    rest: Vec<u8>,
     name: String,
 }
 
@@ -246,7 +244,6 @@ fn runs(path: &Path) -> Result<Vec<Run>, String> {
                 line: Vec::new(),
                 line_number: bounds.first_line_number - 1,
                 lamport: 0,
-                rest: Vec::new(),
                 name: name.clone(),
             })
         })
@@ -256,16 +253,18 @@ fn runs(path: &Path) -> Result<Vec<Run>, String> {
 /// The Lamport time of `run.line`, checking the line belongs to the run.
 ///
 /// A line in the writer's spelling of this lifeline has its `run`, `node` and `inc` in the
-/// prefix it starts with, so only the members after them are read (as an object of their
-/// own); any other line is read through [`EventKey::read`] and its node and incarnation
+/// prefix it starts with, so only the members after them are read; any other line is read through [`EventKey::read`] and its node and incarnation
 /// compared with the run's.
 fn lamport_of(run: &mut Run) -> Result<u64, String> {
     let at = |error: serde_json::Error| format!("{}:{}: {error}", run.name, run.line_number);
-    if let Some(members) = members_after(&run.line, &run.lifeline) {
-        run.rest.clear();
-        run.rest.push(b'{');
-        run.rest.extend_from_slice(without_newline(&members[1..]));
-        return read_lamport(&run.rest).map_err(at);
+    if members_after(&run.line, &run.lifeline).is_some() {
+        // The `,` after the prefix becomes `{` for the read, so the members after it read
+        // as an object of their own without a copy; the line is put back before it is used.
+        let comma = run.lifeline.len();
+        run.line[comma] = b'{';
+        let lamport = read_lamport(without_newline(&run.line[comma..]));
+        run.line[comma] = b',';
+        return lamport.map_err(at);
     }
     let key = EventKey::read(without_newline(&run.line)).map_err(at)?;
     if key.node != run.node || key.inc != run.incarnation {
