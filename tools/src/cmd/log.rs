@@ -253,8 +253,8 @@ fn runs(path: &Path) -> Result<Vec<Run>, String> {
 /// The Lamport time of `run.line`, checking the line belongs to the run.
 ///
 /// A line in the writer's spelling of this lifeline has its `run`, `node` and `inc` in the
-/// prefix it starts with, so only the members after them are read; any other line is read through [`EventKey::read`] and its node and incarnation
-/// compared with the run's.
+/// prefix it starts with, so only the members after them are read; any other line is read
+/// through [`EventKey::read`] and its node and incarnation compared with the run's.
 fn lamport_of(run: &mut Run) -> Result<u64, String> {
     let at = |error: serde_json::Error| format!("{}:{}: {error}", run.name, run.line_number);
     if members_after(&run.line, &run.lifeline).is_some() {
