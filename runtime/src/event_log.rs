@@ -8,7 +8,8 @@
 //!   process never leaves a receive whose send is missing from the log, nor half a line.
 //!
 //! One line (fields in this order; `msg` on send and recv only, `ext` only on a receive from
-//! a sender that keeps no log):
+//! a sender that keeps no log). The field names are spelled once, in [`schema`]; the writer
+//! formats lines by hand, for speed, with keys taken from [`Field::name`]:
 //!
 //! ```text
 //! {"run":"r1","node":"s1","inc":"9f..","seq":3,"lc":7,"kind":"send",
@@ -22,29 +23,12 @@ use std::path::{Path, PathBuf};
 
 use proto::{Incarnation, NodeId};
 
+pub mod schema;
+
+pub use schema::{EventKind, Field};
+
 /// The run id used when neither config nor `PBKV_RUN` names one.
 pub const RUN_ID_DEFAULT: &str = "pbkv";
-
-/// What kind of event a line records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A message sent.
-    Send,
-    /// A message received.
-    Recv,
-    /// Something the node did or saw by itself.
-    Local,
-}
-
-impl EventKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Send => "send",
-            EventKind::Recv => "recv",
-            EventKind::Local => "local",
-        }
-    }
-}
 
 /// A message's id: the sender's node, incarnation and Lamport stamp of the send.
 #[derive(Debug, Clone, Copy)]
@@ -185,14 +169,8 @@ impl EventLog {
         sink: Option<Box<dyn EventSink>>,
     ) -> EventLog {
         let incarnation_text = incarnation.to_string();
-        let mut prefix = Vec::with_capacity(96);
-        prefix.extend_from_slice(b"{\"run\":");
-        push_json_string(&mut prefix, run);
-        prefix.extend_from_slice(b",\"node\":");
-        push_json_string(&mut prefix, node.as_str());
-        prefix.extend_from_slice(b",\"inc\":\"");
-        prefix.extend_from_slice(incarnation_text.as_bytes());
-        prefix.extend_from_slice(b"\",\"seq\":");
+        let mut prefix = lifeline_prefix(run, node.as_str(), &incarnation_text);
+        push_key(&mut prefix, b',', Field::Seq);
         let mut node_json = Vec::new();
         push_json_string(&mut node_json, node.as_str());
         EventLog {
@@ -225,30 +203,35 @@ impl EventLog {
         let out = &mut self.buffer;
         out.extend_from_slice(&self.prefix);
         out.extend_from_slice(ints.format(self.seq).as_bytes());
-        out.extend_from_slice(b",\"lc\":");
+        push_key(out, b',', Field::Lamport);
         out.extend_from_slice(ints.format(event.lamport).as_bytes());
-        out.extend_from_slice(b",\"kind\":\"");
-        out.extend_from_slice(event.kind.as_str().as_bytes());
+        push_key(out, b',', Field::Kind);
+        out.push(b'"');
+        out.extend_from_slice(event.kind.name().as_bytes());
         out.push(b'"');
         if let Some(message) = &event.message {
-            out.extend_from_slice(b",\"msg\":{\"node\":");
+            push_key(out, b',', Field::Message);
+            push_key(out, b'{', Field::Node);
             push_json_string(out, message.node.as_str());
-            out.extend_from_slice(b",\"inc\":\"");
+            push_key(out, b',', Field::Incarnation);
+            out.push(b'"');
             push_hex_u64(out, message.incarnation.0);
-            out.extend_from_slice(b"\",\"lc\":");
+            out.push(b'"');
+            push_key(out, b',', Field::Lamport);
             out.extend_from_slice(ints.format(message.lamport).as_bytes());
             out.push(b'}');
         }
-        out.extend_from_slice(b",\"peer\":");
+        push_key(out, b',', Field::Peer);
         push_json_string(out, event.peer);
-        out.extend_from_slice(b",\"type\":");
+        push_key(out, b',', Field::MessageType);
         push_json_string(out, event.message_type);
-        out.extend_from_slice(b",\"text\":");
+        push_key(out, b',', Field::Text);
         push_json_string(out, event.text);
-        out.extend_from_slice(b",\"wall_ns\":");
+        push_key(out, b',', Field::WallNs);
         out.extend_from_slice(ints.format(event.wall_ns).as_bytes());
         if event.external {
-            out.extend_from_slice(b",\"ext\":true");
+            push_key(out, b',', Field::External);
+            out.extend_from_slice(b"true");
         }
         out.extend_from_slice(b"}\n");
     }
@@ -277,6 +260,30 @@ impl EventLog {
         self.buffer.clear();
         Ok(())
     }
+}
+
+/// The bytes every line of one incarnation starts with, as [`EventLog`] writes them, up to
+/// and including its `inc` value: `{"run":..,"node":..,"inc":".."`; a `,` and the line's
+/// other members follow. A reader may use it to recognise the writer's own spelling: a line
+/// that starts with it has these `run`, `node` and `inc` at its top level.
+pub fn lifeline_prefix(run: &str, node: &str, incarnation: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(96);
+    push_key(&mut prefix, b'{', Field::Run);
+    push_json_string(&mut prefix, run);
+    push_key(&mut prefix, b',', Field::Node);
+    push_json_string(&mut prefix, node);
+    push_key(&mut prefix, b',', Field::Incarnation);
+    push_json_string(&mut prefix, incarnation);
+    prefix
+}
+
+/// Appends `separator` (`{` or `,`) and `"name":` for `field`. Field and kind names need no
+/// escaping (a compile-time check in [`schema`]).
+fn push_key(out: &mut Vec<u8>, separator: u8, field: Field) {
+    out.push(separator);
+    out.push(b'"');
+    out.extend_from_slice(field.name().as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 /// Appends `value` as 16 lowercase hex digits (how incarnations are spelled).
@@ -317,55 +324,110 @@ pub fn push_json_string(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
 
+    /// The line `record` should produce for `event`, as the schema reads it back.
+    fn expected(
+        log: &EventLog,
+        run: &str,
+        node: &NodeId,
+        event: &EventRecord<'_>,
+    ) -> schema::LoggedEvent {
+        schema::LoggedEvent {
+            run: run.to_string(),
+            node: node.as_str().to_string(),
+            inc: log.incarnation_text().to_string(),
+            seq: log.seq(),
+            lc: event.lamport,
+            kind: event.kind,
+            msg: event.message.map(|id| schema::LoggedMessageId {
+                node: id.node.as_str().to_string(),
+                inc: id.incarnation.to_string(),
+                lc: id.lamport,
+            }),
+            peer: event.peer.to_string(),
+            message_type: event.message_type.to_string(),
+            text: event.text.to_string(),
+            wall_ns: event.wall_ns,
+            ext: event.external,
+        }
+    }
+
+    /// Goal: the hand-formatted writer and the schema agree: every line the writer produces
+    /// parses into a `LoggedEvent` with every field equal to what was recorded, uses only
+    /// keys the schema knows, and together the lines use every field. Method: one event of
+    /// each kind (an external receive among them), strings that need escaping, a negative
+    /// physical time.
     #[test]
-    fn lines_are_valid_json_with_numbered_events() {
+    fn written_lines_parse_back_into_the_schema_field_for_field() {
         let sink = MemorySink::default();
         let node = NodeId::new("n1").expect("valid");
-        let mut log = EventLog::new(
-            "run\"1",
-            &node,
-            Incarnation(0xab),
-            Some(Box::new(sink.clone())),
-        );
-        let id = MessageId {
-            node: &node,
-            incarnation: Incarnation(0xab),
-            lamport: 2,
-        };
-        log.record(&EventRecord {
-            lamport: 1,
-            kind: EventKind::Local,
-            message: None,
-            peer: "",
-            message_type: "",
-            text: "start\n\u{1}",
-            wall_ns: -5,
-            external: false,
-        });
-        log.record(&EventRecord {
-            lamport: 2,
-            kind: EventKind::Send,
-            message: Some(id),
-            peer: "127.0.0.1:1",
-            message_type: "EchoRequest",
-            text: "corr=1",
-            wall_ns: 7,
-            external: false,
-        });
+        let sender = NodeId::new("client-7").expect("valid");
+        let run = "run\"1\\";
+        let mut log = EventLog::new(run, &node, Incarnation(0xab), Some(Box::new(sink.clone())));
+        let events = [
+            EventRecord {
+                lamport: 1,
+                kind: EventKind::Local,
+                message: None,
+                peer: "",
+                message_type: "",
+                text: "start\n\u{1}\t\u{e9}",
+                wall_ns: -5,
+                external: false,
+            },
+            EventRecord {
+                lamport: 2,
+                kind: EventKind::Send,
+                message: Some(MessageId {
+                    node: &node,
+                    incarnation: Incarnation(0xab),
+                    lamport: 2,
+                }),
+                peer: "127.0.0.1:1#2",
+                message_type: "EchoRequest",
+                text: "corr=1",
+                wall_ns: 7,
+                external: false,
+            },
+            EventRecord {
+                lamport: 9,
+                kind: EventKind::Recv,
+                message: Some(MessageId {
+                    node: &sender,
+                    incarnation: Incarnation(u64::MAX - 1),
+                    lamport: 8,
+                }),
+                peer: "client-7",
+                message_type: "PutRequest",
+                text: "",
+                wall_ns: i64::MAX,
+                external: true,
+            },
+        ];
+        let mut wanted = Vec::new();
+        for event in &events {
+            log.record(event);
+            wanted.push(expected(&log, run, &node, event));
+        }
         log.flush_turn().expect("memory sink");
         let text = String::from_utf8(sink.0.borrow().clone()).expect("utf-8");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("json"))
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["run"], "run\"1");
-        assert_eq!(lines[0]["text"], "start\n\u{1}");
-        assert_eq!(lines[0]["seq"], 1);
-        assert_eq!(lines[1]["seq"], 2);
-        assert_eq!(lines[1]["msg"]["lc"], 2);
-        assert_eq!(lines[1]["msg"]["inc"], "00000000000000ab");
-        assert_eq!(lines[1]["wall_ns"], 7);
+        let parsed = crate::logcheck::parse_events("memory", &text).expect("lines parse");
+        assert_eq!(parsed, wanted);
+        let prefix = lifeline_prefix(run, node.as_str(), log.incarnation_text());
+        for line in text.lines() {
+            let rest = line.as_bytes().strip_prefix(prefix.as_slice());
+            assert_eq!(rest.and_then(|rest| rest.first()), Some(&b','), "{line}");
+        }
+        let mut keys_seen = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            let object: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).expect("an object");
+            for key in object.keys() {
+                let field = Field::from_name(key);
+                assert!(field.is_some(), "unknown key {key:?} in {line}");
+                keys_seen.extend(field);
+            }
+        }
+        assert_eq!(keys_seen.into_iter().collect::<Vec<_>>(), Field::ALL);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! # Layout
 //! - [`role`]: the `Role` trait, `Ctx`, actions, time and connection types.
 //! - [`lamport`], [`timers`], [`clock`]: the Lamport clock, keyed timers, skewable clocks.
-//! - [`event_log`]: JSON-lines event logs; [`logcheck`]: reading and checking them.
+//! - [`event_log`]: JSON-lines event logs, their one schema in [`event_log::schema`];
+//!   [`logcheck`]: reading and checking them.
 //! - [`node`]: the driver-independent core of a node.
 //! - [`link`]: the link layer both drivers share (hello checks, backoff, bounds,
 //!   backpressure, drops).

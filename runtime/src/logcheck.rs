@@ -11,56 +11,14 @@
 //! `lc = max(previous lc, stamp) + 1` exactly; all lines share one run id. Receives that
 //! precede their send in physical (wall) time are counted, not flagged: physical clocks may
 //! be skewed.
+//!
+//! Lines are read through the one schema, [`crate::event_log::schema`]: any JSON spelling of
+//! an event (whitespace, key order, escapes) reads the same.
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Deserialize;
-
-/// A message id as logged.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-pub struct LoggedMessageId {
-    /// Sender node.
-    pub node: String,
-    /// Sender incarnation.
-    pub inc: String,
-    /// The send's Lamport stamp.
-    pub lc: u64,
-}
-
-/// One event-log line.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct LoggedEvent {
-    /// Run id.
-    pub run: String,
-    /// Node id.
-    pub node: String,
-    /// Incarnation, as 16 hex digits.
-    pub inc: String,
-    /// Per-incarnation sequence number, from 1.
-    pub seq: u64,
-    /// Lamport time of the event.
-    pub lc: u64,
-    /// "send", "recv" or "local".
-    pub kind: String,
-    /// The message, on sends and receives.
-    #[serde(default)]
-    pub msg: Option<LoggedMessageId>,
-    /// The other end.
-    #[serde(default)]
-    pub peer: String,
-    /// Message type name.
-    #[serde(rename = "type", default)]
-    pub message_type: String,
-    /// Human label.
-    #[serde(default)]
-    pub text: String,
-    /// Physical clock reading.
-    #[serde(default)]
-    pub wall_ns: i64,
-    /// A receive from a sender that keeps no log.
-    #[serde(default)]
-    pub ext: bool,
-}
+use crate::event_log::EventKind;
+pub use crate::event_log::schema::{LoggedEvent, LoggedMessageId};
 
 /// Parses JSON lines; `source` names the input in errors.
 ///
@@ -78,7 +36,7 @@ pub fn parse_events(source: &str, text: &str) -> Result<Vec<LoggedEvent>, String
 
 /// Sorts events into the merged total order (Lamport time, node, incarnation).
 pub fn merge(events: &mut [LoggedEvent]) {
-    events.sort_by(|a, b| (a.lc, &a.node, &a.inc).cmp(&(b.lc, &b.node, &b.inc)));
+    events.sort_by(|a, b| a.order().cmp(&b.order()));
 }
 
 /// What [`check`] found.
@@ -113,7 +71,7 @@ pub fn check(events: &[LoggedEvent]) -> CheckReport {
             .entry((&event.node, &event.inc))
             .or_default()
             .push(event);
-        if let (true, Some(id)) = (event.kind == "send", &event.msg) {
+        if let (true, Some(id)) = (event.kind == EventKind::Send, &event.msg) {
             sends.insert(id.clone(), event);
         }
     }
@@ -143,7 +101,7 @@ pub fn check(events: &[LoggedEvent]) -> CheckReport {
                     event.seq, event.lc
                 ));
             }
-            if event.kind == "recv" {
+            if event.kind == EventKind::Recv {
                 check_receive(
                     &mut report,
                     &sends,

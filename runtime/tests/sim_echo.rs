@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use proto::Addr;
 use runtime::echo::{EchoConfig, EchoRole};
+use runtime::event_log::EventKind;
 use runtime::logcheck::{check, merge, parse_events};
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
 
@@ -173,11 +174,11 @@ fn merged_order_puts_sends_before_receives() {
     let position = |node: &str, inc: &str, lc: u64| {
         events
             .iter()
-            .position(|e| e.kind == "send" && e.node == node && e.inc == inc && e.lc == lc)
+            .position(|e| e.kind == EventKind::Send && e.node == node && e.inc == inc && e.lc == lc)
     };
     let mut receives = 0;
     for (index, event) in events.iter().enumerate() {
-        if event.kind == "recv" {
+        if event.kind == EventKind::Recv {
             let id = event.msg.as_ref().expect("recv has msg");
             let send = position(&id.node, &id.inc, id.lc).expect("send present");
             assert!(send < index, "send at {send} after its receive at {index}");

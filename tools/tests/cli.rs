@@ -113,3 +113,23 @@ fn merge_orders_incarnations_within_one_file() {
         .expect("run");
     assert_eq!(check.status.code(), Some(0), "{check:?}");
 }
+
+/// Goal: a run whose Lamport times go backwards stops the merge with the file and line,
+/// rather than merging into a wrong order. Method: one incarnation with lc 5 then lc 3.
+#[test]
+fn merge_rejects_a_run_out_of_lamport_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.jsonl");
+    std::fs::write(
+        &a,
+        [event("a", "01", 1, 5), event("a", "01", 2, 3)].concat(),
+    )
+    .expect("write");
+    let output = pbkv().args(["log", "merge"]).arg(&a).output().expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a.jsonl:2: Lamport time 3 after 5"),
+        "{stderr}"
+    );
+}

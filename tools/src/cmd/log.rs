@@ -1,13 +1,16 @@
 //! `pbkv log merge | check | diagram | shiviz`: event logs of all processes of a run, in one
 //! causal order, checked, drawn, or exported for ShiViz.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
+use runtime::event_log::schema::{EventKey, read_lamport};
+use runtime::event_log::{EventKind, lifeline_prefix};
 use runtime::logcheck::{LoggedEvent, check, merge, parse_events};
 
 use crate::exit;
@@ -101,126 +104,217 @@ fn read_all(logs: &[PathBuf]) -> Result<Vec<LoggedEvent>, String> {
     Ok(events)
 }
 
-/// The byte string after `name` up to the next quote, in `line`.
-fn quoted_after<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let start = find(line, name)? + name.len();
-    let rest = &line[start..];
-    let end = rest.iter().position(|byte| *byte == b'"')?;
-    Some(&rest[..end])
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// The Lamport time of one line, parsed without parsing the rest.
-fn lamport_of(line: &[u8]) -> Option<u64> {
-    let start = find(line, b",\"lc\":")? + 6;
-    let mut value: u64 = 0;
-    let mut digits = 0;
-    for byte in &line[start..] {
-        if !byte.is_ascii_digit() {
-            break;
+/// Appends the next line of `reader` (with its newline, if it has one) to `line`, like
+/// `BufRead::read_until` but with `memchr`'s vectorised search; returns the bytes read.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<u64> {
+    let mut read = 0;
+    loop {
+        let buffer = match reader.fill_buf() {
+            Ok(buffer) => buffer,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        let (used, done) = match memchr::memchr(b'\n', buffer) {
+            Some(index) => (index + 1, true),
+            None => (buffer.len(), buffer.is_empty()),
+        };
+        line.extend_from_slice(&buffer[..used]);
+        reader.consume(used);
+        read += used as u64;
+        if done {
+            return Ok(read);
         }
-        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
-        digits += 1;
     }
-    (digits > 0).then_some(value)
 }
 
-/// One sorted run: the lines of one incarnation, contiguous in one file.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The members of `line` after its `run`, `node` and `inc`, when the line starts as the
+/// writer starts every line of one lifeline (`lifeline`, from [`lifeline_prefix`]): the
+/// bytes from the `,` that follows the prefix on.
+fn members_after<'a>(line: &'a [u8], lifeline: &[u8]) -> Option<&'a [u8]> {
+    line.strip_prefix(lifeline)
+        .filter(|rest| rest.first() == Some(&b','))
+}
+
+/// `line` without its `\n`, so that a parse error's position is within the line.
+fn without_newline(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\n").unwrap_or(line)
+}
+
+/// The merge key of one line, read through the schema: any JSON spelling of an event will
+/// do; only `lc`, `node` and `inc` are kept, borrowed from the line.
+fn key_of<'a>(name: &str, line_number: u64, line: &'a [u8]) -> Result<EventKey<'a>, String> {
+    EventKey::read(without_newline(line)).map_err(|error| format!("{name}:{line_number}: {error}"))
+}
+
+/// One sorted run: the lines of one incarnation, contiguous in one file (a file holds one
+/// run per incarnation, appended across restarts).
 struct Run {
     reader: BufReader<File>,
+    /// Bytes of the run not read yet.
     remaining: u64,
-    node: Vec<u8>,
-    incarnation: Vec<u8>,
+    node: String,
+    incarnation: String,
+    /// How the writer starts each line of this incarnation ([`lifeline_prefix`]).
+    lifeline: Vec<u8>,
+    /// The current line, exactly as read: what the merge writes out.
     line: Vec<u8>,
+    /// The current line's number in its file, from 1.
+    line_number: u64,
+    /// The current line's Lamport time.
+    lamport: u64,
     name: String,
 }
 
-/// Finds each file's incarnation runs (byte ranges), for the streaming merge.
-fn runs(path: &PathBuf) -> Result<Vec<Run>, String> {
+/// Where one run lies in its file.
+struct RunBounds {
+    start: u64,
+    end: u64,
+    first_line_number: u64,
+    node: String,
+    incarnation: String,
+    lifeline: Vec<u8>,
+}
+
+/// Finds each file's incarnation runs, for the streaming merge.
+///
+/// A line that starts as the writer starts every line of the current run's incarnation
+/// (the same `run`, `node` and `inc` at the top level: [`members_after`]) belongs to that
+/// run and is not parsed here; any other line is. [`advance`] reads every line's key and
+/// checks it against its run, so this shortcut only saves time.
+fn runs(path: &Path) -> Result<Vec<Run>, String> {
     let name = path.display().to_string();
     let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
-    let mut offset = 0u64;
-    let mut bounds: Vec<(u64, u64, Vec<u8>, Vec<u8>)> = Vec::new();
+    let (mut end, mut line_number) = (0u64, 0u64);
+    let mut bounds: Vec<RunBounds> = Vec::new();
     loop {
         line.clear();
-        let len = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| format!("{name}: {e}"))? as u64;
+        let len = read_line(&mut reader, &mut line).map_err(|e| format!("{name}: {e}"))?;
         if len == 0 {
             break;
         }
-        if !line.iter().all(u8::is_ascii_whitespace) {
-            let bad = || format!("{name}: the line at byte {offset} is not an event");
-            let incarnation = quoted_after(&line, b"\"inc\":\"").ok_or_else(bad)?;
-            match bounds.last_mut() {
-                Some((_, end, _, current)) if current.as_slice() == incarnation => {
-                    *end = offset + len;
-                }
-                _ => {
-                    let node = quoted_after(&line, b"\"node\":\"")
-                        .ok_or_else(bad)?
-                        .to_vec();
-                    bounds.push((offset, offset + len, node, incarnation.to_vec()));
-                }
-            }
+        line_number += 1;
+        end += len;
+        if is_blank(&line) {
+            continue;
         }
-        offset += len;
+        if let Some(run) = bounds.last_mut()
+            && members_after(&line, &run.lifeline).is_some()
+        {
+            run.end = end;
+            continue;
+        }
+        let key = key_of(&name, line_number, &line)?;
+        if let Some(run) = bounds.last_mut()
+            && run.node == key.node
+            && run.incarnation == key.inc
+        {
+            run.end = end;
+            continue;
+        }
+        // A new run: its first line is read whole, for the run id of the writer's prefix.
+        let first: LoggedEvent = serde_json::from_slice(without_newline(&line))
+            .map_err(|error| format!("{name}:{line_number}: {error}"))?;
+        bounds.push(RunBounds {
+            start: end - len,
+            end,
+            first_line_number: line_number,
+            lifeline: lifeline_prefix(&first.run, &first.node, &first.inc),
+            node: first.node,
+            incarnation: first.inc,
+        });
     }
     bounds
         .into_iter()
-        .map(|(start, end, node, incarnation)| {
+        .map(|bounds| {
             let mut file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-            file.seek(SeekFrom::Start(start))
+            file.seek(SeekFrom::Start(bounds.start))
                 .map_err(|e| format!("{name}: {e}"))?;
-            let reader = BufReader::with_capacity(1 << 18, file);
-            let line = Vec::new();
-            let name = name.clone();
             Ok(Run {
-                reader,
-                remaining: end - start,
-                node,
-                incarnation,
-                line,
-                name,
+                reader: BufReader::with_capacity(1 << 18, file),
+                remaining: bounds.end - bounds.start,
+                node: bounds.node,
+                incarnation: bounds.incarnation,
+                lifeline: bounds.lifeline,
+                line: Vec::new(),
+                line_number: bounds.first_line_number - 1,
+                lamport: 0,
+                name: name.clone(),
             })
         })
         .collect()
 }
 
-/// Reads the run's next event line into `run.line`; returns its Lamport time.
-fn advance(run: &mut Run) -> Result<Option<u64>, String> {
+/// The Lamport time of `run.line`, checking the line belongs to the run.
+///
+/// A line in the writer's spelling of this lifeline has its `run`, `node` and `inc` in the
+/// prefix it starts with, so only the members after them are read; any other line is read
+/// through [`EventKey::read`] and its node and incarnation compared with the run's.
+fn lamport_of(run: &mut Run) -> Result<u64, String> {
+    let at = |error: serde_json::Error| format!("{}:{}: {error}", run.name, run.line_number);
+    if members_after(&run.line, &run.lifeline).is_some() {
+        // The `,` after the prefix becomes `{` for the read, so the members after it read
+        // as an object of their own without a copy; the line is put back before it is used.
+        let comma = run.lifeline.len();
+        run.line[comma] = b'{';
+        let lamport = read_lamport(without_newline(&run.line[comma..]));
+        run.line[comma] = b',';
+        return lamport.map_err(at);
+    }
+    let key = EventKey::read(without_newline(&run.line)).map_err(at)?;
+    if key.node != run.node || key.inc != run.incarnation {
+        return Err(format!(
+            "{}:{}: an event of {}/{} inside the run of {}/{} (the file changed?)",
+            run.name, run.line_number, key.node, key.inc, run.node, run.incarnation
+        ));
+    }
+    Ok(key.lc)
+}
+
+/// Reads the run's next event line into `run.line` and its Lamport time into
+/// `run.lamport`; false at the end of the run.
+///
+/// # Errors
+/// An I/O error; a line that is not an event; a line of another incarnation (the file
+/// changed since [`runs`] read it, or one incarnation's lines are not contiguous); a Lamport
+/// time below the previous line's (the run is not in order, so no merge of it would be).
+fn advance(run: &mut Run) -> Result<bool, String> {
     while run.remaining > 0 {
         run.line.clear();
-        let len = run
-            .reader
-            .read_until(b'\n', &mut run.line)
-            .map_err(|e| e.to_string())? as u64;
+        let len =
+            read_line(&mut run.reader, &mut run.line).map_err(|e| format!("{}: {e}", run.name))?;
         if len == 0 {
-            return Ok(None);
+            return Err(format!("{}: the file shrank during the merge", run.name));
         }
         run.remaining = run.remaining.saturating_sub(len);
-        if run.line.iter().all(u8::is_ascii_whitespace) {
+        run.line_number += 1;
+        if is_blank(&run.line) {
             continue;
         }
+        let lamport = lamport_of(run)?;
+        if lamport < run.lamport {
+            return Err(format!(
+                "{}:{}: Lamport time {lamport} after {} in incarnation {}/{}: out of order",
+                run.name, run.line_number, run.lamport, run.node, run.incarnation
+            ));
+        }
+        run.lamport = lamport;
         if run.line.last() != Some(&b'\n') {
             run.line.push(b'\n');
         }
-        let lamport = lamport_of(&run.line)
-            .ok_or_else(|| format!("{}: a line without a Lamport time", run.name))?;
-        return Ok(Some(lamport));
+        return Ok(true);
     }
-    Ok(None)
+    Ok(false)
 }
 
-/// Streaming k-way merge: lines pass through unchanged, in (lc, node, incarnation) order;
-/// only the Lamport time is parsed per line (node and incarnation are fixed per run).
+/// Streaming k-way merge: lines pass through unchanged, in (lc, node, incarnation) order.
+/// Memory holds one line per run; node and incarnation are fixed per run, so each line's
+/// own key only needs its Lamport time.
 fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), String> {
     let mut all_runs = Vec::new();
     for path in logs {
@@ -236,17 +330,17 @@ fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), String>
     let mut out = BufWriter::with_capacity(1 << 20, sink);
     let mut heap = BinaryHeap::new();
     for (rank, run) in all_runs.iter_mut().enumerate() {
-        if let Some(lamport) = advance(run)? {
-            heap.push(std::cmp::Reverse((lamport, rank)));
+        if advance(run)? {
+            heap.push(Reverse((run.lamport, rank)));
         }
     }
     let mut count = 0u64;
-    while let Some(std::cmp::Reverse((_, rank))) = heap.pop() {
+    while let Some(Reverse((_, rank))) = heap.pop() {
         let run = &mut all_runs[rank];
         out.write_all(&run.line).map_err(|e| e.to_string())?;
         count += 1;
-        if let Some(lamport) = advance(run)? {
-            heap.push(std::cmp::Reverse((lamport, rank)));
+        if advance(run)? {
+            heap.push(Reverse((run.lamport, rank)));
         }
     }
     out.flush().map_err(|e| e.to_string())?;
@@ -280,7 +374,7 @@ fn check_files(logs: &[PathBuf]) -> Result<i32, String> {
 }
 
 /// The message id of a send or receive of `kind`.
-fn message_of(event: &LoggedEvent, kind: &str) -> Option<(String, String, u64)> {
+fn message_of(event: &LoggedEvent, kind: EventKind) -> Option<(String, String, u64)> {
     let id = event.msg.as_ref().filter(|_| event.kind == kind)?;
     Some((id.node.clone(), id.inc.clone(), id.lc))
 }
@@ -366,13 +460,13 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
     for (index, event) in events.iter().enumerate() {
         let (x, y) = (x_of(&lifeline(event)), y_of(index, event));
         positions.push((x, y));
-        if let Some(id) = message_of(event, "send") {
+        if let Some(id) = message_of(event, EventKind::Send) {
             sends.insert(id, (x, y, event.wall_ns));
         }
     }
     let mut inverted = 0;
     for (event, (x, y)) in events.iter().zip(&positions) {
-        if let Some(id) = message_of(event, "recv")
+        if let Some(id) = message_of(event, EventKind::Recv)
             && let Some((sx, sy, wall)) = sends.get(&id)
         {
             let red = event.wall_ns < *wall;
@@ -388,12 +482,12 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
                 xml(&event.message_type)
             );
         }
-        let colour = match event.kind.as_str() {
-            "send" => "#36c",
-            "recv" => "#393",
-            _ => "#555",
+        let colour = match event.kind {
+            EventKind::Send => "#36c",
+            EventKind::Recv => "#393",
+            EventKind::Local => "#555",
         };
-        let label = if event.kind == "local" {
+        let label = if event.kind == EventKind::Local {
             event.text.clone()
         } else {
             event.message_type.clone()
@@ -406,7 +500,7 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
             event.kind,
             xml(&label)
         );
-        if event.kind == "local" {
+        if event.kind == EventKind::Local {
             let _ = writeln!(
                 svg,
                 r#"<text x="{}" y="{}">{}</text>"#,
@@ -451,7 +545,7 @@ fn shiviz(args: &OutArgs) -> Result<(), String> {
     for event in &events {
         let host = name(event);
         let mut clock = clocks.remove(&host).unwrap_or_default();
-        if let Some(id) = message_of(event, "recv")
+        if let Some(id) = message_of(event, EventKind::Recv)
             && let Some(sent) = at_send.get(&id)
         {
             for (other, value) in sent {
@@ -460,11 +554,11 @@ fn shiviz(args: &OutArgs) -> Result<(), String> {
             }
         }
         *clock.entry(host.clone()).or_default() += 1;
-        if let Some(id) = message_of(event, "send") {
+        if let Some(id) = message_of(event, EventKind::Send) {
             at_send.insert(id, clock.clone());
         }
         let json = serde_json::to_string(&clock).map_err(|e| e.to_string())?;
-        let text = if event.kind == "local" {
+        let text = if event.kind == EventKind::Local {
             event.text.clone()
         } else {
             format!("{} {}", event.kind, event.message_type)
