@@ -482,7 +482,8 @@ fn run_seed(seed: u64) -> Events {
     let history = run.history();
     if let Err(violation) = check(&history) {
         panic!(
-            "seed {seed}: not linearizable: key {:?}: {}; the shortest failing prefix ends:\n{}\n{}",
+            "seed {seed}: not linearizable: key {:?}: {}; the shortest failing prefix \
+             ends:\n{}\n{}",
             violation.key,
             violation.explanation,
             failing_prefix_tail(&history, &violation.key),

@@ -39,7 +39,8 @@ fn replicas_refuse_a_restarted_view_service() {
                 .expect("replica up");
             assert!(
                 !replica.serving(),
-                "seed {seed}: {addr} serves after the view service restarted (PBKV_SEED={seed} replays it)"
+                "seed {seed}: {addr} serves after the view service restarted \
+                 (PBKV_SEED={seed} replays it)"
             );
             let why = replica.refused().unwrap_or_default();
             assert!(
