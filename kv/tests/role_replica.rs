@@ -144,8 +144,8 @@ fn relay_replies(replier: &Node, to: &mut Node, actions: &Actions) -> Actions {
     out
 }
 
-/// s1 primary of view 2 with s2 its backup, the transfer done: both synced in view 2.
-fn synced_pair() -> (Node, Node, View) {
+/// s1 primary of view 2 naming s2 its backup; s2 has only seen view 1.
+fn primary_in_view_2() -> (Node, Node, View) {
     let mut p = Node::start(s1());
     let mut b = Node::start(s2());
     let first = view(1, Some(s1()), None);
@@ -153,6 +153,12 @@ fn synced_pair() -> (Node, Node, View) {
     b.adopt(first);
     let second = view(2, Some(s1()), Some(s2()));
     assert_eq!(p.adopt(second), vec![adopted(&second)]);
+    (p, b, second)
+}
+
+/// s1 primary of view 2 with s2 its backup, the transfer done: both synced in view 2.
+fn synced_pair() -> (Node, Node, View) {
+    let (mut p, mut b, second) = primary_in_view_2();
     b.adopt(second);
     let chunks = p.turn_end();
     let acks = relay(&p, &mut b, &chunks);
@@ -301,13 +307,7 @@ fn r3_stepping_down_answers_pending_requests_with_wrong_server() {
 fn r4_views_travel_with_messages() {
     // An idle server in view 1 gets view 2's first chunk from its primary: it adopts view 2
     // at once and takes the chunk.
-    let mut p = Node::start(s1());
-    let mut b = Node::start(s2());
-    let first = view(1, Some(s1()), None);
-    p.adopt(first);
-    b.adopt(first);
-    let second = view(2, Some(s1()), Some(s2()));
-    p.adopt(second);
+    let (mut p, mut b, second) = primary_in_view_2();
     let chunks = p.turn_end();
     let acks = relay(&p, &mut b, &chunks);
     assert_eq!(b.role.view(), second);
