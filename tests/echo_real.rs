@@ -159,17 +159,22 @@ fn a_client_that_never_reads_is_paused_and_hurts_no_one() {
         out
     };
     let hello = Hello {
-        protocol: 1,
+        protocol: runtime::node::PROTOCOL_VERSION,
         software: "test".into(),
         node: NodeId::new("flood").expect("valid"),
         incarnation: Incarnation(7),
         addr: None,
         run: "pbkv".into(),
         logs: false,
+        nonce: [7; proto::NONCE_LEN],
     };
     flood
         .write_all(&frame(Message::Hello(hello)))
         .expect("hello");
+    // The responder holds no key (protected mode): a keyless proof opens the connection.
+    flood
+        .write_all(&frame(Message::Auth(proto::Auth::KEYLESS)))
+        .expect("proof");
     let payload = Bytes::from(vec![b'x'; 64 * 1024]);
     let request = frame(Message::EchoRequest(EchoRequest { round: 1, payload }));
     let mut written = 0usize;

@@ -110,7 +110,8 @@ impl Cluster {
 
     fn make_clerk(&mut self, config: ClientConfig) -> usize {
         let name = format!("ck{}", self.clerks.len() + 1);
-        let client = BlockingClient::start_with(config, &name).expect("client");
+        let client =
+            BlockingClient::start_with(config, &name, runtime::Keys::keyless()).expect("client");
         self.clerks.push(Arc::new(Mutex::new(client)));
         self.clerks.len() - 1
     }
@@ -170,7 +171,12 @@ impl LabCluster for Cluster {
     }
 
     fn view(&self) -> View {
-        let asked = request(Addr(self.vs_addr), GetViewRequest {}.into(), STARTUP);
+        let asked = request(
+            Addr(self.vs_addr),
+            GetViewRequest {}.into(),
+            STARTUP,
+            runtime::Keys::keyless(),
+        );
         match asked {
             Ok(Message::GetViewReply(reply)) => reply.view,
             other => panic!("view service: {other:?}"),

@@ -18,6 +18,7 @@ use clockd::server::TimeServer;
 use proto::kv::InfoReply;
 use proto::{Message, MessageType};
 use runtime::echo::{EchoRole, EchoTimer};
+use runtime::role::REPLY_LEN_HINT_DEFAULT;
 use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
 
 use crate::client::{Client, ClientTimer};
@@ -61,7 +62,7 @@ pub fn route(message_type: MessageType) -> &'static [Slot] {
         T::EchoRequest | T::EchoReply => &[Slot::Echo],
         T::TimeRequest => &[Slot::TimeServer],
         T::InfoRequest => &[Slot::Info],
-        T::Hello | T::InfoReply | T::TimeReply => &[],
+        T::Hello | T::Auth | T::InfoReply | T::TimeReply => &[],
     }
 }
 
@@ -333,6 +334,21 @@ impl<E: Role> Role for Host<E> {
                 ctx.nested(HostTimer::Extra, |c| extra.on_message(c, origin, message));
             }
         }
+    }
+
+    /// A Get's reply carries its value: the driver counts that much against the
+    /// connection before the reply is made. PutHash replies carry the previous value.
+    fn reply_len_hint(&self, message: &Message) -> usize {
+        let key = match message {
+            Message::GetRequest(get) => &get.key,
+            Message::PutRequest(put) => &put.key,
+            _ => return REPLY_LEN_HINT_DEFAULT,
+        };
+        let value_len = self
+            .replica
+            .as_ref()
+            .and_then(|replica| replica.state().store.get(key).map(|value| value.len()));
+        REPLY_LEN_HINT_DEFAULT + value_len.unwrap_or(0)
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<Self::Timer>, timer: Self::Timer) {

@@ -11,7 +11,7 @@ use proto::kv::{
 };
 use proto::viewservice::{GetViewReply, GetViewRequest, Member, View};
 use proto::{Addr, Incarnation, Message, NodeId};
-use runtime::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
+use runtime::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, PeerClass, Role};
 
 use roles::{VS_PORT, addr, member, ms, send, view};
 
@@ -41,6 +41,7 @@ fn retry_at(at: MonoTime) -> Action<ClientTimer> {
 fn answer_origin(corr: u64) -> Origin {
     Origin {
         conn: ConnId(1),
+        class: PeerClass::Member,
         node: NodeId::new("peer").expect("valid"),
         incarnation: Incarnation(1),
         addr: Some(addr(7101)),

@@ -18,7 +18,7 @@ use crate::codec::{DecodeError, Reader};
 use crate::message::{Message, MessageType};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Header length in bytes, the length field included.
 pub const HEADER_LEN: usize = 24;
 /// Bytes of the header that follow the length field.

@@ -33,4 +33,4 @@ pub use frame::{
     FRAME_LEN_MAX_DEFAULT, Frame, FrameDecoder, FrameHeader, HEADER_LEN, VERSION, encode_frame,
 };
 pub use message::{Message, MessageType};
-pub use types::{Addr, Hello, Incarnation, NodeId};
+pub use types::{Addr, Auth, Hello, Incarnation, KEY_ID_LEN, MAC_LEN, NONCE_LEN, NodeId};

@@ -12,7 +12,7 @@ use crate::kv::{
     ForwardReply, ForwardRequest, GetReply, GetRequest, InfoReply, InfoRequest, OpenSessionReply,
     OpenSessionRequest, PutReply, PutRequest, TransferReply, TransferRequest,
 };
-use crate::types::Hello;
+use crate::types::{Auth, Hello};
 use crate::viewservice::{GetViewReply, GetViewRequest, PingReply, PingRequest};
 
 macro_rules! messages {
@@ -100,6 +100,7 @@ macro_rules! messages {
 
 messages! {
     1 => Hello,
+    4 => Auth,
     2 => EchoRequest,
     3 => EchoReply,
     10 => PingRequest,
@@ -120,6 +121,45 @@ messages! {
     41 => InfoReply,
     50 => TimeRequest,
     51 => TimeReply,
+}
+
+impl MessageType {
+    /// The reply a request of this type is answered with; `None` for replies and for the
+    /// handshake's frames.
+    pub fn reply_type(self) -> Option<MessageType> {
+        use MessageType as T;
+        let reply = match self {
+            T::EchoRequest => T::EchoReply,
+            T::PingRequest => T::PingReply,
+            T::GetViewRequest => T::GetViewReply,
+            T::OpenSessionRequest => T::OpenSessionReply,
+            T::GetRequest => T::GetReply,
+            T::PutRequest => T::PutReply,
+            T::ForwardRequest => T::ForwardReply,
+            T::TransferRequest => T::TransferReply,
+            T::InfoRequest => T::InfoReply,
+            T::TimeRequest => T::TimeReply,
+            T::Hello
+            | T::Auth
+            | T::EchoReply
+            | T::PingReply
+            | T::GetViewReply
+            | T::OpenSessionReply
+            | T::GetReply
+            | T::PutReply
+            | T::ForwardReply
+            | T::TransferReply
+            | T::InfoReply
+            | T::TimeReply => return None,
+        };
+        Some(reply)
+    }
+
+    /// Whether this type is one of the handshake's frames (sent only before a connection
+    /// opens).
+    pub fn is_handshake(self) -> bool {
+        matches!(self, MessageType::Hello | MessageType::Auth)
+    }
 }
 
 impl std::fmt::Display for MessageType {

@@ -13,6 +13,12 @@ pub const NODE_ID_LEN_MAX: usize = 64;
 pub const RUN_ID_LEN_MAX: usize = 64;
 /// Longest software version string in a hello, in bytes.
 pub const SOFTWARE_LEN_MAX: usize = 32;
+/// Bytes of a handshake nonce.
+pub const NONCE_LEN: usize = 32;
+/// Bytes of a key id.
+pub const KEY_ID_LEN: usize = 8;
+/// Bytes of a handshake MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
 
 /// A node's name: 1 to 64 bytes of `[A-Za-z0-9_.:-]`, so it can stand in logs and diagrams
 /// unquoted.
@@ -179,6 +185,7 @@ impl<T: Decode> Decode for Option<T> {
 /// addr      option<addr>  advertised address; none for clients
 /// run       string   run id, shared by all nodes of a run
 /// logs      bool     whether the sender keeps an event log
+/// nonce     [32]     fresh random bytes for this connection's handshake
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
@@ -196,6 +203,53 @@ pub struct Hello {
     pub run: String,
     /// Whether the sender keeps an event log (its messages are not orphans when merged).
     pub logs: bool,
+    /// Fresh random bytes for this connection's handshake (see [`Auth`]).
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// The handshake's proof, sent once by each end after both hellos: first by the dialer,
+/// then, once the dialer's proof verified, by the acceptor.
+///
+/// ```text
+/// key_id  [8]   the key the MAC is made with; all zeros: the sender holds no key
+/// mac     [32]  HMAC-SHA256 over the transcript (docs/security.md); zeros without a key
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// Which key made the MAC; all zeros when the sender holds no key.
+    pub key_id: [u8; KEY_ID_LEN],
+    /// The MAC over the handshake transcript.
+    pub mac: [u8; MAC_LEN],
+}
+
+impl Auth {
+    /// The proof of an end that holds no key.
+    pub const KEYLESS: Auth = Auth {
+        key_id: [0; KEY_ID_LEN],
+        mac: [0; MAC_LEN],
+    };
+
+    /// Whether this is the proof of an end without a key.
+    pub fn is_keyless(&self) -> bool {
+        self.key_id == [0; KEY_ID_LEN]
+    }
+}
+
+impl Encode for Auth {
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(&self.key_id);
+        out.put_slice(&self.mac);
+    }
+}
+
+impl Decode for Auth {
+    fn decode(reader: &mut Reader) -> Result<Auth, DecodeError> {
+        let mut key_id = [0u8; KEY_ID_LEN];
+        key_id.copy_from_slice(&reader.take(KEY_ID_LEN)?);
+        let mut mac = [0u8; MAC_LEN];
+        mac.copy_from_slice(&reader.take(MAC_LEN)?);
+        Ok(Auth { key_id, mac })
+    }
 }
 
 impl Encode for Hello {
@@ -217,6 +271,7 @@ impl Encode for Hello {
         self.addr.encode(out);
         put_string(out, &self.run);
         out.put_u8(u8::from(self.logs));
+        out.put_slice(&self.nonce);
     }
 }
 
@@ -230,6 +285,11 @@ impl Decode for Hello {
             addr: Option::<Addr>::decode(reader)?,
             run: reader.string("run", RUN_ID_LEN_MAX)?,
             logs: reader.bool("logs")?,
+            nonce: {
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&reader.take(NONCE_LEN)?);
+                nonce
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ use proto::kv::{
 };
 use proto::viewservice::{GetViewReply, GetViewRequest, Member, PingReply, PingRequest, View};
 use proto::{
-    Addr, DecodeError, FRAME_LEN_MAX_DEFAULT, FrameDecoder, FrameHeader, HEADER_LEN, Hello,
+    Addr, Auth, DecodeError, FRAME_LEN_MAX_DEFAULT, FrameDecoder, FrameHeader, HEADER_LEN, Hello,
     Incarnation, Message, MessageType, NodeId, encode_frame,
 };
 
@@ -92,16 +92,27 @@ fn golden() -> Vec<(Message, &'static str)> {
                 addr: Some(Addr::v4(127, 0, 0, 1, 7101)),
                 run: "r".into(),
                 logs: true,
+                nonce: [0xab; 32],
             }),
-            "00000035 01 00 0001 0000000000000005 0000000000000009 \
-             0001 0005 302e312e30 0002 7331 0102030405060708 01 04 7f000001 1bbd 0001 72 01",
+            "00000055 02 00 0001 0000000000000005 0000000000000009 \
+             0001 0005 302e312e30 0002 7331 0102030405060708 01 04 7f000001 1bbd 0001 72 01 \
+             abababababababababababababababababababababababababababababababab",
+        ),
+        (
+            Message::Auth(Auth {
+                key_id: [1, 2, 3, 4, 5, 6, 7, 8],
+                mac: [0xcd; 32],
+            }),
+            "0000003c 02 00 0004 0000000000000005 0000000000000009 \
+             0102030405060708 \
+             cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd",
         ),
         (
             Message::EchoRequest(EchoRequest {
                 round: 3,
                 payload: Bytes::from_static(b"hi"),
             }),
-            "00000022 01 00 0002 0000000000000005 0000000000000009 \
+            "00000022 02 00 0002 0000000000000005 0000000000000009 \
              0000000000000003 00000002 6869",
         ),
         (
@@ -109,7 +120,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 round: 3,
                 payload: Bytes::from_static(b"hi"),
             }),
-            "00000022 01 00 0003 0000000000000005 0000000000000009 \
+            "00000022 02 00 0003 0000000000000005 0000000000000009 \
              0000000000000003 00000002 6869",
         ),
         // Payload 7 + 8 + 8 = 23 bytes: len 20 + 23 = 43.
@@ -119,13 +130,13 @@ fn golden() -> Vec<(Message, &'static str)> {
                 incarnation: Incarnation(0x11),
                 viewnum: 1,
             }),
-            "0000002b 01 00 000a 0000000000000005 0000000000000009 \
+            "0000002b 02 00 000a 0000000000000005 0000000000000009 \
              047f000001 1bbd 0000000000000011 0000000000000001",
         ),
         // Payload: a 48-byte view. len 68.
         (
             Message::PingReply(PingReply { view: view2() }),
-            "00000044 01 00 000b 0000000000000005 0000000000000009 \
+            "00000044 02 00 000b 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
@@ -134,7 +145,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         // Empty payload. len 20.
         (
             Message::GetViewRequest(GetViewRequest {}),
-            "00000014 01 00 000c 0000000000000005 0000000000000009",
+            "00000014 02 00 000c 0000000000000005 0000000000000009",
         ),
         // A view with a primary and no backup: 8 + 1 + 15 + 1 + 8 = 33 bytes. len 53.
         (
@@ -146,13 +157,13 @@ fn golden() -> Vec<(Message, &'static str)> {
                     service: Incarnation(0x99),
                 },
             }),
-            "00000035 01 00 000d 0000000000000005 0000000000000009 \
+            "00000035 02 00 000d 0000000000000005 0000000000000009 \
              0000000000000001 01 047f000001 1bbd 0000000000000011 00 0000000000000099",
         ),
         // Payload 8. len 28.
         (
             Message::OpenSessionRequest(OpenSessionRequest { nonce: 0x42 }),
-            "0000001c 01 00 0014 0000000000000005 0000000000000009 \
+            "0000001c 02 00 0014 0000000000000005 0000000000000009 \
              0000000000000042",
         ),
         // Payload 1 + 8 + 8 = 17. len 37.
@@ -162,13 +173,13 @@ fn golden() -> Vec<(Message, &'static str)> {
                 nonce: 0x42,
                 session: 7,
             }),
-            "00000025 01 00 0015 0000000000000005 0000000000000009 \
+            "00000025 02 00 0015 0000000000000005 0000000000000009 \
              00 0000000000000042 0000000000000007",
         ),
         // Payload 4 + 1 = 5. len 25.
         (
             Message::GetRequest(GetRequest { key: k() }),
-            "00000019 01 00 0016 0000000000000005 0000000000000009 \
+            "00000019 02 00 0016 0000000000000005 0000000000000009 \
              00000001 6b",
         ),
         // Payload 1 + 4 + 1 = 6. len 26.
@@ -177,7 +188,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 status: Status::Ok,
                 value: v(),
             }),
-            "0000001a 01 00 0017 0000000000000005 0000000000000009 \
+            "0000001a 02 00 0017 0000000000000005 0000000000000009 \
              00 00000001 76",
         ),
         // Payload 8 + 8 + 1 + 5 + 5 = 27. len 47.
@@ -189,7 +200,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 key: k(),
                 value: v(),
             }),
-            "0000002f 01 00 0018 0000000000000005 0000000000000009 \
+            "0000002f 02 00 0018 0000000000000005 0000000000000009 \
              0000000000000007 0000000000000001 01 00000001 6b 00000001 76",
         ),
         // Payload 1 + 4 = 5. len 25.
@@ -198,7 +209,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 status: Status::ErrTooLarge,
                 previous: Bytes::new(),
             }),
-            "00000019 01 00 0019 0000000000000005 0000000000000009 \
+            "00000019 02 00 0019 0000000000000005 0000000000000009 \
              05 00000000",
         ),
         // Payload 48 + 8 + 4 + entries (17 + 27 + 27 + 25 + 37 = 133) = 193. len 213.
@@ -242,7 +253,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                     },
                 ],
             }),
-            "000000d5 01 00 001e 0000000000000005 0000000000000009 \
+            "000000d5 02 00 001e 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
@@ -262,7 +273,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 outcome: Outcome::Acked,
                 applied: 14,
             }),
-            "00000055 01 00 001f 0000000000000005 0000000000000009 \
+            "00000055 02 00 001f 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
@@ -285,7 +296,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                     reply: v(),
                 }],
             }),
-            "00000088 01 00 0020 0000000000000005 0000000000000009 \
+            "00000088 02 00 0020 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
@@ -305,7 +316,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 installed: false,
                 applied: 14,
             }),
-            "00000062 01 00 0021 0000000000000005 0000000000000009 \
+            "00000062 02 00 0021 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
@@ -315,18 +326,18 @@ fn golden() -> Vec<(Message, &'static str)> {
         // Empty payload. len 20.
         (
             Message::InfoRequest(InfoRequest {}),
-            "00000014 01 00 0028 0000000000000005 0000000000000009",
+            "00000014 02 00 0028 0000000000000005 0000000000000009",
         ),
         // Payload 2 + 2 = 4. len 24.
         (
             Message::InfoReply(InfoReply { json: "{}".into() }),
-            "00000018 01 00 0029 0000000000000005 0000000000000009 \
+            "00000018 02 00 0029 0000000000000005 0000000000000009 \
              0002 7b7d",
         ),
         // Payload 8 + 8 + 24 reserved = 40. len 60 = 0x3c.
         (
             Message::TimeRequest(TimeRequest { seq: 7, t1: 1000 }),
-            "0000003c 01 00 0032 0000000000000005 0000000000000009 \
+            "0000003c 02 00 0032 0000000000000005 0000000000000009 \
              0000000000000007 00000000000003e8 \
              000000000000000000000000000000000000000000000000",
         ),
@@ -340,7 +351,7 @@ fn golden() -> Vec<(Message, &'static str)> {
                 err_ns: 2,
                 flags: 1,
             }),
-            "0000003c 01 00 0033 0000000000000005 0000000000000009 \
+            "0000003c 02 00 0033 0000000000000005 0000000000000009 \
              0000000000000007 00000000000003e8 00000000000005dc 0000000000000640 \
              00000002 00000001",
         ),
@@ -618,19 +629,25 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             proptest::option::of(addr()),
             "[a-z0-9-]{0,64}",
-            any::<bool>()
+            any::<bool>(),
+            any::<[u8; 32]>()
         )
-            .prop_map(|(protocol, software, node, incarnation, addr, run, logs)| {
-                Message::Hello(Hello {
-                    protocol,
-                    software,
-                    node,
-                    incarnation: Incarnation(incarnation),
-                    addr,
-                    run,
-                    logs,
-                })
-            }),
+            .prop_map(
+                |(protocol, software, node, incarnation, addr, run, logs, nonce)| {
+                    Message::Hello(Hello {
+                        protocol,
+                        software,
+                        node,
+                        incarnation: Incarnation(incarnation),
+                        addr,
+                        run,
+                        logs,
+                        nonce,
+                    })
+                }
+            ),
+        (any::<[u8; 8]>(), any::<[u8; 32]>())
+            .prop_map(|(key_id, mac)| Message::Auth(Auth { key_id, mac })),
         (any::<u64>(), payload())
             .prop_map(|(round, payload)| Message::EchoRequest(EchoRequest { round, payload })),
         (any::<u64>(), payload())
@@ -786,6 +803,7 @@ fn invalid_hello_fields_are_named() {
         addr: None,
         run: "r".into(),
         logs: false,
+        nonce: [0; 32],
     });
     let clean = frame_bytes(&hello, 0, 0);
     // Node id "ab" sits after protocol (2) and software (2 + 1): make it "a b".
@@ -793,8 +811,8 @@ fn invalid_hello_fields_are_named() {
     bad_node[HEADER_LEN + 5 + 2 + 1] = b' ';
     assert_eq!(decode(&bad_node), Err(DecodeError::InvalidField("node_id")));
     let mut bad_bool = clean.clone();
-    let last = bad_bool.len() - 1;
-    bad_bool[last] = 2;
+    let logs_at = bad_bool.len() - 1 - 32;
+    bad_bool[logs_at] = 2;
     assert_eq!(decode(&bad_bool), Err(DecodeError::InvalidField("logs")));
     let mut bad_option = clean;
     // The addr option tag follows the 8-byte incarnation.
@@ -810,7 +828,7 @@ fn invalid_hello_fields_are_named() {
 fn view_and_key_decoder_rules() {
     // A GetViewReply whose view has a backup (m1) but no primary: 8 + 1 + 1 + 15 + 8 = 33.
     let backup_only = unhex(
-        "00000035 01 00 000d 0000000000000005 0000000000000009 \
+        "00000035 02 00 000d 0000000000000005 0000000000000009 \
          0000000000000001 00 01 047f000001 1bbd 0000000000000011 0000000000000099",
     );
     assert_eq!(

@@ -19,6 +19,7 @@
 //! - [`echo`]: a demonstration ping-pong role.
 #![deny(missing_docs)]
 
+pub mod auth;
 pub mod clock;
 pub mod echo;
 pub mod event_log;
@@ -30,7 +31,9 @@ pub mod node;
 pub mod role;
 pub mod sim;
 pub mod timers;
+pub mod warn;
 
+pub use auth::{Key, Keys, PeerClass};
 pub use clock::ClockSkew;
 pub use node::{NodeOptions, PeerInfo};
 pub use role::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, ReplyTo, Role};

@@ -13,10 +13,13 @@
 use std::io;
 
 use bytes::BytesMut;
-use proto::{Addr, Frame, FrameHeader, Hello, Incarnation, Message, NodeId, encode_frame};
+use proto::{
+    Addr, Frame, FrameHeader, Hello, Incarnation, Message, MessageType, NodeId, encode_frame,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::auth::PeerClass;
 use crate::clock::ClockSkew;
 use crate::event_log::{EventKind, EventLog, EventRecord, EventSink, MessageId};
 use crate::lamport::LamportClock;
@@ -33,14 +36,16 @@ pub const UNRELIABLE_DROP_REQUEST: f64 = 0.10;
 /// The lab's unreliable mode: share of incoming requests processed whose reply is lost.
 pub const UNRELIABLE_DROP_REPLY: f64 = 0.18;
 
-/// Who is at the other end of a connection, from its hello.
+/// Who is at the other end of a connection: its hello, and the class its proof earned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
+    /// The class of the key that verified the peer's proof.
+    pub class: PeerClass,
     /// Node id.
     pub node: NodeId,
     /// Incarnation.
     pub incarnation: Incarnation,
-    /// Advertised address; `None` for clients.
+    /// Advertised address; `None` for clients (and for any peer that is not a member).
     pub addr: Option<Addr>,
     /// Whether it keeps an event log.
     pub logs: bool,
@@ -49,6 +54,7 @@ pub struct PeerInfo {
 impl From<&Hello> for PeerInfo {
     fn from(hello: &Hello) -> PeerInfo {
         PeerInfo {
+            class: PeerClass::Anonymous,
             node: hello.node.clone(),
             incarnation: hello.incarnation,
             addr: hello.addr,
@@ -101,12 +107,13 @@ pub(crate) struct Arrival<'a> {
 
 /// What a driver must provide for the core to carry out actions.
 pub(crate) trait Transport {
-    /// Queues `frame` on this node's outbound link to `to`, opening the link if needed.
-    fn send(&mut self, to: Dest, frame: &[u8]);
+    /// Queues `frame` on this node's outbound link to `to`, opening the link if needed; it
+    /// is a request of `message_type` whose reply, under `corr`, the link then awaits.
+    fn send(&mut self, to: Dest, frame: &[u8], corr: u64, message_type: MessageType);
     /// The peer at the other end of `conn` if it is open; `None` if it is gone.
     fn peer_name(&self, conn: ConnId) -> Option<&str>;
-    /// Queues `frame` on `conn` (which `peer_name` just reported open).
-    fn reply(&mut self, conn: ConnId, frame: &[u8]);
+    /// Queues `frame`, the reply to `corr`, on `conn` (which `peer_name` just reported open).
+    fn reply(&mut self, conn: ConnId, frame: &[u8], corr: u64);
     /// Closes `conn` (reported to the other end as a break).
     fn close(&mut self, conn: ConnId);
 }
@@ -140,6 +147,7 @@ impl<R: Role> NodeCore<R> {
             addr: options.addr,
             run: options.run.clone(),
             logs: options.events.is_some(),
+            nonce: [0; proto::NONCE_LEN],
         };
         let log = EventLog::new(&options.run, &options.node, incarnation, options.events);
         NodeCore {
@@ -159,23 +167,16 @@ impl<R: Role> NodeCore<R> {
         }
     }
 
-    /// The hello this node sends on every connection.
+    /// The hello this node sends on every connection, without the connection's nonce
+    /// ([`crate::link::hello_frame`] makes the frame).
     pub fn hello(&self) -> &Hello {
         &self.hello
     }
 
-    /// The hello as a frame, as it goes first on every connection (Lamport time 0: hellos
-    /// are not events).
-    pub fn hello_frame(&self) -> bytes::Bytes {
-        let mut frame = BytesMut::new();
-        let hello = Message::Hello(self.hello.clone());
-        let header = FrameHeader {
-            message_type: hello.message_type(),
-            lamport: 0,
-            corr: 0,
-        };
-        encode_frame(&mut frame, &hello, header, self.frame_len_max);
-        frame.freeze()
+    /// About how many bytes the reply to `message` will take (the role's estimate): an
+    /// accepted connection counts it against its write bound until the reply is made.
+    pub fn reply_len_hint(&self, message: &Message) -> usize {
+        self.role.reply_len_hint(message)
     }
 
     /// The hosted role.
@@ -272,6 +273,7 @@ impl<R: Role> NodeCore<R> {
         });
         let origin = Origin {
             conn,
+            class: peer.class,
             node: peer.node.clone(),
             incarnation: peer.incarnation,
             addr: peer.addr,
@@ -373,7 +375,7 @@ impl<R: Role> NodeCore<R> {
                     let peer = dest_name(&to);
                     self.record_send(lamport, &peer, &message);
                 }
-                transport.send(to, &self.scratch);
+                transport.send(to, &self.scratch, corr, message.message_type());
             }
             Action::Reply {
                 conn,
@@ -389,7 +391,7 @@ impl<R: Role> NodeCore<R> {
                 let lamport = self.clock.tick();
                 self.record_send(lamport, peer, &message);
                 self.encode(&message, lamport, corr);
-                transport.reply(conn, &self.scratch);
+                transport.reply(conn, &self.scratch, corr);
             }
             Action::SetTimer { timer, at } => self.timers.set(timer, at),
             Action::CancelTimer(timer) => self.timers.cancel(&timer),

@@ -23,6 +23,8 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use proto::{Addr, Incarnation, Message, NodeId};
+
+use crate::auth::PeerClass;
 use rand::rngs::StdRng;
 
 /// Monotonic time in nanoseconds since the driver started (virtual time in the simulator).
@@ -67,6 +69,9 @@ impl From<Addr> for Dest {
 pub struct Origin {
     /// The connection it came in on.
     pub conn: ConnId,
+    /// The class of the key the sender proved ([`PeerClass::Member`] for every peer of a
+    /// cluster without keys).
+    pub class: PeerClass,
     /// The sender's node id, from its hello.
     pub node: NodeId,
     /// The sender's incarnation, from its hello.
@@ -328,6 +333,9 @@ impl<T> Ctx<T> {
     }
 }
 
+/// The reply size [`Role::reply_len_hint`] assumes unless a role knows better.
+pub const REPLY_LEN_HINT_DEFAULT: usize = 64;
+
 /// A sans-IO state machine hosted by a driver. See the module docs for the call order.
 pub trait Role {
     /// This role's timers: one variant per purpose, with the subject inside where a purpose
@@ -348,6 +356,14 @@ pub trait Role {
 
     /// An inbound connection closed.
     fn on_closed(&mut self, _ctx: &mut Ctx<Self::Timer>, _conn: ConnId) {}
+
+    /// About how many bytes the reply to `message` (a request) will take. A driver counts
+    /// it against the request's connection until the reply is made, so a connection's
+    /// queued output plus what it is owed stays within its write bound. The default suits
+    /// small replies; a role whose replies can be large (a Get) says so.
+    fn reply_len_hint(&self, _message: &Message) -> usize {
+        REPLY_LEN_HINT_DEFAULT
+    }
 
     /// Once per loop turn, after every input of the turn: the batching point.
     fn on_turn_end(&mut self, _ctx: &mut Ctx<Self::Timer>) {}

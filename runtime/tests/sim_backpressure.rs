@@ -54,6 +54,16 @@ fn a_client_that_never_reads_is_held_back_and_others_are_served() {
         let server = sim.add_node(NodeSpec::server("echo", server_addr), EchoRole::responder());
         let flood = pinger(server_addr, FLOOD_ROUNDS, FLOOD_ROUNDS, FLOOD_PAYLOAD);
         let flooder = sim.add_node(NodeSpec::client("flooder"), flood);
+        // The flooder reads until its handshake is done (its requests go only then), and
+        // stops reading once the responder has taken the first of them.
+        let flooding = sim.run_until_true(Duration::from_millis(50), |sim| {
+            sim.role(server).is_some_and(|role| role.answered() > 0)
+        });
+        assert!(
+            flooding,
+            "seed {seed}: the flood never began ({})",
+            replay(seed)
+        );
         sim.set_reading(flooder, false);
         let polite = pinger(server_addr, POLITE_ROUNDS, 1, 16);
         let client = sim.add_node(NodeSpec::client("polite"), polite);

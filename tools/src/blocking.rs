@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use kv::client::{Client, ClientConfig, ClientOp, ClientTimer, Completed, Outcome};
 use proto::{Addr, Message, NodeId};
+use runtime::Keys;
 use runtime::net::{NetDriver, NetOptions, StopHandle};
 use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
 
@@ -98,15 +99,19 @@ impl BlockingClient {
     ///
     /// # Errors
     /// The event loop could not be set up.
-    pub fn start(view_service: Addr, name: &str) -> Result<BlockingClient, String> {
-        BlockingClient::start_with(ClientConfig::new(view_service), name)
+    pub fn start(view_service: Addr, name: &str, keys: Keys) -> Result<BlockingClient, String> {
+        BlockingClient::start_with(ClientConfig::new(view_service), name, keys)
     }
 
     /// Starts a client with `config`.
     ///
     /// # Errors
     /// The event loop could not be set up.
-    pub fn start_with(config: ClientConfig, name: &str) -> Result<BlockingClient, String> {
+    pub fn start_with(
+        config: ClientConfig,
+        name: &str,
+        keys: Keys,
+    ) -> Result<BlockingClient, String> {
         let shared = Arc::new(Shared {
             commands: Mutex::new(VecDeque::new()),
             sent: AtomicBool::new(false),
@@ -121,7 +126,9 @@ impl BlockingClient {
                 shared: thread_shared,
                 results: results_tx,
             };
-            let driver = match NetDriver::new(host, NetOptions::new(node)) {
+            let mut options = NetOptions::new(node);
+            options.keys = keys;
+            let driver = match NetDriver::new(host, options) {
                 Ok(driver) => driver,
                 Err(error) => {
                     let _ = ready_tx.send(Err(error.to_string()));
@@ -218,15 +225,21 @@ impl Role for OneShot {
 ///
 /// # Errors
 /// No answer in time, or the event loop failed.
-pub fn request(to: Addr, request: Message, timeout: Duration) -> Result<Message, String> {
+pub fn request(
+    to: Addr,
+    request: Message,
+    timeout: Duration,
+    keys: Keys,
+) -> Result<Message, String> {
     let node = NodeId::new(format!("cli-{}", std::process::id())).map_err(|why| why.to_string())?;
     let role = OneShot {
         to,
         request,
         answer: None,
     };
-    let driver =
-        NetDriver::new(role, NetOptions::new(node)).map_err(|e| format!("event loop: {e}"))?;
+    let mut options = NetOptions::new(node);
+    options.keys = keys;
+    let driver = NetDriver::new(role, options).map_err(|e| format!("event loop: {e}"))?;
     let stop = driver.stop_handle();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let timer = std::thread::spawn(move || {

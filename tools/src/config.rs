@@ -115,6 +115,60 @@ impl Default for EchoSection {
     }
 }
 
+/// One key file, or a list of them (a rotation: the first is the one proved with).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum KeyFiles {
+    /// One file.
+    One(PathBuf),
+    /// Up to two files, the first proved with.
+    Many(Vec<PathBuf>),
+}
+
+/// `[limits]`: bounds on what peers can make a node hold. Defaults are documented in
+/// docs/operations.md and docs/security.md.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Accepted connections that completed their handshake.
+    pub connections_max: usize,
+    /// Of those, slots only members may take.
+    pub member_connections_reserved: usize,
+    /// Accepted connections in their handshake; when full, the oldest is closed.
+    pub handshakes_max: usize,
+    /// Time to finish a handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// A client connection with no frame for this long is closed, in seconds.
+    pub client_idle_timeout_s: u64,
+    /// Bytes of incomplete frames buffered across all connections, in MiB.
+    pub incomplete_frames_mib: usize,
+    /// One connection's queued output plus the replies it is owed, in MiB.
+    pub write_buffer_mib: usize,
+    /// The node's queued output on all connections, in MiB.
+    pub output_mib: usize,
+    /// Requests one connection may have unanswered.
+    pub requests_in_flight_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let links = runtime::link::LinkOptions::default();
+        let conns = runtime::net::ConnectionLimits::default();
+        Limits {
+            connections_max: conns.connections_max,
+            member_connections_reserved: conns.member_connections_reserved,
+            handshakes_max: conns.handshakes_max,
+            handshake_timeout_ms: u64::try_from(links.handshake_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            client_idle_timeout_s: conns.client_idle_timeout.as_secs(),
+            incomplete_frames_mib: conns.incomplete_frames_len_max >> 20,
+            write_buffer_mib: links.write_buffer_len_max >> 20,
+            output_mib: links.output_len_max >> 20,
+            requests_in_flight_max: links.requests_in_flight_max,
+        }
+    }
+}
+
 /// A whole node configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +185,19 @@ pub struct NodeConfig {
     /// Where replicas find the view service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub viewservice: Option<SocketAddr>,
+    /// The cluster key (or, during a rotation, the new and the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_key_file: Option<KeyFiles>,
+    /// The key clients hold (or the new and the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<KeyFiles>,
+    /// Without keys, allow a listen address other than loopback (anyone who can connect
+    /// can then join the cluster).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Bounds on connections and what peers can make this node hold.
+    #[serde(default)]
+    pub limits: Limits,
     /// Timing.
     #[serde(default)]
     pub timing: Timing,
@@ -195,6 +262,48 @@ impl NodeConfig {
         }
         if !(0.0..=1.0).contains(&self.faults.drop_rate) {
             return Err("faults.drop_rate: a probability between 0 and 1".into());
+        }
+        for (setting, files) in [
+            ("cluster_key_file", &self.cluster_key_file),
+            ("client_key_file", &self.client_key_file),
+        ] {
+            if let Some(KeyFiles::Many(paths)) = files
+                && !(1..=runtime::auth::KEYS_PER_CLASS_MAX).contains(&paths.len())
+            {
+                return Err(format!("{setting}: one or two files (the new key first)"));
+            }
+        }
+        if self.client_key_file.is_some() && self.cluster_key_file.is_none() {
+            return Err("client_key_file: needs a cluster_key_file too".into());
+        }
+        let keyed = self.cluster_key_file.is_some();
+        let loopback = self.listen.ip().is_loopback()
+            && self.advertise.is_none_or(|addr| addr.ip().is_loopback());
+        if !keyed && !loopback && !self.insecure {
+            return Err(format!(
+                "listen: {} is not a loopback address and there is no cluster_key_file: \
+                 anyone who can connect could join; set cluster_key_file (pbkv keygen), \
+                 or insecure = true",
+                self.listen
+            ));
+        }
+        let l = &self.limits;
+        if l.connections_max == 0 || l.handshakes_max == 0 || l.requests_in_flight_max == 0 {
+            return Err(
+                "limits: connections_max, handshakes_max and requests_in_flight_max \
+                 must be at least 1"
+                    .into(),
+            );
+        }
+        if l.member_connections_reserved > l.connections_max {
+            return Err("limits.member_connections_reserved: at most connections_max".into());
+        }
+        if l.handshake_timeout_ms == 0 || l.write_buffer_mib == 0 || l.output_mib == 0 {
+            return Err(
+                "limits: handshake_timeout_ms, write_buffer_mib and output_mib must be at \
+                 least 1"
+                    .into(),
+            );
         }
         if self.echo.window == 0 {
             return Err("echo.window: must be at least 1".into());

@@ -6,4 +6,5 @@ pub mod clock_plot;
 pub mod cmd;
 pub mod config;
 pub mod exit;
+pub mod keys;
 pub mod logging;

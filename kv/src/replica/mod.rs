@@ -33,6 +33,7 @@ mod primary;
 mod sessions;
 mod transfer;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -148,6 +149,8 @@ pub struct Replica {
     standing: Standing,
     /// Highest index known committed.
     committed: u64,
+    /// This node's links that completed their handshake and have not broken.
+    links_up: BTreeSet<Dest>,
     stats: ReplicaStats,
 }
 
@@ -167,6 +170,7 @@ impl Replica {
             refused: None,
             standing: Standing::Idle,
             committed: 0,
+            links_up: BTreeSet::new(),
             stats: ReplicaStats::default(),
         }
     }
@@ -445,8 +449,20 @@ impl Role for Replica {
     }
 
     fn on_link(&mut self, ctx: &mut Ctx<ReplicaTimer>, to: Dest, link: Link) {
-        if link == Link::Down && self.backup_dest() == Some(to) {
-            self.on_backup_link_down(ctx);
+        match link {
+            Link::Up => {
+                self.links_up.insert(to);
+                if self.backup_dest() == Some(to) {
+                    // A transfer waits for its link: now the window may fill.
+                    self.send_transfer_chunks(ctx);
+                }
+            }
+            Link::Down => {
+                self.links_up.remove(&to);
+                if self.backup_dest() == Some(to) {
+                    self.on_backup_link_down(ctx);
+                }
+            }
         }
     }
 

@@ -174,10 +174,17 @@ impl Replica {
         primary.sent = self.state.applied;
     }
 
-    /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window.
+    /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window. Until the
+    /// link to the backup has completed its handshake only one chunk goes (it opens the
+    /// link): a link in its handshake holds at most `connecting_queue_len_max` bytes.
     pub(super) fn send_transfer_chunks(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
         let Some(dest) = self.backup_dest() else {
             return;
+        };
+        let window = if self.links_up.contains(&dest) {
+            self.config.transfer_window
+        } else {
+            1
         };
         let view = self.view;
         let limits = ChunkLimits {
@@ -191,9 +198,7 @@ impl Replica {
             return;
         };
         for _ in 0..self.config.transfer_chunks_per_turn {
-            if transfer.last_sent
-                || transfer.next_chunk - transfer.chunks_acked >= self.config.transfer_window
-            {
+            if transfer.last_sent || transfer.next_chunk - transfer.chunks_acked >= window {
                 return;
             }
             ctx.send(dest, transfer.next_chunk(view, limits));

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use proto::Addr;
 use proto::viewservice::View;
-use runtime::MonoTime;
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
+use runtime::{Key, Keys, MonoTime, PeerClass};
 
 use super::lab::{DEAD_PINGS, LabCluster, PING_INTERVAL};
 use crate::client::{Client, ClientConfig, ClientOp, Completed, Outcome};
@@ -47,17 +47,68 @@ pub struct Cluster {
     pub client_retry_after: Duration,
     /// How to replay a failure (said in failure messages).
     pub replay: String,
+    /// The keys servers and the view service hold (default: none, protected mode).
+    pub member_keys: Keys,
+    /// The keys clerks hold.
+    pub client_keys: Keys,
     /// Delayed links to release: (when, clerk, server node).
     releases: Vec<(MonoTime, NodeIndex, NodeIndex)>,
 }
 
+/// Keys for a simulated cluster, derived from `seed`: a cluster key and a client key.
+pub fn sim_keys(seed: u64) -> (Keys, Keys) {
+    let bytes = |salt: u64| {
+        let mut out = [0u8; 32];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let word = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(salt << 8 | i as u64);
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    };
+    let key = |salt: u64, class| {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&bytes(salt)[..8]);
+        id[0] |= 1; // Never the all-zero "no key" id.
+        Key::new(id, class, bytes(salt + 100)).unwrap_or_else(|e| panic!("a sim key: {e}"))
+    };
+    let member = Keys::new(vec![key(1, PeerClass::Member)]);
+    let client = Keys::new(vec![key(2, PeerClass::Client)]);
+    match (member, client) {
+        (Ok(member), Ok(client)) => (member, client),
+        _ => panic!("sim keys are distinct"),
+    }
+}
+
 impl Cluster {
-    /// A cluster with only its view service, at 127.0.0.1:7000.
+    /// A cluster with only its view service, at 127.0.0.1:7000, without keys.
     pub fn new(seed: u64, config: SimConfig) -> Cluster {
+        Cluster::with_keys(seed, config, Keys::keyless(), Keys::keyless())
+    }
+
+    /// A cluster whose view service and servers hold `member_keys` and whose clerks hold
+    /// `client_keys` (a cluster key and a client key: [`sim_keys`]).
+    pub fn with_keys(
+        seed: u64,
+        config: SimConfig,
+        member_keys: Keys,
+        client_keys: Keys,
+    ) -> Cluster {
         let vs_addr = Addr::v4(127, 0, 0, 1, 7000);
         let mut sim = Sim::new(seed, config);
+        let mut node_keys = member_keys.clone();
+        if let Ok(both) = Keys::new(
+            member_keys
+                .all()
+                .chain(client_keys.all())
+                .cloned()
+                .collect(),
+        ) {
+            node_keys = both;
+        }
         let vs = sim.add_node(
-            NodeSpec::server("vs", vs_addr),
+            NodeSpec::server("vs", vs_addr).with_keys(node_keys.clone()),
             Host::new().with_view_service(ViewService::new(timing())),
         );
         Cluster {
@@ -74,6 +125,8 @@ impl Cluster {
             }),
             client_retry_after: Duration::from_secs(1),
             replay: format!("seed {seed}"),
+            member_keys: node_keys,
+            client_keys,
             releases: Vec::new(),
         }
     }
@@ -104,7 +157,8 @@ impl Cluster {
         let index = self.servers.len();
         let port = 7101 + u16::try_from(index).expect("few servers");
         let addr = Addr::v4(127, 0, 0, 1, port);
-        let mut spec = NodeSpec::server(&format!("s{}", index + 1), addr);
+        let mut spec =
+            NodeSpec::server(&format!("s{}", index + 1), addr).with_keys(self.member_keys.clone());
         spec.unreliable = unreliable;
         let node = self.sim.add_node(spec, self.replica(addr));
         self.servers.push((node, addr));
@@ -116,7 +170,8 @@ impl Cluster {
         let mut config = ClientConfig::new(self.vs_addr);
         config.retry_after = retry_after;
         let host = Host::new().with_client(Client::new(config));
-        let node = self.sim.add_node(NodeSpec::client(&name), host);
+        let spec = NodeSpec::client(&name).with_keys(self.client_keys.clone());
+        let node = self.sim.add_node(spec, host);
         self.clerks.push(node);
         node
     }

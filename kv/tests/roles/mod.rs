@@ -4,7 +4,7 @@
 
 use proto::viewservice::{Member, View};
 use proto::{Addr, Incarnation, Message, NodeId};
-use runtime::{Action, ConnId, Dest, MonoTime, Origin};
+use runtime::{Action, ConnId, Dest, MonoTime, Origin, PeerClass};
 
 /// The view service's incarnation in these tests.
 pub const VS_INC: Incarnation = Incarnation(0x7e57);
@@ -43,6 +43,7 @@ pub fn ms(ms: u64) -> MonoTime {
 pub fn from_server(member: Member, conn: u64, corr: u64) -> Origin {
     Origin {
         conn: ConnId(conn),
+        class: PeerClass::Member,
         node: NodeId::new(format!("s{}", member.addr.0.port())).expect("valid"),
         incarnation: member.incarnation,
         addr: Some(member.addr),
@@ -55,6 +56,7 @@ pub fn from_server(member: Member, conn: u64, corr: u64) -> Origin {
 pub fn from_client(conn: u64, corr: u64) -> Origin {
     Origin {
         conn: ConnId(conn),
+        class: PeerClass::Client,
         node: NodeId::new("client").expect("valid"),
         incarnation: Incarnation(0xc11e),
         addr: None,

@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Interest, Poll, Token};
 use proto::{FrameDecoder, Hello};
+use rand::RngExt;
 use slab::Slab;
 use socket2::{SockRef, TcpKeepalive};
 
 use super::event_loop::PhysicalClock;
+use crate::auth::{self, Keys, PeerClass};
 use crate::link::{self, Backoffs, DropInjector, LinkEnd, LinkOptions, Phase};
 use crate::role::{ConnId, Dest, Link, MonoTime};
+use crate::warn::Warnings;
 
 /// Bytes of one read call.
 pub(super) const READ_CHUNK_LEN: usize = 64 * 1024;
@@ -29,8 +33,62 @@ pub(super) struct Conn {
     pub(super) write_buffer: BytesMut,
     /// Positions in `write_buffer` of transmit stamps to write right before the bytes go.
     pub(super) stamps: Vec<usize>,
+    /// Frames this node's link holds until its handshake completes (nothing but handshake
+    /// frames goes before the acceptor has proved itself), with their stamps.
+    pub(super) pending: BytesMut,
+    pub(super) pending_stamps: Vec<usize>,
     /// Readable, but not read because of backpressure.
     pub(super) read_deferred: bool,
+    /// The other end's socket address, for logs.
+    pub(super) remote: Option<SocketAddr>,
+    /// When the connection was made (accepted, or created for a link).
+    pub(super) created: MonoTime,
+    /// When a frame last arrived (the idle timeout of client connections).
+    pub(super) last_frame: MonoTime,
+}
+
+impl Conn {
+    /// The other end for a log line: its socket address, and the node id its hello claims
+    /// (marked unverified until the handshake completed).
+    pub(super) fn describe(&self) -> String {
+        let remote = self
+            .remote
+            .map_or_else(|| "?".to_string(), |addr| addr.to_string());
+        match (self.link.peer(), self.link.claimed_node()) {
+            (Some(peer), _) => format!("{remote} ({} {})", peer.class, peer.node),
+            (None, Some(claimed)) => format!("{remote} (claims {claimed}, unverified)"),
+            (None, None) => remote,
+        }
+    }
+}
+
+/// Bounds on connections, by kind. Defaults are documented in docs/operations.md.
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Accepted connections that completed the handshake, members included.
+    pub connections_max: usize,
+    /// Of `connections_max`, the slots only members may take (so outsiders holding sockets
+    /// open never block a backup's reconnect or a ping).
+    pub member_connections_reserved: usize,
+    /// Accepted connections still in their handshake; when full, the oldest is closed.
+    pub handshakes_max: usize,
+    /// A client connection with no frame for this long is closed.
+    pub client_idle_timeout: Duration,
+    /// Bytes of incomplete frames the node buffers across all connections; past it the
+    /// connection whose read pushed it over is closed.
+    pub incomplete_frames_len_max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            connections_max: 1024,
+            member_connections_reserved: 32,
+            handshakes_max: 64,
+            client_idle_timeout: Duration::from_secs(300),
+            incomplete_frames_len_max: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// Inputs the driver owes the role, produced while carrying out its actions.
@@ -41,6 +99,7 @@ pub(super) enum Report {
 
 pub(super) struct IoOptions {
     pub(super) links: LinkOptions,
+    pub(super) limits: ConnectionLimits,
     pub(super) connect_timeout: Duration,
     pub(super) user_timeout: Duration,
 }
@@ -53,10 +112,14 @@ pub(super) struct Io {
     pub(super) backoffs: Backoffs,
     pub(super) reports: Vec<Report>,
     pub(super) next_generation: u64,
-    /// This node's hello, for the checks on the other end's.
+    /// This node's hello, without its per-connection nonce.
     pub(super) hello: Hello,
-    pub(super) hello_frame: BytesMut,
+    /// This node's keys.
+    pub(super) keys: Keys,
     pub(super) decoder: FrameDecoder,
+    /// The decoder for frames before the handshake completed.
+    pub(super) handshake_decoder: FrameDecoder,
+    pub(super) warnings: Warnings,
     pub(super) drops: DropInjector,
     pub(super) options: IoOptions,
     /// The instant monotonic time 0 stands for.
@@ -75,18 +138,35 @@ impl Io {
 
     /// The backpressure rule (the link layer's) for `conn`.
     pub(super) fn reads_paused_for(&self, conn: &Conn) -> bool {
-        let own_link_backed_up = conn.link.is_inbound()
-            && self.links.values().any(|key| {
-                self.conns.get(*key).is_some_and(|link| {
-                    link::backed_up(link.write_buffer.len(), &self.options.links)
-                })
-            });
+        if !conn.link.is_inbound() {
+            return false;
+        }
+        let own_link_backed_up = self.links.values().any(|key| {
+            self.conns
+                .get(*key)
+                .is_some_and(|link| link::backed_up(link.write_buffer.len(), &self.options.links))
+        });
         link::reads_paused(
             &conn.link,
             conn.write_buffer.len(),
             own_link_backed_up,
+            self.queued_len(),
             &self.options.links,
         )
+    }
+
+    /// Bytes waiting to be written on all connections.
+    pub(super) fn queued_len(&self) -> usize {
+        self.conns
+            .iter()
+            .map(|(_, conn)| conn.write_buffer.len() + conn.pending.len())
+            .sum()
+    }
+
+    /// A fresh nonce: from the OS random source, else from the thread's generator (itself
+    /// seeded from the OS).
+    fn nonce(&self) -> [u8; proto::NONCE_LEN] {
+        auth::os_nonce().unwrap_or_else(|_| rand::rng().random())
     }
 
     pub(super) fn has_pending_writes(&self) -> bool {
@@ -120,21 +200,43 @@ impl Io {
         Ok(())
     }
 
-    fn new_conn(&mut self, key: usize, stream: Option<TcpStream>, link: LinkEnd) -> Conn {
+    fn new_conn(
+        &mut self,
+        key: usize,
+        stream: Option<TcpStream>,
+        remote: Option<SocketAddr>,
+        link: LinkEnd,
+    ) -> Conn {
         let mut write_buffer = BytesMut::with_capacity(4096);
-        write_buffer.extend_from_slice(&self.hello_frame);
+        write_buffer.extend_from_slice(link.own_hello());
         Conn {
             id: self.new_id(key),
             stream,
             link,
-            read_buffer: BytesMut::with_capacity(READ_CHUNK_LEN),
+            read_buffer: BytesMut::new(),
             write_buffer,
             stamps: Vec::new(),
+            pending: BytesMut::new(),
+            pending_stamps: Vec::new(),
             read_deferred: false,
+            remote,
+            created: self.now,
+            last_frame: self.now,
         }
     }
 
-    pub(super) fn add_inbound(&mut self, mut stream: TcpStream) -> io::Result<()> {
+    fn own_hello(&self) -> ([u8; proto::NONCE_LEN], bytes::Bytes) {
+        let nonce = self.nonce();
+        let frame = link::hello_frame(&self.hello, nonce, self.decoder.frame_len_max());
+        (nonce, frame)
+    }
+
+    pub(super) fn add_inbound(
+        &mut self,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+    ) -> io::Result<()> {
+        self.make_room_for_a_handshake();
         self.tune(&stream)?;
         let key = self.conns.vacant_key();
         self.poll.registry().register(
@@ -142,16 +244,69 @@ impl Io {
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let conn = self.new_conn(key, Some(stream), LinkEnd::inbound());
+        let (nonce, hello) = self.own_hello();
+        let link = LinkEnd::inbound(nonce, hello, self.now, &self.options.links);
+        let conn = self.new_conn(key, Some(stream), Some(remote), link);
         self.conns.insert(conn);
         Ok(())
+    }
+
+    /// The handshake pool is bounded: when it is full, its oldest connection goes.
+    fn make_room_for_a_handshake(&mut self) {
+        let in_handshake = || {
+            self.conns
+                .iter()
+                .filter(|(_, conn)| conn.link.is_inbound() && !conn.link.is_open())
+        };
+        if in_handshake().count() < self.options.limits.handshakes_max.max(1) {
+            return;
+        }
+        let oldest = in_handshake()
+            .min_by_key(|(_, conn)| (conn.created, conn.id))
+            .map(|(key, conn)| (key, conn.describe()));
+        if let Some((key, who)) = oldest {
+            self.warnings.warn(
+                "handshake-pool",
+                self.now,
+                &format!("handshake pool full: closing the oldest, from {who}"),
+            );
+            self.fail(key, "evicted from the full handshake pool");
+        }
+    }
+
+    /// Whether an accepted connection that just completed its handshake as `class` fits
+    /// the connection limits (members may use the reserved slots).
+    pub(super) fn room_for(&self, class: PeerClass) -> bool {
+        let open = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.link.is_inbound() && conn.link.is_open());
+        let (mut members, mut others) = (0usize, 0usize);
+        for (_, conn) in open {
+            match conn.link.peer().map(|peer| peer.class) {
+                Some(PeerClass::Member) => members += 1,
+                _ => others += 1,
+            }
+        }
+        let limits = &self.options.limits;
+        let total = members + others;
+        match class {
+            PeerClass::Member => total <= limits.connections_max,
+            _ => {
+                let for_others = limits
+                    .connections_max
+                    .saturating_sub(limits.member_connections_reserved);
+                others <= for_others && total <= limits.connections_max
+            }
+        }
     }
 
     /// Creates the link to `dest` (connecting now, or after its backoff).
     pub(super) fn open_link(&mut self, dest: Dest) -> usize {
         let key = self.conns.vacant_key();
-        let link = LinkEnd::outbound(dest, &self.backoffs, self.now);
-        let conn = self.new_conn(key, None, link);
+        let (nonce, hello) = self.own_hello();
+        let link = LinkEnd::outbound(dest, &self.backoffs, self.now, nonce, hello);
+        let conn = self.new_conn(key, None, Some(dest.addr.0), link);
         let key = self.conns.insert(conn);
         self.links.insert(dest, key);
         if self.conns[key].link.backoff_over(self.now) {
@@ -201,7 +356,7 @@ impl Io {
                 Ok(None) => {}
             }
             match stream.peer_addr() {
-                Ok(_) => conn.link.connected(),
+                Ok(_) => conn.link.connected(self.now, &self.options.links),
                 Err(error) if error.kind() == io::ErrorKind::NotConnected => return,
                 Err(error) => {
                     self.fail(key, &format!("connect: {error}"));
@@ -212,26 +367,58 @@ impl Io {
         self.flush(key);
     }
 
-    /// Connect timeouts and backoffs that ended.
+    /// Connect and handshake timeouts, backoffs that ended, idle client connections, and
+    /// owed replies the role will never make.
     pub(super) fn check_deadlines(&mut self) {
+        enum Due {
+            Connect,
+            TimedOut,
+            Idle,
+        }
         let now = self.now;
-        let due: Vec<(usize, bool)> = self
+        let idle_after = self.options.limits.client_idle_timeout;
+        let due: Vec<(usize, Due)> = self
             .conns
             .iter()
             .filter_map(|(key, conn)| {
+                let idle = conn
+                    .link
+                    .peer()
+                    .is_some_and(|peer| peer.class != PeerClass::Member)
+                    && conn.link.is_inbound()
+                    && now.since(conn.last_frame) >= idle_after
+                    && conn.link.owed().0 == 0;
                 if conn.link.backoff_over(now) {
-                    Some((key, true))
+                    Some((key, Due::Connect))
+                } else if conn.link.timed_out(now) {
+                    Some((key, Due::TimedOut))
                 } else {
-                    conn.link.connect_timed_out(now).then_some((key, false))
+                    idle.then_some((key, Due::Idle))
                 }
             })
             .collect();
-        for (key, backoff_over) in due {
-            if backoff_over {
-                self.connect(key);
-            } else {
-                self.fail(key, "connect timed out");
+        for (key, due) in due {
+            match due {
+                Due::Connect => self.connect(key),
+                Due::TimedOut => {
+                    let conn = &self.conns[key];
+                    if conn.link.is_connected() {
+                        let who = conn.describe();
+                        self.warnings.warn(
+                            "handshake-timeout",
+                            now,
+                            &format!("closing {who}: the handshake timed out"),
+                        );
+                        self.fail(key, "handshake timed out");
+                    } else {
+                        self.fail(key, "connect timed out");
+                    }
+                }
+                Due::Idle => self.fail(key, "idle client connection"),
             }
+        }
+        for (_, conn) in self.conns.iter_mut() {
+            conn.link.forget_stale_owed(now, &self.options.links);
         }
     }
 
@@ -260,7 +447,10 @@ impl Io {
                 log::debug!("connection from {} closed: {why}", peer.node);
                 self.reports.push(Report::Closed(conn.id));
             }
-            (None, None) => log::debug!("connection closed before hello: {why}"),
+            (None, None) => log::debug!(
+                "connection from {} closed in its handshake: {why}",
+                conn.describe()
+            ),
         }
     }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use proto::{Addr, FrameDecoder, Incarnation, NodeId};
@@ -14,7 +13,8 @@ use rand::RngExt;
 use slab::Slab;
 use socket2::{Domain, Socket, Type};
 
-use super::connection::{Io, IoOptions, Report};
+use super::connection::{ConnectionLimits, Io, IoOptions, Report};
+use crate::auth::Keys;
 use crate::clock::ClockSkew;
 use crate::event_log::EventSink;
 use crate::link::{Backoffs, DropInjector, LinkOptions};
@@ -24,6 +24,7 @@ use crate::role::{MonoTime, Role};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const WAKER: Token = Token(usize::MAX - 3);
+const RELOAD: Token = Token(usize::MAX - 4);
 const LISTEN_BACKLOG: i32 = 1024;
 
 /// How a real node runs.
@@ -46,6 +47,12 @@ pub struct NetOptions {
     pub frame_len_max: usize,
     /// The link layer's bounds, backoff and injected drops.
     pub links: LinkOptions,
+    /// Bounds on accepted connections.
+    pub limits: ConnectionLimits,
+    /// This node's keys (none: protected mode).
+    pub keys: Keys,
+    /// Reads the keys again, on SIGHUP; `None`: SIGHUP is not handled.
+    pub reload_keys: Option<KeyReload>,
     /// How long a connect may take.
     pub connect_timeout: Duration,
     /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged before the link breaks.
@@ -69,6 +76,9 @@ impl NetOptions {
             skew: ClockSkew::default(),
             frame_len_max: proto::FRAME_LEN_MAX_DEFAULT,
             links: LinkOptions::default(),
+            limits: ConnectionLimits::default(),
+            keys: Keys::keyless(),
+            reload_keys: None,
             connect_timeout: Duration::from_secs(1),
             user_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(3),
@@ -76,6 +86,9 @@ impl NetOptions {
         }
     }
 }
+
+/// Reads a node's keys again (from its key files), for a rotation without a restart.
+pub type KeyReload = Box<dyn FnMut() -> Result<Keys, String> + Send>;
 
 /// Stops a running driver from another thread.
 #[derive(Clone)]
@@ -143,6 +156,7 @@ pub struct NetDriver<R: Role> {
     listener: Option<TcpListener>,
     local_addr: Option<SocketAddr>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
+    reload: Option<(signal_hook_mio::v1_0::Signals, KeyReload)>,
     stop_flag: Arc<AtomicBool>,
     waker: Arc<Waker>,
     start: Instant,
@@ -175,6 +189,16 @@ impl<R: Role> NetDriver<R> {
         } else {
             None
         };
+        let reload = match options.reload_keys {
+            Some(reload) => {
+                let mut handle =
+                    signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGHUP])?;
+                poll.registry()
+                    .register(&mut handle, RELOAD, Interest::READABLE)?;
+                Some((handle, reload))
+            }
+            None => None,
+        };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let incarnation = Incarnation(rand::rng().random::<u64>() | 1);
         let node_options = NodeOptions {
@@ -196,11 +220,19 @@ impl<R: Role> NetDriver<R> {
             reports: Vec::new(),
             next_generation: 1,
             hello: core.hello().clone(),
-            hello_frame: BytesMut::from(&core.hello_frame()[..]),
+            keys: options.keys,
             decoder: FrameDecoder::new(options.frame_len_max),
+            handshake_decoder: FrameDecoder::new(
+                options
+                    .links
+                    .handshake_frame_len_max
+                    .clamp(proto::HEADER_LEN, options.frame_len_max),
+            ),
+            warnings: crate::warn::Warnings::default(),
             drops: DropInjector::new(options.links.drop_rate, rand::rng().random()),
             options: IoOptions {
                 links: options.links,
+                limits: options.limits,
                 connect_timeout: options.connect_timeout,
                 user_timeout: options.user_timeout,
             },
@@ -217,6 +249,7 @@ impl<R: Role> NetDriver<R> {
             listener,
             local_addr,
             signals,
+            reload,
             stop_flag: Arc::new(AtomicBool::new(false)),
             waker,
             start,
@@ -289,6 +322,7 @@ impl<R: Role> NetDriver<R> {
                     LISTENER => self.accept(),
                     SIGNALS => self.on_signals(&mut stopping_since)?,
                     WAKER => {}
+                    RELOAD => self.reload_keys(),
                     Token(key) => self.on_conn_event(key, event.is_readable(), event.is_writable()),
                 }
             }
@@ -313,6 +347,23 @@ impl<R: Role> NetDriver<R> {
                 let NetDriver { core, .. } = self;
                 return Ok(core.into_role());
             }
+        }
+    }
+
+    /// SIGHUP: the keys are read again; on an error the old ones stay.
+    fn reload_keys(&mut self) {
+        let Some((signals, reload)) = self.reload.as_mut() else {
+            return;
+        };
+        if signals.pending().next().is_none() {
+            return;
+        }
+        match reload() {
+            Ok(keys) => {
+                log::info!("SIGHUP: keys reloaded: {}", keys.describe());
+                self.io.keys = keys;
+            }
+            Err(error) => log::error!("SIGHUP: keys not reloaded, the old ones stay: {error}"),
         }
     }
 
@@ -374,7 +425,7 @@ impl<R: Role> NetDriver<R> {
         loop {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Err(error) = self.io.add_inbound(stream) {
+                    if let Err(error) = self.io.add_inbound(stream, peer) {
                         log::warn!("cannot accept {peer}: {error}");
                     }
                 }

@@ -37,4 +37,5 @@ mod read;
 mod stamped;
 mod write;
 
-pub use event_loop::{NetDriver, NetOptions, StopHandle};
+pub use connection::ConnectionLimits;
+pub use event_loop::{KeyReload, NetDriver, NetOptions, StopHandle};

@@ -1,15 +1,21 @@
 //! The read path: reading ready sockets to `WouldBlock` (within a per-turn budget and the
-//! backpressure rule), cutting frames, the hello checks of the link layer, and delivering
-//! each frame to the node in arrival order.
+//! backpressure rule, checked again before every frame), cutting frames, the link layer's
+//! handshake and message table, and delivering each admitted frame to the node in arrival
+//! order.
 
 use std::io;
 
-use proto::Frame;
+use bytes::Bytes;
 
 use super::connection::READ_CHUNK_LEN;
 use super::event_loop::NetDriver;
+use crate::link::HandshakeStep;
 use crate::node::Arrival;
 use crate::role::{ConnId, Link, Role};
+
+/// Past this many buffered bytes on one connection, the node-wide bound on incomplete
+/// frames is checked.
+const BUFFERED_CHECK_LEN: usize = 64 * 1024;
 
 /// Bytes read from one connection per turn before the others get theirs.
 const READ_BUDGET_LEN: usize = 1024 * 1024;
@@ -41,6 +47,13 @@ impl<R: Role> NetDriver<R> {
             return;
         }
         let id = conn.id;
+        // Frames already buffered (held back by backpressure) go before new bytes.
+        if !conn.read_buffer.is_empty() {
+            let received_ns = self.physical_now_ns();
+            if !self.deliver_frames(key, id, received_ns) {
+                return;
+            }
+        }
         let mut chunk = [0u8; READ_CHUNK_LEN];
         let mut control = super::stamped::control_buffer();
         let mut budget = READ_BUDGET_LEN;
@@ -67,6 +80,16 @@ impl<R: Role> NetDriver<R> {
                 Ok((len, kernel_ns)) => {
                     budget = budget.saturating_sub(len);
                     conn.read_buffer.extend_from_slice(&chunk[..len]);
+                    if conn.read_buffer.len() > BUFFERED_CHECK_LEN && self.over_buffer_budget() {
+                        let who = self.io.conns[key].describe();
+                        self.io.warnings.warn(
+                            "incomplete-frames",
+                            self.io.now,
+                            &format!("closing {who}: incomplete frames over the node's bound"),
+                        );
+                        self.io.fail(key, "incomplete frames over the node's bound");
+                        return;
+                    }
                     // The kernel's stamp of the data, on this node's (skewed) clock; else
                     // the clock right after the read.
                     let received_ns = match kernel_ns {
@@ -87,32 +110,81 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
-    /// Cuts and delivers the complete frames buffered on `key`; false if the connection
-    /// is gone afterwards (closed for a bad frame or hello, or by the role).
+    /// Whether the bytes buffered on all connections pass the node's bound.
+    fn over_buffer_budget(&self) -> bool {
+        let buffered: usize = self
+            .io
+            .conns
+            .iter()
+            .map(|(_, conn)| conn.read_buffer.len())
+            .sum();
+        buffered > self.io.options.limits.incomplete_frames_len_max
+    }
+
+    /// Cuts and delivers the complete frames buffered on `key`, one at a time, checking the
+    /// backpressure rule before each (the replies a request will produce are counted when
+    /// it is delivered); false if the connection is gone afterwards (closed for a bad frame,
+    /// a refused handshake or message, or by the role).
     fn deliver_frames(&mut self, key: usize, id: ConnId, received_ns: i64) -> bool {
         loop {
-            let Some(conn) = self.io.conns.get_mut(key).filter(|conn| conn.id == id) else {
+            let Some(conn) = self.io.conns.get(key).filter(|conn| conn.id == id) else {
                 return false;
             };
+            if !conn.link.is_open() {
+                match self.handshake_frame(key) {
+                    Ok(true) => continue,
+                    Ok(false) => return true,
+                    Err(()) => return false,
+                }
+            }
+            if self.io.reads_paused_for(conn) {
+                self.io.conns[key].read_deferred = true;
+                return true;
+            }
+            let conn = &mut self.io.conns[key];
             let frame = match self.io.decoder.decode(&mut conn.read_buffer) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return true,
                 Err(error) => {
                     // Peer input, not a bug: this one connection goes, with the reason.
-                    log::warn!("closing a connection: bad frame: {error}");
+                    let who = conn.describe();
+                    self.io.warnings.warn(
+                        "bad-frame",
+                        self.io.now,
+                        &format!("closing {who}: bad frame: {error}"),
+                    );
                     self.io.fail(key, &format!("bad frame: {error}"));
                     return false;
                 }
             };
-            let Some(peer) = conn.link.peer().cloned() else {
-                if !self.on_first_frame(key, frame) {
+            conn.last_frame = self.io.now;
+            if let Err(refusal) = conn.link.admit(&frame.header) {
+                let who = conn.describe();
+                let inbound = conn.link.is_inbound();
+                self.io.warnings.warn(
+                    "refused-message",
+                    self.io.now,
+                    &format!("refused a message from {who}: {refusal}"),
+                );
+                if inbound {
+                    self.io.fail(key, &format!("refused: {refusal}"));
                     return false;
                 }
-                continue;
+                continue; // A stray reply: dropped, the link stays.
+            }
+            let Some(peer) = conn.link.peer().cloned() else {
+                return false;
             };
+            let inbound = conn.link.is_inbound();
+            if inbound {
+                let hint = self.core.reply_len_hint(&frame.message);
+                self.io.conns[key]
+                    .link
+                    .owe(frame.header.corr, hint, self.io.now);
+            }
             let arrival = Arrival {
                 conn: id,
-                inbound: conn.link.is_inbound(),
+                inbound,
                 peer: &peer,
                 received_ns,
             };
@@ -120,21 +192,78 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
-    /// The link layer's hello checks on the first frame; false if the connection closed.
-    fn on_first_frame(&mut self, key: usize, frame: Frame) -> bool {
+    /// One handshake frame, if a whole one is buffered: `Ok(true)` if one was taken,
+    /// `Ok(false)` if more bytes are needed, `Err` if the connection was closed.
+    fn handshake_frame(&mut self, key: usize) -> Result<bool, ()> {
         let conn = &mut self.io.conns[key];
-        match conn.link.on_first_frame(&self.io.hello, frame.message) {
-            Ok(Some(dest)) => {
-                self.io.backoffs.clear(dest);
-                self.core.link(&mut self.io, dest, Link::Up);
-                true
+        let decoder = self.io.handshake_decoder;
+        let raw: Bytes = match decoder.peek_frame_len(&conn.read_buffer) {
+            Ok(Some(len)) if conn.read_buffer.len() >= len => {
+                conn.read_buffer.split_to(len).freeze()
             }
-            Ok(None) => true,
-            Err(refusal) => {
-                log::warn!("closing a connection: {refusal}");
-                self.io.fail(key, &refusal.to_string());
-                false
+            Ok(_) => return Ok(false),
+            Err(error) => return Err(self.refuse(key, &format!("bad handshake frame: {error}"))),
+        };
+        let message = match decoder.decode_whole(raw.clone()) {
+            Ok(frame) => frame.message,
+            Err(error) => return Err(self.refuse(key, &format!("bad handshake frame: {error}"))),
+        };
+        let frame_len_max = self.io.decoder.frame_len_max();
+        let conn = &mut self.io.conns[key];
+        let step = conn
+            .link
+            .on_handshake_frame(&self.io.keys, raw, message, frame_len_max);
+        match step {
+            Ok(HandshakeStep::Wait) => Ok(true),
+            Ok(HandshakeStep::Send(proof)) => {
+                conn.write_buffer.extend_from_slice(&proof);
+                Ok(true)
             }
+            Ok(HandshakeStep::Open { send, dest }) => {
+                if let Some(proof) = send {
+                    conn.write_buffer.extend_from_slice(&proof);
+                }
+                self.opened(key, dest)
+            }
+            Err(refusal) => Err(self.refuse(key, &refusal.to_string())),
         }
+    }
+
+    /// The handshake completed: an accepted connection takes its slot (or is refused for
+    /// want of one); this node's own link sends what it held and is reported up.
+    fn opened(&mut self, key: usize, dest: Option<crate::role::Dest>) -> Result<bool, ()> {
+        let conn = &mut self.io.conns[key];
+        conn.last_frame = self.io.now;
+        let Some(dest) = dest else {
+            let class = conn.link.peer().map(|peer| peer.class);
+            let who = conn.describe();
+            if let Some(class) = class
+                && !self.io.room_for(class)
+            {
+                return Err(self.refuse(key, &format!("no connection slot for a {class}")));
+            }
+            log::debug!("connection from {who} open");
+            return Ok(true);
+        };
+        let pending = std::mem::take(&mut conn.pending);
+        let base = conn.write_buffer.len();
+        conn.stamps
+            .extend(conn.pending_stamps.drain(..).map(|at| at + base));
+        conn.write_buffer.extend_from_slice(&pending);
+        self.io.backoffs.clear(dest);
+        self.core.link(&mut self.io, dest, Link::Up);
+        Ok(self.io.conns.contains(key))
+    }
+
+    /// Closes `key` for a refused handshake, with a rate-limited warning naming the socket
+    /// address and the node id the peer claims (unverified).
+    fn refuse(&mut self, key: usize, why: &str) {
+        let who = self.io.conns[key].describe();
+        self.io.warnings.warn(
+            "refused-handshake",
+            self.io.now,
+            &format!("refused a connection from {who}: {why}"),
+        );
+        self.io.fail(key, why);
     }
 }

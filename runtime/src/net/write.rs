@@ -8,6 +8,8 @@ use bytes::Buf;
 
 use super::connection::{Conn, Io};
 use crate::node::Transport;
+use proto::MessageType;
+
 use crate::role::{ConnId, Dest};
 
 impl Io {
@@ -67,16 +69,22 @@ impl Io {
     }
 }
 
-/// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any.
+/// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any;
+/// on a link still in its handshake, to the frames it holds until then.
 fn queue_frame(conn: &mut Conn, frame: &[u8]) {
+    let (buffer, stamps) = if conn.link.is_open() {
+        (&mut conn.write_buffer, &mut conn.stamps)
+    } else {
+        (&mut conn.pending, &mut conn.pending_stamps)
+    };
     if let Some(offset) = proto::clock::frame_transmit_stamp_offset(frame) {
-        conn.stamps.push(conn.write_buffer.len() + offset);
+        stamps.push(buffer.len() + offset);
     }
-    conn.write_buffer.extend_from_slice(frame);
+    buffer.extend_from_slice(frame);
 }
 
 impl Transport for Io {
-    fn send(&mut self, to: Dest, frame: &[u8]) {
+    fn send(&mut self, to: Dest, frame: &[u8], corr: u64, message_type: MessageType) {
         let key = match self.links.get(&to) {
             Some(&key) => key,
             None => self.open_link(to),
@@ -88,13 +96,17 @@ impl Transport for Io {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        // Only what the link holds for after its handshake counts (not the handshake's own
+        // frames), so one frame of the largest size always fits.
         if !conn
             .link
-            .admits(conn.write_buffer.len(), frame.len(), &self.options.links)
+            .admits(conn.pending.len(), frame.len(), &self.options.links)
         {
             self.fail(key, "too much queued while connecting");
             return;
         }
+        conn.link
+            .await_reply(corr, message_type, &self.options.links);
         queue_frame(conn, frame);
     }
 
@@ -103,8 +115,9 @@ impl Transport for Io {
         self.conns[key].link.peer().map(|peer| peer.node.as_str())
     }
 
-    fn reply(&mut self, conn: ConnId, frame: &[u8]) {
+    fn reply(&mut self, conn: ConnId, frame: &[u8], corr: u64) {
         if let Some(key) = self.key_of(conn) {
+            self.conns[key].link.paid(corr);
             if self.drops.drop_next() {
                 self.fail(key, "injected drop");
                 return;

@@ -27,9 +27,10 @@ use proto::{Addr, Incarnation, NodeId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::auth::Keys;
 use crate::clock::ClockSkew;
 use crate::event_log::{MemorySink, RUN_ID_DEFAULT};
-use crate::link::LinkOptions;
+use crate::link::{HandshakeStep, LinkOptions};
 use crate::node::{Arrival, NodeCore, NodeOptions};
 use crate::role::{Ctx, Link, MonoTime, Role};
 
@@ -121,6 +122,8 @@ pub struct NodeSpec {
     pub skew: ClockSkew,
     /// A fixed incarnation for every start (test stand-ins); `None` draws a fresh one.
     pub fixed_incarnation: Option<Incarnation>,
+    /// The node's keys (default: none, protected mode).
+    pub keys: Keys,
 }
 
 impl NodeSpec {
@@ -144,7 +147,13 @@ impl NodeSpec {
             unreliable: false,
             skew: ClockSkew::default(),
             fixed_incarnation: None,
+            keys: Keys::keyless(),
         }
+    }
+
+    /// The same node, holding `keys`.
+    pub fn with_keys(self, keys: Keys) -> NodeSpec {
+        NodeSpec { keys, ..self }
     }
 }
 
@@ -165,6 +174,9 @@ pub struct SimStats {
     pub turns: u64,
     /// Frames that failed to decode (their connection was closed).
     pub decode_errors: u64,
+    /// Frames the link layer refused: handshakes that failed, and messages outside the
+    /// message table.
+    pub frames_refused: u64,
 }
 
 struct Host<R: Role> {
@@ -243,6 +255,14 @@ impl<R: Role> Sim<R> {
         self.boot(node.0, role);
     }
 
+    /// Restarts a node as another process at the same address, holding `keys` (a process
+    /// squatting on a dead node's port, say).
+    pub fn restart_with_keys(&mut self, node: NodeIndex, keys: Keys, role: R) {
+        self.crash(node);
+        self.hosts[node.0].spec.keys = keys;
+        self.boot(node.0, role);
+    }
+
     /// Whether a node is running.
     pub fn is_up(&self, node: NodeIndex) -> bool {
         self.hosts[node.0].core.is_some()
@@ -265,10 +285,14 @@ impl<R: Role> Sim<R> {
         };
         let core_seed = self.net.rng.random::<u64>();
         let core = NodeCore::new(role, options, incarnation, core_seed);
-        let hello = core.hello_frame();
+        let presence = net::Presence {
+            hello: core.hello().clone(),
+            keys: host.spec.keys.clone(),
+            frame_len_max: core.frame_len_max(),
+        };
         host.core = Some(core);
         host.start_true_ns = SIM_EPOCH_NS + self.net.now as i64;
-        self.net.boot(index, hello);
+        self.net.boot(index, presence);
         self.net.push_input(index, Input::Start);
     }
 
@@ -446,11 +470,18 @@ impl<R: Role> Sim<R> {
         core.begin_turn(MonoTime(self.net.now), physical);
         let inputs = self.net.take_inbox(index);
         let decoder = proto::FrameDecoder::new(core.frame_len_max());
+        let frame_len_max = core.frame_len_max();
+        let handshake_len_max = self.net.config.links.handshake_frame_len_max;
+        let now = MonoTime(self.net.now);
         let mut transport = self.net.transport(index);
+        let keys = transport.keys();
+        transport.forget_stale_owed(now);
+
         for input in inputs {
             match input {
                 Input::Start => core.start(&mut transport),
                 Input::Frame { conn, bytes } => {
+                    let raw = bytes.clone();
                     let frame = match decoder.decode_whole(bytes) {
                         Ok(frame) => frame,
                         Err(error) => {
@@ -463,25 +494,54 @@ impl<R: Role> Sim<R> {
                     let Some(end) = transport.end_mut(conn) else {
                         continue; // Closed meanwhile: what was in flight is lost.
                     };
-                    let Some(peer) = end.peer().cloned() else {
-                        // The link layer's hello checks, as in the real driver.
-                        match end.on_first_frame(core.hello(), frame.message) {
-                            Ok(Some(dest)) => {
-                                transport.link_opened(dest);
-                                core.link(&mut transport, dest, Link::Up);
+                    if !end.is_open() {
+                        // The link layer's handshake, as in the real driver.
+                        if raw.len() > handshake_len_max {
+                            log::warn!("sim node {index}: closing {conn:?}: long handshake");
+                            transport.count_refused();
+                            transport.close_conn(conn);
+                            continue;
+                        }
+                        let step = end.on_handshake_frame(&keys, raw, frame.message, frame_len_max);
+                        match step {
+                            Ok(HandshakeStep::Wait) => {}
+                            Ok(HandshakeStep::Send(proof)) => transport.send_handshake(conn, proof),
+                            Ok(HandshakeStep::Open { send, dest }) => {
+                                if let Some(proof) = send {
+                                    transport.send_handshake(conn, proof);
+                                }
+                                if let Some(dest) = dest {
+                                    transport.link_opened(conn, dest);
+                                    core.link(&mut transport, dest, Link::Up);
+                                }
                             }
-                            Ok(None) => {}
                             Err(refusal) => {
-                                log::warn!("sim node {index}: closing {conn:?}: {refusal}");
-                                transport.count_decode_error();
+                                log::warn!("sim node {index}: refused {conn:?}: {refusal}");
+                                transport.count_refused();
                                 transport.close_conn(conn);
                             }
                         }
                         continue;
+                    }
+                    if let Err(refusal) = end.admit(&frame.header) {
+                        log::warn!("sim node {index}: refused a frame on {conn:?}: {refusal}");
+                        let inbound = end.is_inbound();
+                        transport.count_refused();
+                        if inbound {
+                            transport.close_conn(conn);
+                        }
+                        continue;
+                    }
+                    let inbound = end.is_inbound();
+                    if inbound {
+                        end.owe(frame.header.corr, core.reply_len_hint(&frame.message), now);
+                    }
+                    let Some(peer) = end.peer().cloned() else {
+                        continue;
                     };
                     let arrival = Arrival {
                         conn,
-                        inbound: end.is_inbound(),
+                        inbound,
                         peer: &peer,
                         received_ns: physical,
                     };

@@ -20,9 +20,11 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 
 use super::{SimConfig, SimStats};
+use crate::auth::Keys;
 use crate::link::{self, Backoffs, DropInjector, LinkEnd};
 use crate::node::Transport;
 use crate::role::{ConnId, Dest, Link, MonoTime};
+use proto::{Hello, MessageType};
 
 /// Bytes of unread frames a resumed reader takes per go, like one read call of the real
 /// driver, before the backpressure rule is checked again.
@@ -51,16 +53,25 @@ const TO_CLIENT: usize = 1;
 
 enum Payload {
     Frame(Bytes),
-    /// A hello: never dropped by fault injection, not counted as a delivered frame.
-    Hello(Bytes),
+    /// A handshake frame (hello or proof): never dropped by fault injection, not counted
+    /// as a delivered frame.
+    Handshake(Bytes),
 }
 
 impl Payload {
     fn bytes(&self) -> &Bytes {
         match self {
-            Payload::Frame(bytes) | Payload::Hello(bytes) => bytes,
+            Payload::Frame(bytes) | Payload::Handshake(bytes) => bytes,
         }
     }
+}
+
+/// How a node presents itself on every connection: its hello (without the connection's
+/// nonce) and its keys.
+pub(super) struct Presence {
+    pub(super) hello: Hello,
+    pub(super) keys: Keys,
+    pub(super) frame_len_max: usize,
 }
 
 enum Event {
@@ -139,7 +150,7 @@ struct Conn {
     client_end: LinkEnd,
     /// The accepting end.
     server_end: LinkEnd,
-    /// Frames sent before the connect finished (the client's hello first).
+    /// Frames this node's link holds until its handshake completes.
     connecting: Vec<Bytes>,
     connecting_len: usize,
     flows: [Flow; 2],
@@ -158,7 +169,7 @@ pub(super) struct Endpoint {
     /// False while a test makes the node stop reading its sockets.
     reading: bool,
     epoch: u64,
-    hello: Option<Bytes>,
+    presence: Option<Presence>,
     inbox: Vec<Input>,
     next_turn: Option<u64>,
     links: BTreeMap<Dest, u64>,
@@ -227,7 +238,7 @@ impl Net {
             alive: false,
             reading: true,
             epoch: 0,
-            hello: None,
+            presence: None,
             inbox: Vec::new(),
             next_turn: None,
             links: BTreeMap::new(),
@@ -237,13 +248,13 @@ impl Net {
         });
     }
 
-    /// Starts (or restarts) a node that sends `hello` first on every connection.
-    pub(super) fn boot(&mut self, index: usize, hello: Bytes) {
+    /// Starts (or restarts) a node that presents itself as `presence` on every connection.
+    pub(super) fn boot(&mut self, index: usize, presence: Presence) {
         let endpoint = &mut self.endpoints[index];
         endpoint.alive = true;
         endpoint.reading = true;
         endpoint.epoch += 1;
-        endpoint.hello = Some(hello);
+        endpoint.presence = Some(presence);
         endpoint.inbox.clear();
         endpoint.next_turn = None;
         endpoint.backoffs.clear_all();
@@ -378,19 +389,25 @@ impl Net {
         let id = self.next_conn;
         self.next_conn += 1;
         let now = MonoTime(self.now);
+        let nonce = self.rng.random();
         let endpoint = &self.endpoints[client];
-        let client_end = LinkEnd::outbound(dest, &endpoint.backoffs, now);
-        let hello = endpoint.hello.clone().expect("a live node has a hello");
+        let presence = endpoint
+            .presence
+            .as_ref()
+            .expect("a live node presents itself");
+        let hello = link::hello_frame(&presence.hello, nonce, presence.frame_len_max);
+        let client_end = LinkEnd::outbound(dest, &endpoint.backoffs, now, nonce, hello.clone());
         let not_before = client_end.deadline().map_or(self.now, |at| at.0);
+        let options = &self.config.links;
         self.conns.insert(
             id,
             Conn {
                 client,
                 server: None,
                 client_end,
-                server_end: LinkEnd::inbound(),
-                connecting_len: hello.len(),
-                connecting: vec![hello],
+                server_end: LinkEnd::inbound([0; proto::NONCE_LEN], Bytes::new(), now, options),
+                connecting_len: 0,
+                connecting: Vec::new(),
                 flows: [Flow::default(), Flow::default()],
             },
         );
@@ -428,27 +445,38 @@ impl Net {
             if let Some(conn) = self.conns.get_mut(&id) {
                 conn.flows[TO_SERVER]
                     .held
-                    .push_back(Payload::Hello(Bytes::new()));
+                    .push_back(Payload::Handshake(Bytes::new()));
             }
             return;
         }
         self.endpoints[server].inbound.insert(id);
-        let server_hello = self.endpoints[server].hello.clone();
+        let nonce = self.rng.random();
+        let now = MonoTime(self.now);
+        let server_hello = self.endpoints[server]
+            .presence
+            .as_ref()
+            .map(|p| link::hello_frame(&p.hello, nonce, p.frame_len_max));
+        let options = self.config.links.clone();
         let conn = self.conns.get_mut(&id).expect("checked above");
         conn.server = Some(server);
-        conn.client_end.connected();
-        let queued = std::mem::take(&mut conn.connecting);
-        conn.connecting_len = 0;
+        conn.client_end.connected(now, &options);
+        let client_hello = conn.client_end.own_hello().clone();
         if let Some(hello) = server_hello {
-            self.transmit(id, TO_CLIENT, Payload::Hello(hello));
+            conn.server_end = LinkEnd::inbound(nonce, hello.clone(), now, &options);
+            self.transmit(id, TO_CLIENT, Payload::Handshake(hello));
         }
-        for (position, frame) in queued.into_iter().enumerate() {
-            let payload = if position == 0 {
-                Payload::Hello(frame)
-            } else {
-                Payload::Frame(frame)
-            };
-            self.transmit(id, TO_SERVER, payload);
+        self.transmit(id, TO_SERVER, Payload::Handshake(client_hello));
+    }
+
+    /// The handshake of this node's link `id` completed: the frames it held go.
+    fn link_open(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let held = std::mem::take(&mut conn.connecting);
+        conn.connecting_len = 0;
+        for frame in held {
+            self.transmit(id, TO_SERVER, Payload::Frame(frame));
         }
     }
 
@@ -600,7 +628,28 @@ impl Net {
                     .get(link)
                     .is_some_and(|c| link::backed_up(c.flows[TO_SERVER].queued_len, options))
             });
-        link::reads_paused(end, own_queued_len, own_link_backed_up, options)
+        let endpoint = &self.endpoints[node];
+        let node_queued_len: usize = endpoint
+            .links
+            .values()
+            .chain(&endpoint.inbound)
+            .filter_map(|link| self.conns.get(link))
+            .map(|c| {
+                let direction = if c.client == node {
+                    TO_SERVER
+                } else {
+                    TO_CLIENT
+                };
+                c.flows[direction].queued_len
+            })
+            .sum();
+        link::reads_paused(
+            end,
+            own_queued_len,
+            own_link_backed_up,
+            node_queued_len,
+            options,
+        )
     }
 
     fn deliver(&mut self, id: u64, direction: usize, payload: Payload) {
@@ -629,7 +678,7 @@ impl Net {
                 self.stats.frames_delivered += 1;
                 bytes
             }
-            Payload::Hello(bytes) => bytes,
+            Payload::Handshake(bytes) => bytes,
         };
         self.push_input(
             node,
@@ -812,14 +861,60 @@ impl SimTransport<'_> {
         }
     }
 
-    /// This node's link to `dest` opened: no more backoff.
-    pub(super) fn link_opened(&mut self, dest: Dest) {
+    /// This node's link `conn` to `dest` completed its handshake: no more backoff, and the
+    /// frames it held go.
+    pub(super) fn link_opened(&mut self, conn: ConnId, dest: Dest) {
         self.net.endpoints[self.node].backoffs.clear(dest);
+        self.net.link_open(conn.0);
+    }
+
+    /// Sends a handshake frame on `conn`, from this node.
+    pub(super) fn send_handshake(&mut self, conn: ConnId, frame: Bytes) {
+        let Some(state) = self.net.conns.get(&conn.0) else {
+            return;
+        };
+        let direction = if state.client == self.node {
+            TO_SERVER
+        } else {
+            TO_CLIENT
+        };
+        self.net
+            .transmit(conn.0, direction, Payload::Handshake(frame));
+    }
+
+    /// Forgets the owed replies the role will never make, on this node's accepted
+    /// connections.
+    pub(super) fn forget_stale_owed(&mut self, now: MonoTime) {
+        let options = &self.net.config.links;
+        let inbound: Vec<u64> = self.net.endpoints[self.node]
+            .inbound
+            .iter()
+            .copied()
+            .collect();
+        for id in inbound {
+            if let Some(conn) = self.net.conns.get_mut(&id) {
+                conn.server_end.forget_stale_owed(now, options);
+            }
+        }
+    }
+
+    /// A frame the link layer refused (handshake or message table).
+    pub(super) fn count_refused(&mut self) {
+        self.net.stats.frames_refused += 1;
+    }
+
+    /// This node's keys.
+    pub(super) fn keys(&self) -> Keys {
+        self.net.endpoints[self.node]
+            .presence
+            .as_ref()
+            .map(|p| p.keys.clone())
+            .unwrap_or_default()
     }
 }
 
 impl Transport for SimTransport<'_> {
-    fn send(&mut self, to: Dest, frame: &[u8]) {
+    fn send(&mut self, to: Dest, frame: &[u8], corr: u64, message_type: MessageType) {
         let id = match self.net.endpoints[self.node].links.get(&to) {
             Some(&id) => id,
             None => self.net.open_link(self.node, to),
@@ -836,17 +931,18 @@ impl Transport for SimTransport<'_> {
             .conns
             .get_mut(&id)
             .expect("links name live connections");
-        let queued_len = if conn.server.is_none() {
-            conn.connecting_len
-        } else {
+        let queued_len = if conn.client_end.is_open() {
             conn.flows[TO_SERVER].queued_len
+        } else {
+            conn.connecting_len
         };
         if !conn.client_end.admits(queued_len, frame.len(), &options) {
             self.net.break_conn(id);
             return;
         }
+        conn.client_end.await_reply(corr, message_type, &options);
         let frame = Bytes::copy_from_slice(frame);
-        if conn.server.is_none() {
+        if !conn.client_end.is_open() {
             conn.connecting_len += frame.len();
             conn.connecting.push(frame);
         } else {
@@ -864,10 +960,13 @@ impl Transport for SimTransport<'_> {
         end.peer().map(|peer| peer.node.as_str())
     }
 
-    fn reply(&mut self, conn: ConnId, frame: &[u8]) {
-        let Some(state) = self.net.conns.get(&conn.0) else {
+    fn reply(&mut self, conn: ConnId, frame: &[u8], corr: u64) {
+        let Some(state) = self.net.conns.get_mut(&conn.0) else {
             return;
         };
+        if state.client != self.node {
+            state.server_end.paid(corr);
+        }
         let direction = if state.client == self.node {
             TO_SERVER
         } else {

@@ -25,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run one node daemon from a TOML configuration file.
     Node(cmd::node::NodeArgs),
+    /// Create a key file (32 random bytes and an id, mode 0600) for cluster_key_file,
+    /// client_key_file or --key-file.
+    Keygen(KeygenArgs),
     /// Print a key's value (exit 1 if it does not exist).
     Get(GetArgs),
     /// Store a value.
@@ -47,10 +50,22 @@ enum Command {
     Clock(cmd::clock::ClockCommand),
 }
 
+/// `pbkv keygen` arguments.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  pbkv keygen cluster.key\n  pbkv keygen --client client.key")]
+struct KeygenArgs {
+    /// The file to create; it must not exist.
+    file: std::path::PathBuf,
+    /// Make a client key (reads and writes, never joins the cluster), not a cluster key.
+    #[arg(long)]
+    client: bool,
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match &cli.command {
         Command::Node(args) => cmd::node::run(args),
+        Command::Keygen(args) => pbkv_tools::keys::keygen(&args.file, args.client),
         Command::Get(args) => cmd::client::get(&cli.client, args),
         Command::Put(args) => cmd::client::put(&cli.client, args, false),
         Command::Puthash(args) => cmd::client::put(&cli.client, args, true),
@@ -59,7 +74,7 @@ fn main() {
         Command::Bench(args) => cmd::bench::run(&cli.client, args),
         Command::Log(command) => cmd::log::run(command),
         Command::Demo(args) => cmd::demo::run(args),
-        Command::Clock(command) => cmd::clock::run(command),
+        Command::Clock(command) => cmd::clock::run(command, &cli.client),
     };
     std::process::exit(code);
 }

@@ -27,9 +27,20 @@ pub struct ClientArgs {
     /// Seconds to wait for an answer.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub timeout: f64,
+    /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
+    #[arg(long, env = "PBKV_KEY_FILE", global = true)]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
+    /// The keys the tool proves with.
+    ///
+    /// # Errors
+    /// A key file that cannot be used.
+    pub fn keys(&self) -> Result<runtime::Keys, String> {
+        crate::keys::for_tool(self.key_file.as_deref())
+    }
+
     fn view_service(&self) -> Result<Addr, String> {
         self.view_service
             .parse()
@@ -57,10 +68,16 @@ fn value_arg(value: &str) -> Result<Bytes, String> {
     if value != "-" {
         return Ok(Bytes::copy_from_slice(value.as_bytes()));
     }
+    // At most the value limit and one byte more: enough to tell an oversized value.
+    let limit = proto::kv::VALUE_LEN_MAX;
     let mut buffer = Vec::new();
     std::io::stdin()
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut buffer)
         .map_err(|e| format!("reading stdin: {e}"))?;
+    if buffer.len() > limit {
+        return Err(format!("the value on stdin is over the {limit}-byte limit"));
+    }
     Ok(Bytes::from(buffer))
 }
 
@@ -70,8 +87,12 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
     };
+    let keys = match args.keys() {
+        Ok(keys) => keys,
+        Err(why) => return fail(exit::CONFIG, &why),
+    };
     let name = format!("cli-{}", std::process::id());
-    let client = match BlockingClient::start(view_service, &name) {
+    let client = match BlockingClient::start(view_service, &name, keys) {
         Ok(client) => client,
         Err(why) => return fail(exit::UNAVAILABLE, &why),
     };
@@ -148,8 +169,10 @@ pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
 }
 
 /// Sends `request` to `to` and waits up to `timeout` for the answer.
-fn ask(to: Addr, request: Message, timeout: Duration) -> Result<Message, i32> {
-    crate::blocking::request(to, request, timeout).map_err(|why| fail(exit::UNAVAILABLE, &why))
+fn ask(args: &ClientArgs, to: Addr, request: Message, timeout: Duration) -> Result<Message, i32> {
+    let keys = args.keys().map_err(|why| fail(exit::CONFIG, &why))?;
+    crate::blocking::request(to, request, timeout, keys)
+        .map_err(|why| fail(exit::UNAVAILABLE, &why))
 }
 
 /// `pbkv view`.
@@ -166,7 +189,7 @@ pub fn view(args: &ClientArgs, view: &ViewArgs) -> i32 {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
     };
-    match ask(view_service, GetViewRequest {}.into(), timeout) {
+    match ask(args, view_service, GetViewRequest {}.into(), timeout) {
         Ok(Message::GetViewReply(reply)) => {
             if view.json {
                 println!("{}", kv::view_json(&reply.view));
@@ -206,7 +229,7 @@ pub fn info(args: &ClientArgs, info: &InfoArgs) -> i32 {
         Ok(timeout) => timeout,
         Err(why) => return fail(exit::USAGE, &why),
     };
-    match ask(node, InfoRequest {}.into(), timeout) {
+    match ask(args, node, InfoRequest {}.into(), timeout) {
         Ok(Message::InfoReply(reply)) => {
             if info.json {
                 println!("{}", reply.json);

@@ -116,10 +116,16 @@ pub struct ExperimentArgs {
 }
 
 /// Runs `pbkv clock`; returns the exit code.
-pub fn run(command: &ClockCommand) -> i32 {
+pub fn run(command: &ClockCommand, client: &crate::cmd::client::ClientArgs) -> i32 {
+    // A time server that is its node's only role answers anyone; one beside other roles
+    // wants the client key (`--key-file`).
+    let keys = match client.keys() {
+        Ok(keys) => keys,
+        Err(why) => return fail(exit::CONFIG, &why),
+    };
     match command {
-        ClockCommand::Probe(args) => probe(args),
-        ClockCommand::Experiment(args) => experiment(args),
+        ClockCommand::Probe(args) => probe(args, keys),
+        ClockCommand::Experiment(args) => experiment(args, keys),
     }
 }
 
@@ -180,6 +186,7 @@ fn run_real_client(
     samples: u64,
     (interval, burst): (Duration, u32),
     patience: Duration,
+    keys: runtime::Keys,
 ) -> Result<RealRun, String> {
     let node = NodeId::new(format!("clock-{}", std::process::id())).map_err(|e| e.to_string())?;
     let client = TimeClient::new(ClientConfig {
@@ -196,6 +203,7 @@ fn run_real_client(
     let worker = std::thread::spawn(move || -> Result<TimeClient, String> {
         let mut options = NetOptions::new(node);
         options.skew = skew;
+        options.keys = keys;
         let driver = NetDriver::new(client, options).map_err(|e| format!("event loop: {e}"))?;
         let _ = started_tx.send((driver.physical_epoch_ns(), driver.stop_handle()));
         let result = driver.run().map_err(|e| format!("event loop: {e}"));
@@ -256,7 +264,7 @@ fn start_server() -> Result<(Addr, runtime::net::StopHandle, std::thread::JoinHa
     Ok((Addr(addr), stop, handle))
 }
 
-fn probe(args: &ProbeArgs) -> i32 {
+fn probe(args: &ProbeArgs, keys: runtime::Keys) -> i32 {
     let setup = (|| -> Result<_, String> {
         let server = parse_server(&args.server)?;
         let skew = skew_of(args.skew.offset_ms, args.skew.drift_ppm)?;
@@ -275,7 +283,14 @@ fn probe(args: &ProbeArgs) -> i32 {
         Err(why) => return fail(exit::USAGE, &why),
     };
     let patience = Duration::from_secs_f64(args.timeout);
-    let run = match run_real_client(server, skew, args.samples, (interval, args.burst), patience) {
+    let run = match run_real_client(
+        server,
+        skew,
+        args.samples,
+        (interval, args.burst),
+        patience,
+        keys,
+    ) {
         Ok(run) => run,
         Err(why) => return fail(exit::MISSING, &why),
     };
@@ -414,7 +429,7 @@ fn probe_text(report: &serde_json::Value) -> String {
     text
 }
 
-fn experiment(args: &ExperimentArgs) -> i32 {
+fn experiment(args: &ExperimentArgs, keys: runtime::Keys) -> i32 {
     let setup = (|| -> Result<_, String> {
         let skew = skew_of(args.offset_ms, args.drift_ppm)?;
         let interval = interval_of(args.interval_ms)?;
@@ -471,6 +486,7 @@ fn experiment(args: &ExperimentArgs) -> i32 {
             args.samples,
             (interval, args.burst),
             Duration::from_secs(5),
+            keys,
         ) {
             Ok(run) => run,
             Err(why) => return fail(exit::MISSING, &why),

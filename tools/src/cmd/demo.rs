@@ -95,11 +95,12 @@ fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
     }
 }
 
-fn view(view_service: Addr) -> Result<View, String> {
+fn view(view_service: Addr, keys: &runtime::Keys) -> Result<View, String> {
     match request(
         view_service,
         GetViewRequest {}.into(),
         Duration::from_secs(2),
+        keys.clone(),
     )? {
         proto::Message::GetViewReply(reply) => Ok(reply.view),
         other => Err(format!("unexpected {}", other.message_type())),
@@ -129,8 +130,27 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         let _ = std::fs::remove_file(entry.path());
     }
     let started = Instant::now();
+    // The demo's cluster has keys of its own: a cluster key for the nodes, a client key for
+    // the demo's client.
+    let mut keys = Vec::new();
+    for (file, class) in [
+        ("cluster.key", runtime::PeerClass::Member),
+        ("client.key", runtime::PeerClass::Client),
+    ] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        let key = runtime::Key::generate_file(&path, class)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        keys.push(key);
+    }
+    let client_keys = runtime::Keys::new(keys.split_off(1)).map_err(|e| e.to_string())?;
     let vs_port = free_port()?;
-    let events = |name: &str| format!("[log]\nevents = \"logs/{name}.jsonl\"\nrun = \"demo\"\n");
+    let events = |name: &str| {
+        format!(
+            "cluster_key_file = \"cluster.key\"\nclient_key_file = \"client.key\"\n\
+             [log]\nevents = \"logs/{name}.jsonl\"\nrun = \"demo\"\n"
+        )
+    };
     let vs = spawn(
         dir,
         "vs",
@@ -147,7 +167,8 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     }
     for index in 1..=3 {
         let name = format!("s{index}");
-        let offset_ms = args.skew_ms * [1.0, -1.0, 0.5][index - 1];
+        // `+ 0.0` turns -0.0 into 0.0, so the config reads cleanly.
+        let offset_ms = args.skew_ms * [1.0, -1.0, 0.5][index - 1] + 0.0;
         let config = format!(
             "node_id = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nroles = [\"replica\"]\n\
              viewservice = \"{}\"\n{}[clock]\noffset_ms = {offset_ms:?}\n",
@@ -159,13 +180,13 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(300));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut current = view(view_service)?;
+    let mut current = view(view_service, &client_keys)?;
     while current.backup.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        current = view(view_service)?;
+        current = view(view_service, &client_keys)?;
     }
     println!("view {}", kv::view_text(&current));
-    let client = BlockingClient::start(view_service, "demo-client")?;
+    let client = BlockingClient::start(view_service, "demo-client", client_keys.clone())?;
     let timeout = Duration::from_secs(10);
     let mut written = Vec::new();
     for index in 0..args.keys {
@@ -199,7 +220,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        let now = view(view_service)?;
+        let now = view(view_service, &client_keys)?;
         if now.primary.map(|m| m.addr) != Some(primary.addr) {
             current = now;
             break;

@@ -11,9 +11,10 @@ use kv::replica::{Replica, ReplicaConfig};
 use kv::viewservice::{ViewService, ViewTiming};
 use proto::NodeId;
 use runtime::ClockSkew;
+use runtime::Keys;
 use runtime::echo::{EchoConfig, EchoRole};
 use runtime::event_log::FileSink;
-use runtime::net::{NetDriver, NetOptions};
+use runtime::net::{ConnectionLimits, NetDriver, NetOptions};
 
 use crate::config::{NodeConfig, RoleName};
 use crate::exit;
@@ -99,7 +100,18 @@ pub fn run(args: &NodeArgs) -> i32 {
         eprintln!("error: {error}");
         return exit::CONFIG;
     }
-    match serve(&config) {
+    let base = args.config.parent().map_or_else(
+        || std::path::PathBuf::from("."),
+        std::path::Path::to_path_buf,
+    );
+    let keys = match crate::keys::for_node(&config, &base) {
+        Ok(keys) => keys,
+        Err(error) => {
+            eprintln!("error: {}: {error}", args.config.display());
+            return exit::CONFIG;
+        }
+    };
+    match serve(&config, keys, &args.config) {
         Ok(()) => exit::OK,
         Err(error) => {
             eprintln!("error: {error}");
@@ -108,7 +120,22 @@ pub fn run(args: &NodeArgs) -> i32 {
     }
 }
 
-fn serve(config: &NodeConfig) -> Result<(), String> {
+/// The link and connection limits of `[limits]`.
+fn apply_limits(options: &mut NetOptions, limits: &crate::config::Limits) {
+    options.links.write_buffer_len_max = limits.write_buffer_mib.saturating_mul(1 << 20);
+    options.links.output_len_max = limits.output_mib.saturating_mul(1 << 20);
+    options.links.requests_in_flight_max = limits.requests_in_flight_max;
+    options.links.handshake_timeout = Duration::from_millis(limits.handshake_timeout_ms);
+    options.limits = ConnectionLimits {
+        connections_max: limits.connections_max,
+        member_connections_reserved: limits.member_connections_reserved,
+        handshakes_max: limits.handshakes_max,
+        client_idle_timeout: Duration::from_secs(limits.client_idle_timeout_s),
+        incomplete_frames_len_max: limits.incomplete_frames_mib.saturating_mul(1 << 20),
+    };
+}
+
+fn serve(config: &NodeConfig, keys: Keys, path: &std::path::Path) -> Result<(), String> {
     let node = NodeId::new(config.node_id.clone()).map_err(|why| format!("node_id: {why}"))?;
     let mut options = NetOptions::new(node);
     options.listen = Some(config.listen);
@@ -121,6 +148,35 @@ fn serve(config: &NodeConfig) -> Result<(), String> {
         drift_ppm: config.clock.drift_ppm,
     };
     options.handle_signals = true;
+    apply_limits(&mut options, &config.limits);
+    if keys.is_keyed() {
+        log::info!("keys: {}", keys.describe());
+    } else {
+        log::warn!(
+            "no cluster_key_file: protected mode, any process that can reach {} can join \
+             the cluster",
+            config.listen
+        );
+    }
+    let started_keyed = keys.is_member();
+    options.keys = keys;
+    // SIGHUP reads the configuration again for its key settings only, and the key files
+    // they name: a rotation needs no restart.
+    let reload_path = path.to_path_buf();
+    options.reload_keys = Some(Box::new(move || {
+        let reloaded = load(&reload_path)?;
+        let base = reload_path.parent().map_or_else(
+            || std::path::PathBuf::from("."),
+            std::path::Path::to_path_buf,
+        );
+        let keys = crate::keys::for_node(&reloaded, &base)?;
+        if keys.is_member() != started_keyed {
+            return Err(
+                "a node keeps the mode it started in: with a cluster key or without".into(),
+            );
+        }
+        Ok(keys)
+    }));
     if let Some(path) = &config.log.events {
         let len_max = config.log.events_len_max_mib.saturating_mul(1024 * 1024);
         let sink = FileSink::open(path, len_max, config.log.events_keep)
@@ -132,12 +188,17 @@ fn serve(config: &NodeConfig) -> Result<(), String> {
     let bound = driver
         .local_addr()
         .map_or_else(String::new, |addr| addr.to_string());
+    let roles: Vec<String> = config
+        .roles
+        .iter()
+        .map(|role| format!("{role:?}").to_lowercase())
+        .collect();
     log::info!(
-        "pbkv {} node {} pid {} roles {:?} incarnation {}",
+        "pbkv {} node {} pid {} roles {} incarnation {}",
         env!("CARGO_PKG_VERSION"),
         config.node_id,
         std::process::id(),
-        config.roles,
+        roles.join(","),
         driver.incarnation()
     );
     // Printed whatever the log level: scripts and tests wait for this line.

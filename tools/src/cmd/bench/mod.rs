@@ -562,7 +562,14 @@ pub fn run(client_args: &ClientArgs, args: &BenchArgs) -> i32 {
             return exit::USAGE;
         }
     };
-    let ran = match run_bench(args, &plan) {
+    let keys = match client_args.keys() {
+        Ok(keys) => keys,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return exit::CONFIG;
+        }
+    };
+    let ran = match run_bench(args, &plan, keys) {
         Ok(ran) => ran,
         Err(why) => {
             eprintln!("error: {why}");
@@ -607,10 +614,12 @@ fn nothing_completed(view_service: &str, ran: &Ran) -> i32 {
     exit::UNAVAILABLE
 }
 
-fn run_bench(args: &BenchArgs, plan: &Plan) -> Result<Ran, String> {
+fn run_bench(args: &BenchArgs, plan: &Plan, keys: runtime::Keys) -> Result<Ran, String> {
     let node = NodeId::new(format!("bench-{}", std::process::id())).map_err(|e| e.to_string())?;
-    let driver = NetDriver::new(host(args, plan), NetOptions::new(node))
-        .map_err(|e| format!("event loop: {e}"))?;
+    let mut options = NetOptions::new(node);
+    options.keys = keys;
+    let driver =
+        NetDriver::new(host(args, plan), options).map_err(|e| format!("event loop: {e}"))?;
     // CLOCK_MONOTONIC at the driver's monotonic time 0, for system-wide history timestamps.
     let clock_now = monotonic_ns();
     let epoch_ns = clock_now.saturating_sub(driver.epoch().elapsed().as_nanos() as u64);
