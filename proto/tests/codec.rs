@@ -453,6 +453,7 @@ fn status() -> impl Strategy<Value = Status> {
         Just(Status::ErrSessionExpired),
         Just(Status::ErrStaleRequest),
         Just(Status::ErrTooLarge),
+        Just(Status::ErrFull),
     ]
 }
 
