@@ -357,11 +357,13 @@ impl Replica {
     }
 
     /// Adopts `view` if it is newer; `from_peer` counts views learnt from a peer's message.
-    /// A peer's view was checked first (`validate_peer_view`): it is from the view service
-    /// incarnation this server knows, so only the view service's own reply reaches R9.
+    /// A peer's view was checked first (`validate_peer_view`): once this server knows the
+    /// view service's incarnation, a peer's view is of that incarnation, so only the view
+    /// service's own reply reaches R9. A server that has seen no view yet takes the
+    /// incarnation from the first view it is given, its primary's included (a fresh backup
+    /// may get its first chunk before its first ping reply).
     fn adopt(&mut self, ctx: &mut Ctx<ReplicaTimer>, view: View, from_peer: bool) {
         match self.service {
-            None if from_peer => return,
             None => self.service = Some(view.service),
             Some(service) if service != view.service => {
                 if !from_peer {

@@ -84,9 +84,8 @@ impl Replica {
     /// view service's own word), and not implausibly far ahead.
     pub(super) fn validate_peer_view(&self, view: &View) -> Result<(), String> {
         validate_view(view)?;
-        let Some(service) = self.service else {
-            return Err("a peer's view before any from the view service".to_string());
-        };
+        // With no view seen yet, the first one sets the incarnation (`adopt`).
+        let service = self.service.unwrap_or(view.service);
         if view.service != service {
             return Err(format!(
                 "a view of view-service incarnation {}, not {service}",
