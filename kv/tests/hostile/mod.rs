@@ -408,7 +408,7 @@ fn check_frames<T>(actions: &[Action<T>]) {
 
 /// The inputs every role takes besides messages.
 enum Input<T> {
-    Message(Origin, Message),
+    Message(Box<(Origin, Message)>),
     Timer(T),
     TurnEnd,
     Link(Dest, Link),
@@ -426,7 +426,7 @@ where
     T: Clone,
 {
     Ok(match u.int_in_range(0..=15u8)? {
-        0..=8 => Input::Message(origin(u, corr_hint)?, message(u, known)?),
+        0..=8 => Input::Message(Box::new((origin(u, corr_hint)?, message(u, known)?))),
         9 | 10 => Input::TurnEnd,
         11 => Input::Timer(u.choose(timers)?.clone()),
         12 => Input::Link(
@@ -453,7 +453,10 @@ fn drive<R: Role>(
     while !u.is_empty() && inputs < 64 {
         inputs += 1;
         match input(u, known(role), corr_hint(role), timers)? {
-            Input::Message(origin, message) => role.on_message(ctx, &origin, message),
+            Input::Message(boxed) => {
+                let (origin, message) = *boxed;
+                role.on_message(ctx, &origin, message);
+            }
             Input::Timer(timer) => role.on_timer(ctx, timer),
             Input::TurnEnd => role.on_turn_end(ctx),
             Input::Link(dest, link) => role.on_link(ctx, dest, link),
