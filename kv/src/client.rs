@@ -4,8 +4,9 @@
 //! nothing while nothing fails.
 //!
 //! One operation is outstanding at a time; the rest queue. Every operation ends in one
-//! [`Outcome`]: done, missing key, refused (over a size limit), or unknown (its session
-//! expired, so it may or may not have been applied).
+//! [`Outcome`]: done, missing key, refused (over a size limit, or the service is full:
+//! `ErrFull`, a definite failure), or unknown (its session expired, so it may or may not
+//! have been applied).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -51,7 +52,7 @@ pub enum Outcome {
     Done(Bytes),
     /// Get: the key does not exist.
     NoKey,
-    /// Refused, not applied (a key or value over its limit).
+    /// Refused, not applied (a key or value over its limit, or the service is full).
     Refused(String),
     /// May or may not have been applied (its session expired).
     Unknown(String),
@@ -365,6 +366,17 @@ impl Client {
             return;
         }
         match reply.status {
+            Status::Ok if reply.session == 0 => {
+                // Session ids are indexes, from 1: a malformed reply, refused; the retry
+                // timer sends the OpenSession again.
+                log::warn!("client: refused an OpenSession reply naming session 0");
+            }
+            Status::ErrFull => {
+                // Sessions are never evicted to make room: the operation fails, definitely.
+                self.opening = None;
+                let why = "the service holds its maximum number of sessions (ErrFull)";
+                self.finish(ctx, Outcome::Refused(why.into()));
+            }
             Status::Ok => {
                 self.opening = None;
                 self.session = Some(reply.session);
@@ -380,6 +392,10 @@ impl Client {
             Status::Ok => self.finish(ctx, Outcome::Done(reply.value)),
             Status::ErrNoKey => self.finish(ctx, Outcome::NoKey),
             Status::ErrTooLarge => self.finish(ctx, Outcome::Refused("key too large".into())),
+            Status::ErrFull => {
+                let why = "the service has used up its index space (ErrFull)";
+                self.finish(ctx, Outcome::Refused(why.into()));
+            }
             _ => self.retry_later(ctx),
         }
     }
@@ -389,6 +405,12 @@ impl Client {
             Status::Ok => self.finish(ctx, Outcome::Done(reply.previous)),
             Status::ErrTooLarge => {
                 self.finish(ctx, Outcome::Refused("key or value too large".into()))
+            }
+            Status::ErrFull => {
+                // Like Redis's OOM error: nothing was applied, and retrying will not help
+                // until something is deleted or overwritten smaller.
+                let why = "the store is full: the write would pass state_bytes_max (ErrFull)";
+                self.finish(ctx, Outcome::Refused(why.into()));
             }
             Status::ErrSessionExpired | Status::ErrStaleRequest => {
                 // The request may have been applied before the session expired: unknown.

@@ -4,10 +4,16 @@
 //!
 //! Both maps are persistent (structural sharing): cloning is O(1), which is how a primary
 //! freezes a consistent snapshot for state transfer while it keeps applying operations.
+//!
+//! **State bytes.** The state counts its own size ([`State::len`]): every key and value, plus
+//! every session record ([`SESSION_RECORD_FIXED_LEN`] and its kept reply). [`State::admits`]
+//! is the one rule, used by the primary before it assigns an entry and by the backup before
+//! it applies one, that keeps a state within its [`StateLimits`]; both sides hold the same
+//! state at every index, so they decide the same way and never diverge.
 
 use bytes::Bytes;
 use imbl::OrdMap;
-use proto::kv::{Entry, Op, SessionRecord};
+use proto::kv::{Entry, INDEX_MAX, Op, SESSION_RECORD_FIXED_LEN, SessionRecord};
 
 /// FNV-1a, 32 bits: PutHash's hash (lab 2 §2.2).
 pub fn fnv1a32(parts: &[&[u8]]) -> u32 {
@@ -26,6 +32,16 @@ pub fn puthash_value(previous: &[u8], value: &[u8]) -> Bytes {
     Bytes::from(fnv1a32(&[previous, value]).to_string())
 }
 
+/// The bounds a replica keeps its state within (`ReplicaConfig::state_bytes_max`,
+/// `sessions_max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// State bytes ([`State::len`]).
+    pub len_max: usize,
+    /// Sessions in the session table.
+    pub sessions_max: usize,
+}
+
 /// Store and session table, as of `applied`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
@@ -35,12 +51,109 @@ pub struct State {
     pub sessions: OrdMap<u64, SessionRecord>,
     /// Highest index applied.
     pub applied: u64,
+    /// State bytes, kept as entries are applied (see the module docs).
+    len: usize,
+}
+
+/// What a session record costs in state bytes.
+pub fn record_len(record: &SessionRecord) -> usize {
+    SESSION_RECORD_FIXED_LEN + record.reply.len()
 }
 
 impl State {
+    /// A state of these maps at `applied` (an installed snapshot); counts its bytes.
+    pub fn from_parts(
+        store: OrdMap<Bytes, Bytes>,
+        sessions: OrdMap<u64, SessionRecord>,
+        applied: u64,
+    ) -> State {
+        let mut state = State {
+            store,
+            sessions,
+            applied,
+            len: 0,
+        };
+        state.len = state.counted_len();
+        state
+    }
+
+    /// State bytes: keys, values and session records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the state holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// State bytes counted afresh, O(n): what [`State::len`] must equal (tests check it).
+    pub fn counted_len(&self) -> usize {
+        let items: usize = self.store.iter().map(|(k, v)| k.len() + v.len()).sum();
+        items + self.sessions.values().map(record_len).sum::<usize>()
+    }
+
+    /// State bytes once `entry` is applied, computed without applying it.
+    pub fn len_after(&self, entry: &Entry) -> usize {
+        let item_len = |key: &Bytes| self.store.get(key).map_or(0, |v| key.len() + v.len());
+        let old_record = |session: u64| self.sessions.get(&session).map_or(0, record_len);
+        let (added, removed) = match &entry.op {
+            Op::Noop => (0, 0),
+            Op::Put { key, value } => (key.len() + value.len(), item_len(key)),
+            Op::PutHash { key, value } => {
+                let previous = self.store.get(key).cloned().unwrap_or_default();
+                let stored = puthash_value(&previous, value);
+                (key.len() + stored.len(), item_len(key))
+            }
+            Op::OpenSession { .. } => (SESSION_RECORD_FIXED_LEN, 0),
+            Op::ExpireSessions { sessions } => {
+                let mut seen = std::collections::BTreeSet::new();
+                let removed = sessions
+                    .iter()
+                    .filter(|session| seen.insert(**session))
+                    .map(|session| old_record(*session))
+                    .sum();
+                (0, removed)
+            }
+        };
+        let (record_added, record_removed) = match &entry.op {
+            Op::Put { .. } if entry.session != 0 => {
+                (SESSION_RECORD_FIXED_LEN, old_record(entry.session))
+            }
+            Op::PutHash { key, .. } if entry.session != 0 => {
+                let previous_len = self.store.get(key).map_or(0, Bytes::len);
+                (
+                    SESSION_RECORD_FIXED_LEN + previous_len,
+                    old_record(entry.session),
+                )
+            }
+            _ => (0, 0),
+        };
+        // Everything removed is part of the state, so this never goes below zero.
+        self.len + added + record_added - removed - record_removed
+    }
+
+    /// The bound rule, the same on primary and backup: `entry` may be applied next unless
+    /// the index space is used up (past [`INDEX_MAX`]), it opens a session past
+    /// `sessions_max`, or it takes the state past `len_max` (an entry that does not grow the
+    /// state is always admitted, so a full store can still be overwritten with smaller
+    /// values).
+    pub fn admits(&self, entry: &Entry, limits: StateLimits) -> bool {
+        if self.applied >= INDEX_MAX {
+            return false;
+        }
+        if matches!(entry.op, Op::OpenSession { .. }) && self.sessions.len() >= limits.sessions_max
+        {
+            return false;
+        }
+        let after = self.len_after(entry);
+        after <= limits.len_max || after <= self.len
+    }
+
     /// Applies `entry` as index `applied + 1` and returns its reply (PutHash: the previous
     /// value; OpenSession: nothing, the session id is the index).
     pub fn apply(&mut self, entry: &Entry) -> Bytes {
+        self.len = self.len_after(entry);
         let index = self.applied + 1;
         self.applied = index;
         let reply = match &entry.op {
@@ -156,5 +269,51 @@ mod tests {
             op: Op::ExpireSessions { sessions: vec![1] },
         });
         assert!(state.sessions.is_empty());
+        assert_eq!(state.len(), state.counted_len());
+    }
+
+    /// State bytes follow every kind of entry, and the bound rule admits what fits, what
+    /// does not grow the state, and nothing past the session limit.
+    #[test]
+    fn state_bytes_are_counted_and_bounded() {
+        let mut state = State::default();
+        let entry = |session, seq, op| Entry { session, seq, op };
+        let put = |key: &str, value: &str| Op::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        };
+        state.apply(&entry(0, 0, Op::OpenSession { nonce: 1 }));
+        assert_eq!(state.len(), SESSION_RECORD_FIXED_LEN);
+        state.apply(&entry(1, 1, put("k", "vvvv")));
+        assert_eq!(state.len(), 5 + SESSION_RECORD_FIXED_LEN);
+        let hash = Op::PutHash {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"x"),
+        };
+        state.apply(&entry(1, 2, hash));
+        assert_eq!(state.len(), state.counted_len());
+        state.apply(&entry(
+            0,
+            0,
+            Op::ExpireSessions {
+                sessions: vec![1, 1],
+            },
+        ));
+        assert_eq!(state.len(), state.counted_len());
+        let limits = StateLimits {
+            len_max: state.len() + 3,
+            sessions_max: 0,
+        };
+        assert!(state.admits(&entry(0, 0, put("a", "b")), limits), "fits");
+        assert!(
+            !state.admits(&entry(0, 0, put("a", "bcd")), limits),
+            "too big"
+        );
+        assert!(!state.admits(&entry(0, 0, Op::OpenSession { nonce: 2 }), limits));
+        let tight = StateLimits {
+            len_max: 0,
+            sessions_max: 9,
+        };
+        assert!(state.admits(&entry(0, 0, put("k", "")), tight), "shrinks");
     }
 }

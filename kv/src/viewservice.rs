@@ -10,7 +10,9 @@
 //!   pings 0 after having pinged a non-zero view number since it was named; a restart is
 //!   handled like a death, by one view change once the view is acknowledged — never as a
 //!   flag kept for later;
-//! - dead idle servers and dead backups are dropped; a client's GetView is not a ping.
+//! - dead idle servers and dead backups are dropped; a client's GetView is not a ping;
+//! - a ping speaks for its sender only: its server address and incarnation must be the ones
+//!   the sender's link carries (from its hello), or it is refused, never applied.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -70,6 +72,8 @@ pub struct ViewService {
     servers: BTreeMap<Addr, ServerState>,
     /// Views made so far (for `pbkv info` and tests).
     view_changes: u64,
+    /// Pings refused because they named another server or incarnation than their link's.
+    refused_pings: u64,
 }
 
 impl ViewService {
@@ -81,6 +85,7 @@ impl ViewService {
             acked: false,
             servers: BTreeMap::new(),
             view_changes: 0,
+            refused_pings: 0,
         }
     }
 
@@ -94,6 +99,11 @@ impl ViewService {
         self.acked
     }
 
+    /// Pings refused so far (an identity other than the sender's link's).
+    pub fn refused_pings(&self) -> u64 {
+        self.refused_pings
+    }
+
     /// State for `pbkv info`, as JSON.
     pub fn info(&self) -> serde_json::Value {
         serde_json::json!({
@@ -102,6 +112,7 @@ impl ViewService {
             "acked": self.acked,
             "servers": self.servers.len(),
             "view_changes": self.view_changes,
+            "refused_pings": self.refused_pings,
         })
     }
 
@@ -120,7 +131,31 @@ impl ViewService {
                 .is_some_and(|s| s.incarnation == member.incarnation)
     }
 
+    /// Whether `ping` speaks for the server whose link it came on: the address and
+    /// incarnation it names are the ones the sender's hello gave (authenticated by the link
+    /// layer). Anything else could make a view name a server that never pinged.
+    fn validate_ping(origin: &Origin, ping: &PingRequest) -> Result<(), String> {
+        if origin.addr != Some(ping.server) {
+            let addr = origin
+                .addr
+                .map_or("no address".to_string(), |addr| addr.to_string());
+            return Err(format!("names server {}, its link {addr}", ping.server));
+        }
+        if origin.incarnation != ping.incarnation {
+            return Err(format!(
+                "names incarnation {}, its link {}",
+                ping.incarnation, origin.incarnation
+            ));
+        }
+        Ok(())
+    }
+
     fn on_ping(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin, ping: PingRequest) {
+        if let Err(why) = ViewService::validate_ping(origin, &ping) {
+            self.refused_pings += 1;
+            log::warn!("viewservice: refused a ping from {}: {why}", origin.node);
+            return;
+        }
         let now = ctx.now();
         let member = Member {
             addr: ping.server,

@@ -341,3 +341,66 @@ fn c5_with_no_primary_the_request_blocks_unsent() {
         "the Get went to the primary: its outcome is unknown until answered"
     );
 }
+
+/// Peer input is untrusted: an OpenSession reply naming session 0 (session ids are indexes,
+/// from 1) is refused; the client keeps waiting and its retry sends the same OpenSession.
+#[test]
+fn refuses_an_open_session_reply_naming_session_0() {
+    let mut ck = Ck::with_view(view(1, Some(s1()), None));
+    ck.answer(2, ok("v"));
+    let open = ck.submit(put("a", "1"));
+    let nonce = ck.nonce(&open);
+    let zero = OpenSessionReply {
+        status: Status::Ok,
+        nonce,
+        session: 0,
+    };
+    assert_eq!(ck.answer(3, zero), vec![], "refused: nothing sent");
+    assert_eq!(ck.role.completed().len(), 1, "only the Get finished");
+    ck.ctx.set_now(ms(1000));
+    let Action::Send { corr, .. } = ck.timer()[0] else {
+        panic!("the retry asks for the view");
+    };
+    let retried = ck.answer(
+        corr,
+        GetViewReply {
+            view: view(1, Some(s1()), None),
+        },
+    );
+    assert_eq!(ck.nonce(&retried), nonce, "the same OpenSession again");
+}
+
+/// ErrFull is a definite failure, like Redis's OOM error: a Put answered ErrFull, and an
+/// operation whose OpenSession is answered ErrFull, end as refused with a message that
+/// says why; the next operation still runs.
+#[test]
+fn err_full_ends_the_operation_as_refused() {
+    let mut ck = Ck::with_view(view(1, Some(s1()), None));
+    ck.answer(2, ok("v"));
+    let open = ck.submit(put("a", "1"));
+    let nonce = ck.nonce(&open);
+    let full_open = OpenSessionReply {
+        status: Status::ErrFull,
+        nonce,
+        session: 0,
+    };
+    ck.answer(3, full_open);
+    let Outcome::Refused(why) = &ck.role.completed()[1].outcome else {
+        panic!("refused, not {:?}", ck.role.completed()[1].outcome);
+    };
+    assert!(why.contains("sessions"), "{why}");
+    let open = ck.submit(put("b", "2"));
+    let nonce = ck.nonce(&open);
+    let opened = OpenSessionReply {
+        status: Status::Ok,
+        nonce,
+        session: 9,
+    };
+    ck.answer(4, opened);
+    ck.answer(5, put_status(Status::ErrFull));
+    let Outcome::Refused(why) = &ck.role.completed()[2].outcome else {
+        panic!("refused, not {:?}", ck.role.completed()[2].outcome);
+    };
+    assert!(why.contains("store is full"), "{why}");
+    assert!(ck.role.outstanding().is_none(), "not retried");
+}

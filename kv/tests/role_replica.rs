@@ -11,8 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use kv::replica::{Replica, ReplicaConfig, ReplicaTimer};
 use proto::kv::{
-    Entry, ForwardReply, ForwardRequest, GetReply, GetRequest, Op, OpenSessionReply,
-    OpenSessionRequest, Outcome, PutReply, PutRequest, Status, TransferReply, TransferRequest,
+    Entry, FORWARD_AHEAD_MAX, FORWARD_ENTRIES_MAX, ForwardReply, ForwardRequest, GetReply,
+    GetRequest, KEY_LEN_MAX, Op, OpenSessionReply, OpenSessionRequest, Outcome,
+    PEER_VIEW_AHEAD_MAX, PutReply, PutRequest, SESSION_RECORD_FIXED_LEN, SessionRecord, Status,
+    TRANSFER_ITEMS_MAX, TransferReply, TransferRequest, VALUE_LEN_MAX,
 };
 use proto::viewservice::{Member, PingReply, PingRequest, View};
 use proto::{Incarnation, Message};
@@ -146,8 +148,16 @@ fn relay_replies(replier: &Node, to: &mut Node, actions: &Actions) -> Actions {
 
 /// s1 primary of view 2 naming s2 its backup; s2 has only seen view 1.
 fn primary_in_view_2() -> (Node, Node, View) {
-    let mut p = Node::start(s1());
-    let mut b = Node::start(s2());
+    primary_in_view_2_tuned(|_| {}, |_| {})
+}
+
+/// As `primary_in_view_2`, with the primary's and the backup's configurations adjusted.
+fn primary_in_view_2_tuned(
+    tune_primary: impl FnOnce(&mut ReplicaConfig),
+    tune_backup: impl FnOnce(&mut ReplicaConfig),
+) -> (Node, Node, View) {
+    let mut p = Node::start_with(s1(), tune_primary);
+    let mut b = Node::start_with(s2(), tune_backup);
     let first = view(1, Some(s1()), None);
     p.adopt(first);
     b.adopt(first);
@@ -158,7 +168,15 @@ fn primary_in_view_2() -> (Node, Node, View) {
 
 /// s1 primary of view 2 with s2 its backup, the transfer done: both synced in view 2.
 fn synced_pair() -> (Node, Node, View) {
-    let (mut p, mut b, second) = primary_in_view_2();
+    synced_pair_tuned(|_| {}, |_| {})
+}
+
+/// As `synced_pair`, with the primary's and the backup's configurations adjusted.
+fn synced_pair_tuned(
+    tune_primary: impl FnOnce(&mut ReplicaConfig),
+    tune_backup: impl FnOnce(&mut ReplicaConfig),
+) -> (Node, Node, View) {
+    let (mut p, mut b, second) = primary_in_view_2_tuned(tune_primary, tune_backup);
     b.adopt(second);
     let chunks = p.turn_end();
     let acks = relay(&p, &mut b, &chunks);
@@ -732,4 +750,524 @@ fn r12_a_state_transfer_is_installed_only_whole() {
     assert_eq!(restart.chunk, 0);
     assert_ne!(restart.transfer_id, chunks[0].transfer_id);
     assert_eq!(p.role.stats().transfers_restarted, 1);
+}
+
+// ----- Peer input is untrusted input (docs/protocol.md R13–R16) -----
+
+fn s3() -> Member {
+    member(7103, 13)
+}
+
+fn noop() -> Entry {
+    Entry {
+        session: 0,
+        seq: 0,
+        op: Op::Noop,
+    }
+}
+
+fn open_entry(nonce: u64) -> Entry {
+    Entry {
+        session: 0,
+        seq: 0,
+        op: Op::OpenSession { nonce },
+    }
+}
+
+fn put_entry(session: u64, seq: u64, key: Bytes, value: Bytes) -> Entry {
+    Entry {
+        session,
+        seq,
+        op: Op::Put { key, value },
+    }
+}
+
+fn forward(view: View, first_index: u64, entries: Vec<Entry>) -> ForwardRequest {
+    ForwardRequest {
+        view,
+        first_index,
+        entries,
+    }
+}
+
+/// The primary s1 of view 2 as its backup's link carries it.
+fn from_s1() -> Origin {
+    from_server(s1(), 7101, 2)
+}
+
+/// R13: a view reply counts only from the configured view service's address. A PingReply
+/// on any other link, naming another view-service incarnation or view 2^63, is refused: the
+/// server keeps serving, adopts nothing and does not refuse service (R9 is the view
+/// service's word only).
+#[test]
+fn refuses_a_ping_reply_not_from_the_view_service() {
+    let mut s = Node::start(s1());
+    s.adopt(view(1, Some(s1()), None));
+    let stranger = from_server(s2(), 9, 1);
+    let mut foreign = view(2, Some(s2()), None);
+    foreign.service = Incarnation(0xbad);
+    assert_eq!(s.deliver(&stranger, PingReply { view: foreign }), vec![]);
+    let far = view(1 << 63, Some(s2()), None);
+    assert_eq!(s.deliver(&stranger, PingReply { view: far }), vec![]);
+    assert_eq!(s.role.refused(), None, "service is not refused");
+    assert!(s.role.serving());
+    assert_eq!(s.role.view().viewnum, 1);
+    assert_eq!(s.role.stats().refused, 2);
+}
+
+/// R13: even from the view service, a malformed view is refused: a number with no
+/// successor (adopting it would overflow the may-serve rule), one server named twice.
+#[test]
+fn refuses_a_malformed_view_even_from_the_view_service() {
+    let mut s = Node::start(s1());
+    s.adopt(view(1, Some(s1()), None));
+    assert_eq!(s.adopt(view(u64::MAX, Some(s1()), None)), vec![]);
+    assert_eq!(s.adopt(view(2, Some(s1()), Some(member(7101, 77)))), vec![]);
+    assert_eq!(s.adopt(view(3, None, None)), vec![]);
+    assert_eq!(s.role.view().viewnum, 1);
+    assert_eq!(s.role.stats().refused, 3);
+}
+
+/// R14: a view carried by a peer's message is taken only from the view-service incarnation
+/// this server knows, and not far past its own view. A forward naming another view service
+/// is refused (never R9), as is one carrying a view more than PEER_VIEW_AHEAD_MAX ahead.
+#[test]
+fn refuses_a_peer_view_of_another_view_service_or_far_ahead() {
+    let (_, mut b, second) = synced_pair();
+    let mut foreign = view(3, Some(s1()), Some(s2()));
+    foreign.service = Incarnation(0xbad);
+    assert_eq!(
+        b.deliver(&from_s1(), forward(foreign, 1, vec![noop()])),
+        vec![]
+    );
+    assert_eq!(
+        b.role.refused(),
+        None,
+        "a peer cannot make a server refuse service"
+    );
+    let far = view(2 + PEER_VIEW_AHEAD_MAX + 1, Some(s1()), Some(s2()));
+    assert_eq!(b.deliver(&from_s1(), forward(far, 1, vec![noop()])), vec![]);
+    assert_eq!(b.role.view(), second);
+    assert_eq!(b.role.stats().refused, 2);
+    // The same forward in the real view is taken.
+    assert_eq!(
+        b.deliver(&from_s1(), forward(second, 1, vec![noop()])),
+        vec![reply(&from_s1(), ack(second, s2(), 1))]
+    );
+    // A rejection carrying a foreign view does not stop the primary either.
+    let (mut p, _, _) = synced_pair();
+    let rejection = ForwardReply {
+        view: foreign,
+        incarnation: s2().incarnation,
+        outcome: Outcome::Rejected,
+        applied: 0,
+    };
+    assert_eq!(p.deliver(&from_server(s2(), 7102, 0), rejection), vec![]);
+    assert!(p.role.serving());
+    assert_eq!(p.role.refused(), None);
+}
+
+/// R15: a forward is checked whole before anything in it is applied. A value over
+/// VALUE_LEN_MAX (a 4,194,000-byte one once made the next primary panic building a transfer
+/// chunk) or a key over KEY_LEN_MAX refuses the whole forward, the valid entries before it
+/// included; it is not answered. The server then promotes and transfers as usual.
+#[test]
+fn refuses_a_forward_with_an_oversized_key_or_value_whole() {
+    let (_, mut b, second) = synced_pair();
+    let huge = Bytes::from(vec![7u8; 4_194_000]);
+    let oversized = forward(
+        second,
+        1,
+        vec![open_entry(1), put_entry(1, 1, bytes("k"), huge)],
+    );
+    assert_eq!(b.deliver(&from_s1(), oversized), vec![]);
+    let long_key = Bytes::from(vec![b'k'; KEY_LEN_MAX + 1]);
+    let entries = vec![open_entry(1), put_entry(1, 1, long_key, bytes("v"))];
+    assert_eq!(b.deliver(&from_s1(), forward(second, 1, entries)), vec![]);
+    let just_over = Bytes::from(vec![0u8; VALUE_LEN_MAX + 1]);
+    let entries = vec![open_entry(1), put_entry(1, 1, bytes("k"), just_over)];
+    assert_eq!(b.deliver(&from_s1(), forward(second, 1, entries)), vec![]);
+    assert_eq!(b.role.state().applied, 0, "nothing of them applied");
+    assert_eq!(b.role.stats().refused, 3);
+    // At the limit it is taken; promoted, the server cuts chunks within the frame limit.
+    let at_limit = Bytes::from(vec![0u8; VALUE_LEN_MAX]);
+    let entries = vec![open_entry(1), put_entry(1, 1, bytes("k"), at_limit)];
+    assert_eq!(
+        b.deliver(&from_s1(), forward(second, 1, entries)),
+        vec![reply(&from_s1(), ack(second, s2(), 2))]
+    );
+    let third = view(3, Some(s2()), Some(s3()));
+    b.adopt(third);
+    let chunks = sends(&b.turn_end());
+    assert!(!chunks.is_empty(), "a transfer to the new backup");
+}
+
+/// R15: a forward with more than FORWARD_ENTRIES_MAX entries is refused whole.
+#[test]
+fn refuses_a_forward_with_too_many_entries() {
+    let (_, mut b, second) = synced_pair();
+    let entries = vec![noop(); FORWARD_ENTRIES_MAX + 1];
+    assert_eq!(b.deliver(&from_s1(), forward(second, 1, entries)), vec![]);
+    assert_eq!(b.role.state().applied, 0);
+    assert_eq!(b.role.stats().refused, 1);
+}
+
+/// R15: a forward starting at index 0, past INDEX_MAX, or more than FORWARD_AHEAD_MAX past
+/// the next expected index is refused (a small gap is still ignored and re-acked: R6).
+#[test]
+fn refuses_a_forward_far_ahead_of_the_next_index() {
+    let (_, mut b, second) = synced_pair();
+    for first_index in [0, FORWARD_AHEAD_MAX + 2, u64::MAX] {
+        assert_eq!(
+            b.deliver(&from_s1(), forward(second, first_index, vec![noop(); 2])),
+            vec![],
+            "first index {first_index}"
+        );
+    }
+    assert_eq!(b.role.stats().refused, 3);
+    assert_eq!(
+        b.deliver(&from_s1(), forward(second, 3, vec![noop()])),
+        vec![reply(&from_s1(), ack(second, s2(), 0))],
+        "a small gap: re-acked"
+    );
+    assert_eq!(b.role.state().applied, 0);
+}
+
+/// R15: session ids in a forward are checked as the primary's session check would: a write
+/// in a session that does not exist, one whose seq is not after the session's last, one
+/// outside any session, or a session-free operation naming a session refuses the forward
+/// whole.
+#[test]
+fn refuses_a_forward_with_bad_session_ids() {
+    let (_, mut b, second) = synced_pair();
+    let bad = [
+        vec![put_entry(99, 1, bytes("k"), bytes("v"))],
+        vec![
+            open_entry(1),
+            put_entry(1, 1, bytes("k"), bytes("a")),
+            put_entry(1, 1, bytes("k"), bytes("b")),
+        ],
+        vec![open_entry(1), put_entry(0, 1, bytes("k"), bytes("v"))],
+        vec![Entry {
+            session: 5,
+            seq: 1,
+            op: Op::Noop,
+        }],
+    ];
+    for entries in bad {
+        assert_eq!(b.deliver(&from_s1(), forward(second, 1, entries)), vec![]);
+    }
+    assert_eq!(b.role.state().applied, 0, "nothing applied");
+    assert_eq!(b.role.stats().refused, 4);
+    let good = vec![open_entry(1), put_entry(1, 1, bytes("k"), bytes("a"))];
+    assert_eq!(
+        b.deliver(&from_s1(), forward(second, 1, good)),
+        vec![reply(&from_s1(), ack(second, s2(), 2))]
+    );
+}
+
+/// A one-chunk transfer of view `view` at `snapshot_index`.
+fn chunk(view: View, snapshot_index: u64, items: Vec<(Bytes, Bytes)>) -> TransferRequest {
+    TransferRequest {
+        view,
+        transfer_id: 1,
+        chunk: 0,
+        snapshot_index,
+        last: true,
+        items,
+        sessions: Vec::new(),
+    }
+}
+
+/// R16: a transfer chunk is checked before it is used. A snapshot index past INDEX_MAX
+/// (2^62 once replaced a backup's whole store), an oversized value, too many items, or a
+/// session record outside the snapshot it claims is refused; nothing is installed.
+#[test]
+fn refuses_a_transfer_chunk_at_an_implausible_index_or_out_of_bounds() {
+    let (_, mut b, second) = primary_in_view_2();
+    b.adopt(second);
+    let item = (bytes("k"), bytes("v"));
+    assert_eq!(
+        b.deliver(&from_s1(), chunk(second, 1 << 62, vec![item.clone()])),
+        vec![]
+    );
+    let huge = (bytes("k"), Bytes::from(vec![0u8; VALUE_LEN_MAX + 1]));
+    assert_eq!(b.deliver(&from_s1(), chunk(second, 1, vec![huge])), vec![]);
+    let many = vec![item.clone(); TRANSFER_ITEMS_MAX + 1];
+    assert_eq!(b.deliver(&from_s1(), chunk(second, 1, many)), vec![]);
+    let mut outside = chunk(second, 5, vec![]);
+    outside.sessions.push(SessionRecord {
+        session: 3,
+        last_seq: 1,
+        index: 6,
+        reply: Bytes::new(),
+    });
+    assert_eq!(b.deliver(&from_s1(), outside), vec![]);
+    assert_eq!(b.role.stats().refused, 4);
+    assert_eq!(b.role.synced_view(), None);
+    assert_eq!(b.role.state().applied, 0);
+    assert!(b.role.state().store.is_empty(), "the store is not replaced");
+}
+
+/// R16: a transfer whose next chunk does not come within `transfer_idle_max` is abandoned;
+/// its later chunks are then ignored (the primary restarts from chunk 0 on a new link).
+#[test]
+fn abandons_a_transfer_whose_last_chunk_never_arrives() {
+    // Two sessions before view 2, in chunks of one session record each.
+    let mut p = Node::start_with(s1(), |config| config.transfer_chunk_len_max = 16);
+    let mut b = Node::start_with(s2(), |config| {
+        config.transfer_idle_max = Duration::from_secs(2);
+    });
+    let first = view(1, Some(s1()), None);
+    p.adopt(first);
+    b.adopt(first);
+    let client = from_client(40, 5);
+    p.deliver(&client, OpenSessionRequest { nonce: 1 });
+    p.deliver(&client, OpenSessionRequest { nonce: 2 });
+    p.turn_end();
+    let second = view(2, Some(s1()), Some(s2()));
+    p.adopt(second);
+    b.adopt(second);
+    let chunks: Vec<TransferRequest> = sends(&p.turn_end())
+        .into_iter()
+        .filter_map(|(_, message)| match message {
+            Message::TransferRequest(chunk) => Some(chunk),
+            _ => None,
+        })
+        .collect();
+    assert!(chunks.len() >= 2, "{} chunks", chunks.len());
+    let first = b.deliver(&from_s1(), chunks[0].clone());
+    assert_eq!(
+        first[0],
+        Action::SetTimer {
+            timer: ReplicaTimer::TransferIdle,
+            at: ms(2000),
+        }
+    );
+    b.ctx.set_now(ms(2000));
+    b.role.on_timer(&mut b.ctx, ReplicaTimer::TransferIdle);
+    let abandoned = b.take();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+    assert_eq!(b.role.stats().transfers_abandoned, 1);
+    assert_eq!(b.deliver(&from_s1(), chunks[1].clone()), vec![]);
+    assert_eq!(b.role.synced_view(), None);
+}
+
+/// R16 (primary side): a backup's reply names the incarnation its link carries. An ack
+/// naming another incarnation is refused; an ack from another address is not the
+/// backup's; neither commits. An ack past the last assigned index is refused.
+#[test]
+fn refuses_a_forward_ack_naming_another_incarnation_or_index() {
+    let (mut p, _, second) = synced_pair();
+    let client = from_client(40, 5);
+    p.deliver(&client, OpenSessionRequest { nonce: 3 });
+    p.turn_end();
+    let liar = from_server(member(7102, 99), 7102, 0);
+    assert_eq!(p.deliver(&liar, ack(second, s2(), 1)), vec![]);
+    assert_eq!(p.role.stats().refused, 1);
+    let elsewhere = from_server(member(7103, s2().incarnation.0), 7103, 0);
+    assert_eq!(p.deliver(&elsewhere, ack(second, s2(), 1)), vec![]);
+    let backup = from_server(s2(), 7102, 0);
+    assert_eq!(p.deliver(&backup, ack(second, s2(), 1000)), vec![]);
+    assert_eq!(p.role.stats().refused, 2);
+    assert_eq!(p.role.committed(), 0, "nothing committed");
+    assert_eq!(
+        p.deliver(&backup, ack(second, s2(), 1)),
+        vec![reply(&client, nonce_reply(Status::Ok, 3, 1))]
+    );
+}
+
+/// R16 (primary side): a chunk's ack must name a chunk that was sent, and "installed" only
+/// for the last chunk at the snapshot's index; anything else is refused and the backup is
+/// not synced.
+#[test]
+fn refuses_a_transfer_ack_for_a_chunk_never_sent_or_a_false_install() {
+    let (mut p, _, second) = primary_in_view_2();
+    let sent = sends(&p.turn_end());
+    let Message::TransferRequest(only) = &sent[0].1 else {
+        panic!("a chunk");
+    };
+    let backup = from_server(s2(), 7102, 0);
+    let ack_of = |chunk, applied| TransferReply {
+        view: second,
+        incarnation: s2().incarnation,
+        transfer_id: only.transfer_id,
+        chunk,
+        outcome: Outcome::Acked,
+        installed: true,
+        applied,
+    };
+    assert_eq!(p.deliver(&backup, ack_of(u32::MAX, 0)), vec![]);
+    assert_eq!(p.deliver(&backup, ack_of(0, 5)), vec![]);
+    let mut liar = ack_of(0, 0);
+    liar.incarnation = Incarnation(99);
+    assert_eq!(p.deliver(&backup, liar), vec![]);
+    assert_eq!(p.role.stats().refused, 3);
+    assert!(!p.role.backup_synced());
+    assert_eq!(
+        p.deliver(&backup, ack_of(0, 0)),
+        vec![event("backup synced at index 0")]
+    );
+}
+
+// ----- State bounds -----
+
+/// `state_bytes_max`: a write that would take the state past it is answered ErrFull (after
+/// the commit point, like R10's errors) and not applied; a write that does not grow the
+/// state is still taken.
+#[test]
+fn full_store_answers_writes_with_err_full() {
+    let bound = SESSION_RECORD_FIXED_LEN + 10;
+    let mut s = Node::start_with(s1(), |config| config.state_bytes_max = bound);
+    s.adopt(view(1, Some(s1()), None));
+    let client = from_client(40, 5);
+    s.deliver(&client, OpenSessionRequest { nonce: 8 });
+    s.turn_end();
+    s.deliver(&client, put(1, 1, "k", "12345678"));
+    assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))]);
+    assert_eq!(s.deliver(&client, put(1, 2, "j", "12")), vec![]);
+    assert_eq!(s.turn_end(), vec![reply(&client, put_err(Status::ErrFull))]);
+    assert_eq!(s.role.state().store.get(&bytes("j")), None);
+    s.deliver(&client, put(1, 2, "k", "1"));
+    assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))], "shrinks");
+    assert_eq!(s.role.stats().full, 1);
+}
+
+/// `state_bytes_max` on the backup: the backup applies what the primary accepted only
+/// within its own bound (the same rule). A backup with a smaller bound refuses the forward
+/// whole, so the primary cannot commit and the client is not answered: the two never
+/// diverge and nothing acknowledged is lost.
+#[test]
+fn backup_refuses_a_forward_past_its_state_bound() {
+    let bound = SESSION_RECORD_FIXED_LEN + 10;
+    let (mut p, mut b, _) = synced_pair_tuned(|_| {}, |config| config.state_bytes_max = bound);
+    let client = from_client(40, 5);
+    p.deliver(&client, OpenSessionRequest { nonce: 1 });
+    let forward = p.turn_end();
+    let acks = relay(&p, &mut b, &forward);
+    relay_replies(&b, &mut p, &acks);
+    p.deliver(&client, put(1, 1, "k", &"v".repeat(100)));
+    let forward = p.turn_end();
+    assert_eq!(relay(&p, &mut b, &forward), vec![], "refused, unanswered");
+    assert_eq!(b.role.stats().refused, 1);
+    assert_eq!(b.role.state().applied, 1);
+    assert_eq!(p.role.committed(), 1, "the write never commits");
+    assert!(p.role.busy(), "its client still waits");
+}
+
+/// `sessions_max` and `sessions_per_connection_max`: past them OpenSession is answered
+/// ErrFull (never by evicting a session); a closed connection's sessions stop counting.
+#[test]
+fn open_session_past_the_session_bounds_is_answered_err_full() {
+    let mut s = Node::start_with(s1(), |config| config.sessions_max = 2);
+    s.adopt(view(1, Some(s1()), None));
+    let (c1, c2) = (from_client(40, 5), from_client(41, 6));
+    s.deliver(&c1, OpenSessionRequest { nonce: 1 });
+    s.deliver(&c2, OpenSessionRequest { nonce: 2 });
+    s.deliver(&c2, OpenSessionRequest { nonce: 3 });
+    assert_eq!(
+        s.turn_end(),
+        vec![
+            reply(&c1, nonce_reply(Status::Ok, 1, 1)),
+            reply(&c2, nonce_reply(Status::Ok, 2, 2)),
+            reply(&c2, nonce_reply(Status::ErrFull, 3, 0)),
+        ]
+    );
+    assert_eq!(s.role.state().sessions.len(), 2, "nobody evicted");
+
+    let mut s = Node::start_with(s1(), |config| config.sessions_per_connection_max = 1);
+    s.adopt(view(1, Some(s1()), None));
+    s.deliver(&c1, OpenSessionRequest { nonce: 1 });
+    s.deliver(&c1, OpenSessionRequest { nonce: 2 });
+    s.deliver(&c2, OpenSessionRequest { nonce: 3 });
+    assert_eq!(
+        s.turn_end(),
+        vec![
+            reply(&c1, nonce_reply(Status::Ok, 1, 1)),
+            reply(&c2, nonce_reply(Status::Ok, 3, 2)),
+            reply(&c1, nonce_reply(Status::ErrFull, 2, 0)),
+        ]
+    );
+    s.role.on_closed(&mut s.ctx, c1.conn);
+    s.deliver(&c1, OpenSessionRequest { nonce: 4 });
+    assert_eq!(
+        s.turn_end(),
+        vec![reply(&c1, nonce_reply(Status::Ok, 4, 3))]
+    );
+    assert_eq!(s.role.stats().full, 1);
+}
+
+/// `unacked_log_bytes_max`: past it the primary takes no new client request; requests are
+/// held in arrival order (no reply, nothing assigned) and taken once the backup's ack
+/// shrinks the log: backpressure, not an error. Stepping down answers held requests
+/// ErrWrongServer like any pending one (R3).
+#[test]
+fn a_full_unacked_log_holds_requests_until_the_backup_catches_up() {
+    let (mut p, mut b, _) = synced_pair_tuned(|config| config.unacked_log_bytes_max = 1, |_| {});
+    let (c1, c2) = (from_client(40, 5), from_client(41, 6));
+    assert_eq!(p.deliver(&c1, OpenSessionRequest { nonce: 1 }), vec![]);
+    assert_eq!(p.deliver(&c2, OpenSessionRequest { nonce: 2 }), vec![]);
+    assert_eq!(
+        p.role.state().applied,
+        1,
+        "the second is held, not assigned"
+    );
+    assert_eq!(p.role.stats().requests_held, 1);
+    let forward = p.turn_end();
+    assert_eq!(sends(&forward).len(), 1);
+    let acks = relay(&p, &mut b, &forward);
+    assert_eq!(
+        relay_replies(&b, &mut p, &acks),
+        vec![reply(&c1, nonce_reply(Status::Ok, 1, 1))]
+    );
+    let forward = p.turn_end();
+    assert_eq!(p.role.state().applied, 2, "taken once the log shrank");
+    let acks = relay(&p, &mut b, &forward);
+    assert_eq!(
+        relay_replies(&b, &mut p, &acks),
+        vec![reply(&c2, nonce_reply(Status::Ok, 2, 2))]
+    );
+
+    let (mut p, _, _) = synced_pair_tuned(|config| config.unacked_log_bytes_max = 1, |_| {});
+    p.deliver(&c1, OpenSessionRequest { nonce: 1 });
+    p.deliver(&c2, GetRequest { key: bytes("k") });
+    let third = view(3, Some(s2()), None);
+    assert_eq!(
+        p.adopt(third),
+        vec![
+            adopted(&third),
+            reply(&c1, nonce_reply(Status::ErrWrongServer, 1, 0)),
+            reply(&c2, get_err(Status::ErrWrongServer)),
+        ]
+    );
+}
+
+fn get_err(status: Status) -> GetReply {
+    GetReply {
+        status,
+        value: Bytes::new(),
+    }
+}
+
+/// `pending_replies_max`: a primary holding its maximum of requests and replies drops the
+/// next request unanswered (the client retries it), assigning nothing for it.
+#[test]
+fn a_request_past_the_pending_bound_is_dropped_unanswered() {
+    let mut s = Node::start_with(s1(), |config| config.pending_replies_max = 1);
+    s.adopt(view(1, Some(s1()), None));
+    let (c1, c2) = (from_client(40, 5), from_client(41, 6));
+    s.deliver(&c1, OpenSessionRequest { nonce: 1 });
+    assert_eq!(s.deliver(&c2, OpenSessionRequest { nonce: 2 }), vec![]);
+    assert_eq!(s.deliver(&c2, GetRequest { key: bytes("k") }), vec![]);
+    assert_eq!(s.role.stats().requests_shed, 2);
+    assert_eq!(s.role.state().applied, 1);
+    assert_eq!(
+        s.turn_end(),
+        vec![reply(&c1, nonce_reply(Status::Ok, 1, 1))]
+    );
+    s.deliver(&c2, OpenSessionRequest { nonce: 2 });
+    assert_eq!(
+        s.turn_end(),
+        vec![reply(&c2, nonce_reply(Status::Ok, 2, 2))]
+    );
 }

@@ -45,6 +45,18 @@ impl Vs {
         self.ctx.take_actions()
     }
 
+    /// A ping that `origin`'s link carries, whatever server and incarnation it names.
+    fn ping_from(&mut self, origin: &runtime::Origin, server: Member, viewnum: u64) -> Actions {
+        let ping = PingRequest {
+            server: server.addr,
+            incarnation: server.incarnation,
+            viewnum,
+        };
+        self.role.on_message(&mut self.ctx, origin, ping.into());
+        self.role.check_invariants();
+        self.ctx.take_actions()
+    }
+
     fn tick(&mut self) -> Actions {
         self.role.on_timer(&mut self.ctx, ViewServiceTimer::Tick);
         self.role.check_invariants();
@@ -282,4 +294,48 @@ fn v9_views_carry_the_view_service_incarnation() {
     let mut fresh = ViewService::new(ViewTiming::default());
     fresh.on_start(&mut other);
     assert_eq!(fresh.view(), View::initial(proto::Incarnation(5)));
+}
+
+/// Identity: a ping speaks only for the server whose link it came on. A ping naming
+/// another address, another incarnation, or any server from a client's link (no address) is
+/// refused, answered with nothing and never applied: before the first server it would
+/// install a ghost primary; later it could make the view name a server that never pinged.
+#[test]
+fn refuses_a_ping_naming_another_server_or_incarnation() {
+    let mut vs = Vs::start();
+    let s1_link = from_server(s1(), 7101, 1);
+    // Each names what its link carries but for one field.
+    assert_eq!(
+        vs.ping_from(&s1_link, member(7102, 11), 0),
+        vec![],
+        "another address"
+    );
+    assert_eq!(
+        vs.ping_from(&s1_link, member(7101, 99), 0),
+        vec![],
+        "another incarnation"
+    );
+    assert_eq!(
+        vs.ping_from(&from_client(40, 1), member(7101, 0xc11e), 0),
+        vec![],
+        "a client's link"
+    );
+    assert_eq!(vs.role.view().viewnum, 0, "no ghost primary");
+    assert_eq!(vs.role.refused_pings(), 3);
+    // The server itself is heard as before.
+    let first = view(1, Some(s1()), None);
+    let mut expected = vec![made(first)];
+    expected.extend(answer(s1(), first));
+    assert_eq!(vs.ping_from(&s1_link, s1(), 0), expected);
+}
+
+/// Identity, with V5: a restarted server pings 0 as a new incarnation on a new link that
+/// carries that incarnation; its ping matches its link and is taken as a restart.
+#[test]
+fn ping_0_from_a_restarted_server_matches_its_new_link() {
+    let mut vs = Vs::two_servers_acked();
+    let reborn = member(7101, 111);
+    vs.ping(reborn, 0);
+    assert_eq!(vs.role.refused_pings(), 0);
+    assert_eq!(vs.role.view(), view(3, Some(s2()), Some(reborn)));
 }

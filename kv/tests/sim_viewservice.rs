@@ -1,6 +1,7 @@
 //! The lab's view-service test (`viewservice/test_test.go: Test1`), ported phase by phase
 //! (lab2.md §3.1), run in the simulator over many seeds. The servers are stand-ins that only
-//! ping, as in the lab: each keeps one fixed incarnation and nothing listens at its address.
+//! ping, as in the lab: each is a node at its own address (a ping must name the address and
+//! incarnation its link carries), and nothing is ever sent to it there.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -75,13 +76,25 @@ impl Harness {
     }
 
     fn clerk(&mut self, name: &str, port: u16) -> Ck {
-        let incarnation = Incarnation(u64::from(port));
-        let mut spec = NodeSpec::client(name);
-        spec.fixed_incarnation = Some(incarnation);
+        let addr = Addr::v4(127, 0, 0, 1, port);
+        let spec = NodeSpec::server(name, addr);
         let node = self.sim.add_node(spec, Host::with_extra(Clerk::default()));
+        let incarnation = self.sim.incarnation(node).expect("just started");
         Ck {
             node,
-            addr: Addr::v4(127, 0, 0, 1, port),
+            addr,
+            incarnation,
+        }
+    }
+
+    /// Restarts `ck`'s process: the same address, a new incarnation.
+    fn restart(&mut self, ck: &Ck) -> Ck {
+        self.sim
+            .restart(ck.node, Host::with_extra(Clerk::default()));
+        let incarnation = self.sim.incarnation(ck.node).expect("just restarted");
+        Ck {
+            node: ck.node,
+            addr: ck.addr,
             incarnation,
         }
     }
@@ -359,11 +372,7 @@ fn new_incarnation_at_primary_address_is_a_restart() {
         h.ping(&ck2, 0);
         h.ping(&ck1, 2);
         h.ping(&ck2, 2);
-        let reborn = Ck {
-            node: ck1.node,
-            addr: ck1.addr,
-            incarnation: Incarnation(999),
-        };
+        let reborn = h.restart(&ck1);
         let view = h.ping(&reborn, 2);
         assert_eq!(
             view.viewnum, 3,

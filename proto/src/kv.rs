@@ -14,6 +14,32 @@ pub const KEY_LEN_MAX: usize = 4 * 1024;
 pub const VALUE_LEN_MAX: usize = 1024 * 1024;
 /// Longest `InfoReply` text.
 pub const INFO_LEN_MAX: usize = 60 * 1024;
+/// Entries in one `ForwardRequest`. A primary never sends more; a backup refuses a forward
+/// with more, whole.
+pub const FORWARD_ENTRIES_MAX: usize = 65_536;
+/// Key/value pairs in one `TransferRequest` chunk.
+pub const TRANSFER_ITEMS_MAX: usize = 65_536;
+/// Session records in one `TransferRequest` chunk.
+pub const TRANSFER_SESSIONS_MAX: usize = 4096;
+/// Session ids in one `ExpireSessions` entry.
+pub const EXPIRE_SESSIONS_MAX: usize = 4096;
+/// The highest index an operation may have. At a million operations a second it lasts
+/// nine years; a peer naming a later index (a snapshot, a forward, an ack) is refused, and a
+/// primary that reached it takes no more operations ([`Status::ErrFull`]).
+pub const INDEX_MAX: u64 = 1 << 48;
+/// How far past the next expected index a forward may start. A primary's forwards arrive in
+/// order on one connection, so a correct one never starts past the next index; a small gap
+/// is ignored (nothing applied, the ack says where the backup is), a larger one refused.
+pub const FORWARD_AHEAD_MAX: u64 = 1 << 24;
+/// How many views past its own a replica takes a view carried by a peer's message. Views
+/// change at most about once per ping interval, so this is hours of view changes; a replica
+/// further behind learns the view from the view service instead.
+pub const PEER_VIEW_AHEAD_MAX: u64 = 1 << 16;
+/// Encoded bytes of a session record besides its reply; what a session costs in a
+/// replica's state bytes.
+pub const SESSION_RECORD_FIXED_LEN: usize = 28;
+
+const _: () = assert!(SESSION_RECORD_FIXED_LEN == 3 * 8 + 4);
 
 const _: () = assert!(KEY_LEN_MAX + VALUE_LEN_MAX + 1024 < FRAME_LEN_MAX_DEFAULT / 2);
 
@@ -34,6 +60,10 @@ pub enum Status {
     ErrStaleRequest = 4,
     /// A key or value over its size limit; nothing was applied.
     ErrTooLarge = 5,
+    /// The service is full: the write would take the state past `state_bytes_max`, or an
+    /// OpenSession past `sessions_max` (or the connection's session cap). Nothing was
+    /// applied; a definite failure, like Redis's OOM error.
+    ErrFull = 6,
 }
 
 impl Status {
@@ -46,6 +76,7 @@ impl Status {
             Status::ErrSessionExpired => "ErrSessionExpired",
             Status::ErrStaleRequest => "ErrStaleRequest",
             Status::ErrTooLarge => "ErrTooLarge",
+            Status::ErrFull => "ErrFull",
         }
     }
 }
@@ -65,6 +96,7 @@ impl Decode for Status {
             3 => Status::ErrSessionExpired,
             4 => Status::ErrStaleRequest,
             5 => Status::ErrTooLarge,
+            6 => Status::ErrFull,
             _ => return Err(DecodeError::InvalidField("status")),
         })
     }

@@ -464,6 +464,7 @@ fn status() -> impl Strategy<Value = Status> {
         Just(Status::ErrSessionExpired),
         Just(Status::ErrStaleRequest),
         Just(Status::ErrTooLarge),
+        Just(Status::ErrFull),
     ]
 }
 

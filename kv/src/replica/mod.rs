@@ -21,7 +21,9 @@
 //! - `primary`: client requests, the forward stream and the commit point (primary only);
 //! - `backup`: taking forwards and transfer chunks (backup only);
 //! - `transfer`: the state transfer, both ends;
-//! - `sessions`: at-most-once checks and idle-session expiry.
+//! - `sessions`: at-most-once checks and idle-session expiry;
+//! - `validate`: the checks every peer message passes before it is used (peer input is
+//!   untrusted input: members are trusted to be who they are, not to be well formed).
 //!
 //! What a server keeps depends on its standing: a serving primary has a [`Primary`] (its
 //! unacknowledged entries, waiting replies, transfer), a backup a [`Backup`] (whether it is
@@ -32,21 +34,22 @@ mod backup;
 mod primary;
 mod sessions;
 mod transfer;
+mod validate;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::kv::{GetReply, InfoReply, OpenSessionReply, OpenSessionRequest, PutReply, Status};
+use proto::kv::{GetReply, InfoReply, OpenSessionReply, PutReply, Status};
 use proto::viewservice::{Member, PingRequest, View};
-use proto::{Addr, Incarnation, Message};
-use runtime::{Ctx, Dest, Link, Origin, Role};
+use proto::{Addr, Incarnation, Message, MessageType};
+use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
 
-use crate::store::State;
+use crate::store::{State, StateLimits};
 use crate::viewservice::ViewTiming;
 
 use backup::Backup;
-use primary::Primary;
+use primary::{ClientRequest, Primary};
 
 /// How a replica runs.
 #[derive(Debug, Clone)]
@@ -71,6 +74,24 @@ pub struct ReplicaConfig {
     pub transfer_window: u32,
     /// Sessions idle longer than this expire.
     pub session_idle_max: Duration,
+    /// State bytes (keys, values and session records) past which writes get `ErrFull`.
+    /// The same rule runs on primary and backup; give every replica the same value.
+    pub state_bytes_max: usize,
+    /// Sessions past which OpenSession gets `ErrFull` (sessions are never evicted).
+    pub sessions_max: usize,
+    /// Sessions one client connection may open (OpenSession past it gets `ErrFull`).
+    pub sessions_per_connection_max: usize,
+    /// Bytes of the primary's unacknowledged forward log past which it takes no new client
+    /// requests (they wait, in arrival order) until the backup catches up: backpressure.
+    pub unacked_log_bytes_max: usize,
+    /// Client requests and replies a primary holds at once (waiting for a commit, for the
+    /// end of the turn, or for the backup to catch up). Past it a request is dropped
+    /// unanswered: the client retries it.
+    pub pending_replies_max: usize,
+    /// Bytes of the requests and replies a primary holds at once (the same rule in bytes).
+    pub pending_reply_bytes_max: usize,
+    /// A backup abandons a state transfer whose next chunk has not come for this long.
+    pub transfer_idle_max: Duration,
 }
 
 impl ReplicaConfig {
@@ -87,6 +108,21 @@ impl ReplicaConfig {
             transfer_chunks_per_turn: 4,
             transfer_window: 8,
             session_idle_max: Duration::from_secs(600),
+            state_bytes_max: 1 << 30,
+            sessions_max: 100_000,
+            sessions_per_connection_max: 4096,
+            unacked_log_bytes_max: 64 << 20,
+            pending_replies_max: 65_536,
+            pending_reply_bytes_max: 128 << 20,
+            transfer_idle_max: Duration::from_secs(10),
+        }
+    }
+
+    /// The state bounds, for [`State::admits`].
+    pub fn state_limits(&self) -> StateLimits {
+        StateLimits {
+            len_max: self.state_bytes_max,
+            sessions_max: self.sessions_max,
         }
     }
 }
@@ -98,6 +134,8 @@ pub enum ReplicaTimer {
     Ping,
     /// Look for idle sessions.
     ExpireSessions,
+    /// As backup: the transfer being received has had no chunk for `transfer_idle_max`.
+    TransferIdle,
 }
 
 /// Counts of rare events, so that a simulation sweep can fail if one never happened.
@@ -121,6 +159,16 @@ pub struct ReplicaStats {
     pub promotions_refused: u64,
     /// Client requests answered (after commit) as primary.
     pub replies: u64,
+    /// Peer messages refused by a check (malformed, another identity, out of bounds).
+    pub refused: u64,
+    /// Client requests dropped unanswered because the pending bounds were reached.
+    pub requests_shed: u64,
+    /// Client requests held while the unacknowledged log was full (backpressure).
+    pub requests_held: u64,
+    /// Writes and OpenSessions answered `ErrFull`.
+    pub full: u64,
+    /// Transfers abandoned by this server as backup (no chunk for `transfer_idle_max`).
+    pub transfers_abandoned: u64,
 }
 
 /// What this server is in the view it adopted, with the state only that standing has.
@@ -258,7 +306,13 @@ impl Replica {
                 "views_from_peers": self.stats.views_from_peers,
                 "sessions_expired": self.stats.sessions_expired,
                 "promotions_refused": self.stats.promotions_refused,
+                "refused": self.stats.refused,
+                "requests_shed": self.stats.requests_shed,
+                "requests_held": self.stats.requests_held,
+                "full": self.stats.full,
+                "transfers_abandoned": self.stats.transfers_abandoned,
             },
+            "state_bytes": self.state.len(),
         })
     }
 
@@ -275,14 +329,50 @@ impl Replica {
         ctx.send(self.config.view_service, ping);
     }
 
+    /// Refuses a peer's message: logged with the reason, counted, never applied.
+    fn refuse(&mut self, origin: &Origin, what: MessageType, why: &str) {
+        self.stats.refused += 1;
+        let addr = origin
+            .addr
+            .map_or("no address".to_string(), |addr| addr.to_string());
+        log::warn!(
+            "replica: refused {what} from {} ({addr}, incarnation {}): {why}",
+            origin.node,
+            origin.incarnation
+        );
+    }
+
     // ----- Views -----
 
+    /// A view from the view service (a ping's reply, or a GetView reply). Only a reply from
+    /// the configured view service's address counts: it is the only source of views that
+    /// may make this server refuse service (R9).
+    fn on_view_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, view: View) {
+        let what = MessageType::PingReply;
+        if origin.addr != Some(self.config.view_service) {
+            self.refuse(origin, what, "a view reply not from the view service");
+            return;
+        }
+        if let Err(why) = validate::validate_view(&view) {
+            self.refuse(origin, what, &why);
+            return;
+        }
+        self.adopt(ctx, view, false);
+    }
+
     /// Adopts `view` if it is newer; `from_peer` counts views learnt from a peer's message.
+    /// A peer's view was checked first (`validate_peer_view`): once this server knows the
+    /// view service's incarnation, a peer's view is of that incarnation, so only the view
+    /// service's own reply reaches R9. A server that has seen no view yet takes the
+    /// incarnation from the first view it is given, its primary's included (a fresh backup
+    /// may get its first chunk before its first ping reply).
     fn adopt(&mut self, ctx: &mut Ctx<ReplicaTimer>, view: View, from_peer: bool) {
         match self.service {
             None => self.service = Some(view.service),
             Some(service) if service != view.service => {
-                self.refuse_service(ctx, service, view.service);
+                if !from_peer {
+                    self.refuse_service(ctx, service, view.service);
+                }
                 return;
             }
             Some(_) => {}
@@ -297,7 +387,7 @@ impl Replica {
         // R1, the may-serve rule: first view naming us, or continuity from N−1 as serving
         // primary, or as N−1's synced backup.
         let named = view.is_primary(self.me);
-        let continues = view.viewnum == previous.viewnum + 1
+        let continues = previous.viewnum.checked_add(1) == Some(view.viewnum)
             && (self.serving()
                 || (previous.is_backup(self.me) && self.synced_view() == Some(previous.viewnum)));
         let may_serve = named && (view.viewnum == 1 || continues);
@@ -359,6 +449,13 @@ impl Replica {
             self.committed <= self.state.applied,
             "committed past applied"
         );
+        assert!(
+            self.state.len() <= self.config.state_bytes_max,
+            "state of {} bytes past the bound of {}",
+            self.state.len(),
+            self.config.state_bytes_max
+        );
+        debug_assert_eq!(self.state.len(), self.state.counted_len(), "state bytes");
         match &self.standing {
             Standing::Primary(primary) => {
                 assert!(
@@ -419,17 +516,21 @@ impl Role for Replica {
 
     fn on_message(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, message: Message) {
         match message {
-            Message::PingReply(reply) => self.adopt(ctx, reply.view, false),
-            Message::GetViewReply(reply) => self.adopt(ctx, reply.view, false),
-            Message::OpenSessionRequest(OpenSessionRequest { nonce }) => {
-                self.on_open_session(ctx, origin, nonce)
+            Message::PingReply(reply) => self.on_view_reply(ctx, origin, reply.view),
+            Message::GetViewReply(reply) => self.on_view_reply(ctx, origin, reply.view),
+            Message::OpenSessionRequest(request) => {
+                self.on_client_request(ctx, origin, ClientRequest::OpenSession(request.nonce))
             }
-            Message::GetRequest(request) => self.on_get(ctx, origin, request),
-            Message::PutRequest(request) => self.on_put(ctx, origin, request),
+            Message::GetRequest(request) => {
+                self.on_client_request(ctx, origin, ClientRequest::Get(request))
+            }
+            Message::PutRequest(request) => {
+                self.on_client_request(ctx, origin, ClientRequest::Put(request))
+            }
             Message::ForwardRequest(request) => self.on_forward(ctx, origin, request),
-            Message::ForwardReply(reply) => self.on_forward_reply(ctx, reply),
+            Message::ForwardReply(reply) => self.on_forward_reply(ctx, origin, reply),
             Message::TransferRequest(request) => self.on_transfer(ctx, origin, request),
-            Message::TransferReply(reply) => self.on_transfer_reply(ctx, reply),
+            Message::TransferReply(reply) => self.on_transfer_reply(ctx, origin, reply),
             Message::InfoRequest(_) => {
                 let json = self.info().to_string();
                 ctx.reply(origin, InfoReply { json });
@@ -445,7 +546,12 @@ impl Role for Replica {
                 ctx.set_timer(ReplicaTimer::Ping, self.config.timing.ping_interval);
             }
             ReplicaTimer::ExpireSessions => self.on_expire_sessions(ctx),
+            ReplicaTimer::TransferIdle => self.on_transfer_idle(ctx),
         }
+    }
+
+    fn on_closed(&mut self, _ctx: &mut Ctx<ReplicaTimer>, conn: ConnId) {
+        self.on_client_closed(conn);
     }
 
     fn on_link(&mut self, ctx: &mut Ctx<ReplicaTimer>, to: Dest, link: Link) {

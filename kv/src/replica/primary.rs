@@ -1,17 +1,25 @@
 //! The primary's side: client requests (R8, R10), the forward stream (R6) and the commit
 //! point (R7). Everything here runs only while this server may serve as primary of its
 //! view, that is while its standing holds a [`Primary`].
+//!
+//! **Bounds.** What a primary holds for its clients is bounded (docs/operations.md): the
+//! unacknowledged log by `unacked_log_bytes_max` (past it new requests are held, in arrival
+//! order, until the backup catches up: backpressure, never an error, and never a dropped
+//! log entry, which could lose an acknowledged write); the requests and replies it holds by
+//! `pending_replies_max` and `pending_reply_bytes_max` (past them a request is dropped
+//! unanswered and the client retries it); the state by `state_bytes_max` and
+//! `sessions_max` (`ErrFull`).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use proto::kv::{
-    Entry, ForwardReply, ForwardRequest, GetReply, GetRequest, KEY_LEN_MAX, Op, OpenSessionReply,
-    Outcome, PutReply, PutRequest, Status, VALUE_LEN_MAX,
+    Entry, FORWARD_ENTRIES_MAX, ForwardReply, ForwardRequest, GetReply, GetRequest, INDEX_MAX,
+    KEY_LEN_MAX, Op, OpenSessionReply, Outcome, PutReply, PutRequest, Status, VALUE_LEN_MAX,
 };
 use proto::viewservice::View;
-use proto::{Incarnation, Message};
-use runtime::{Ctx, MonoTime, Origin, ReplyTo};
+use proto::{Message, MessageType};
+use runtime::{ConnId, Ctx, MonoTime, Origin, ReplyTo};
 
 use super::sessions::SessionCheck;
 use super::transfer::Transfer;
@@ -23,6 +31,58 @@ use crate::store::State;
 pub(super) struct Waiting {
     pub(super) to: ReplyTo,
     pub(super) reply: Message,
+}
+
+/// A client request a primary takes.
+#[derive(Debug, Clone)]
+pub(super) enum ClientRequest {
+    /// OpenSession, with its nonce.
+    OpenSession(u64),
+    /// A Get.
+    Get(GetRequest),
+    /// A Put or PutHash.
+    Put(PutRequest),
+}
+
+impl ClientRequest {
+    /// Bytes it holds while it waits.
+    fn len(&self) -> usize {
+        match self {
+            ClientRequest::OpenSession(_) => 32,
+            ClientRequest::Get(request) => 16 + request.key.len(),
+            ClientRequest::Put(request) => 32 + request.key.len() + request.value.len(),
+        }
+    }
+
+    /// Its answer saying "not applied, ask again" (`ErrWrongServer`), for stepping down.
+    fn wrong_server(&self) -> Message {
+        match self {
+            ClientRequest::OpenSession(nonce) => OpenSessionReply {
+                status: Status::ErrWrongServer,
+                nonce: *nonce,
+                session: 0,
+            }
+            .into(),
+            ClientRequest::Get(_) => get_reply(Status::ErrWrongServer).into(),
+            ClientRequest::Put(_) => put_reply(Status::ErrWrongServer).into(),
+        }
+    }
+}
+
+/// A client request held while the unacknowledged log is full.
+#[derive(Debug, Clone)]
+pub(super) struct Held {
+    origin: Origin,
+    request: ClientRequest,
+}
+
+/// Bytes a reply holds while it waits.
+fn reply_len(reply: &Message) -> usize {
+    match reply {
+        Message::GetReply(reply) => 16 + reply.value.len(),
+        Message::PutReply(reply) => 16 + reply.previous.len(),
+        _ => 32,
+    }
 }
 
 /// What only a serving primary keeps.
@@ -52,6 +112,15 @@ pub(super) struct Primary {
     pub(super) transfer: Option<Transfer>,
     /// When each session was last used, on this primary's clock.
     pub(super) last_active: BTreeMap<u64, MonoTime>,
+    /// Bytes of `unacked` (`Entry::len_hint`).
+    unacked_len: usize,
+    /// Client requests held while `unacked_len` is past its bound, oldest first.
+    held: VecDeque<Held>,
+    /// Requests and replies held (waiting, reads waiting, held), and their bytes.
+    pending_count: usize,
+    pending_len: usize,
+    /// Sessions opened on each client connection still open.
+    sessions_by_conn: BTreeMap<ConnId, usize>,
 }
 
 impl Primary {
@@ -73,27 +142,111 @@ impl Primary {
                 .keys()
                 .map(|session| (*session, now))
                 .collect(),
+            unacked_len: 0,
+            held: VecDeque::new(),
+            pending_count: 0,
+            pending_len: 0,
+            sessions_by_conn: BTreeMap::new(),
         }
     }
 
-    /// Replies waiting, for a commit or for the end of the turn.
+    /// Replies waiting, for a commit or for the end of the turn, and requests held.
     pub(super) fn waiting_count(&self) -> usize {
-        self.waiting.values().map(Vec::len).sum::<usize>() + self.reads_waiting.len()
+        self.waiting.values().map(Vec::len).sum::<usize>()
+            + self.reads_waiting.len()
+            + self.held.len()
     }
 
-    /// Every pending reply, for stepping down.
+    /// Every pending reply, for stepping down: held requests get the answer a reply of
+    /// their kind would.
     pub(super) fn into_pending(self) -> impl Iterator<Item = Waiting> {
+        let held = self.held.into_iter().map(|held| Waiting {
+            to: held.origin.reply_to(),
+            reply: held.request.wrong_server(),
+        });
         self.waiting
             .into_values()
             .flatten()
             .chain(self.reads_waiting)
+            .chain(held)
     }
 
     /// Forgets what was sent to the backup: `unacked` now starts after `applied`.
-    fn clear_unacked(&mut self, applied: u64) {
+    pub(super) fn clear_unacked(&mut self, applied: u64) {
         self.unacked.clear();
+        self.unacked_len = 0;
         self.unacked_first = applied + 1;
         self.sent = applied;
+    }
+
+    fn push_unacked(&mut self, entry: Entry) {
+        self.unacked_len += entry.len_hint();
+        self.unacked.push_back(entry);
+    }
+
+    fn pop_unacked(&mut self) {
+        if let Some(entry) = self.unacked.pop_front() {
+            self.unacked_len -= entry.len_hint();
+            self.unacked_first += 1;
+        }
+    }
+
+    /// Whether one more request or reply of `len` bytes fits the pending bounds.
+    fn room_for(&self, len: usize, config: &ReplicaConfig) -> bool {
+        self.pending_count < config.pending_replies_max
+            && self.pending_len + len <= config.pending_reply_bytes_max
+    }
+
+    fn count_in(&mut self, len: usize) {
+        self.pending_count += 1;
+        self.pending_len += len;
+    }
+
+    fn count_out(&mut self, len: usize) {
+        self.pending_count -= 1;
+        self.pending_len -= len;
+    }
+
+    fn push_waiting(&mut self, index: u64, waiting: Waiting) {
+        self.count_in(reply_len(&waiting.reply));
+        self.waiting.entry(index).or_default().push(waiting);
+    }
+
+    /// The replies waiting on indexes up to `index`, taken out.
+    fn take_waiting_through(&mut self, index: u64) -> Vec<Waiting> {
+        let later = self.waiting.split_off(&(index + 1));
+        let due: Vec<Waiting> = std::mem::replace(&mut self.waiting, later)
+            .into_values()
+            .flatten()
+            .collect();
+        for waiting in &due {
+            self.count_out(reply_len(&waiting.reply));
+        }
+        due
+    }
+
+    fn push_read(&mut self, waiting: Waiting) {
+        self.count_in(reply_len(&waiting.reply));
+        self.reads_waiting.push(waiting);
+    }
+
+    fn take_reads(&mut self) -> Vec<Waiting> {
+        let reads = std::mem::take(&mut self.reads_waiting);
+        for waiting in &reads {
+            self.count_out(reply_len(&waiting.reply));
+        }
+        reads
+    }
+
+    fn push_held(&mut self, held: Held) {
+        self.count_in(held.request.len());
+        self.held.push_back(held);
+    }
+
+    fn pop_held(&mut self) -> Option<Held> {
+        let held = self.held.pop_front()?;
+        self.count_out(held.request.len());
+        Some(held)
     }
 
     pub(super) fn check(&self, state: &State, config: &ReplicaConfig) {
@@ -118,6 +271,20 @@ impl Primary {
             self.unacked_first <= self.sent + 1,
             "unacknowledged entries start after the first unsent one"
         );
+        assert!(
+            self.pending_count <= config.pending_replies_max,
+            "{} requests and replies pending",
+            self.pending_count
+        );
+        assert_eq!(self.pending_count, self.waiting_count(), "pending count");
+        let unacked_len: usize = self.unacked.iter().map(Entry::len_hint).sum();
+        debug_assert_eq!(self.unacked_len, unacked_len, "unacknowledged bytes");
+        let pending_len: usize = (self.waiting.values().flatten())
+            .chain(&self.reads_waiting)
+            .map(|waiting| reply_len(&waiting.reply))
+            .chain(self.held.iter().map(|held| held.request.len()))
+            .sum();
+        debug_assert_eq!(self.pending_len, pending_len, "pending bytes");
     }
 }
 
@@ -143,6 +310,13 @@ impl Replica {
         }
     }
 
+    fn primary_ref(&self) -> Option<&Primary> {
+        match &self.standing {
+            Standing::Primary(primary) => Some(primary.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Serving as primary of a new view: start a transfer to its backup, or commit all.
     pub(super) fn begin_view_as_primary(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
         let applied = self.state.applied;
@@ -164,6 +338,86 @@ impl Replica {
         }
     }
 
+    /// A client request. While the unacknowledged log is past `unacked_log_bytes_max` (or
+    /// requests are already held) it is held, in arrival order, until the backup catches
+    /// up: backpressure, so the log never grows without bound and no entry of it is ever
+    /// dropped. A request that finds no room is dropped unanswered (the client retries).
+    pub(super) fn on_client_request(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        request: ClientRequest,
+    ) {
+        let log_max = self.config.unacked_log_bytes_max;
+        let hold = self
+            .primary_ref()
+            .map(|primary| primary.unacked_len >= log_max || !primary.held.is_empty());
+        match hold {
+            Some(true) => {
+                let room = self
+                    .primary_ref()
+                    .is_some_and(|primary| primary.room_for(request.len(), &self.config));
+                if !room {
+                    self.shed(origin);
+                    return;
+                }
+                self.stats.requests_held += 1;
+                if let Some(primary) = self.primary_mut() {
+                    let origin = origin.clone();
+                    primary.push_held(Held { origin, request });
+                }
+            }
+            Some(false) | None => self.serve(ctx, origin, request),
+        }
+    }
+
+    fn serve(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, request: ClientRequest) {
+        match request {
+            ClientRequest::OpenSession(nonce) => self.on_open_session(ctx, origin, nonce),
+            ClientRequest::Get(request) => self.on_get(ctx, origin, request),
+            ClientRequest::Put(request) => self.on_put(ctx, origin, request),
+        }
+    }
+
+    /// Held requests are taken, oldest first, while the log is within its bound.
+    fn release_held(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        let log_max = self.config.unacked_log_bytes_max;
+        loop {
+            let Some(primary) = self.primary_mut() else {
+                return;
+            };
+            if primary.unacked_len >= log_max {
+                return;
+            }
+            let Some(held) = primary.pop_held() else {
+                return;
+            };
+            self.serve(ctx, &held.origin, held.request);
+        }
+    }
+
+    /// Whether a reply of `len` bytes fits the pending bounds.
+    fn room_for(&self, len: usize) -> bool {
+        self.primary_ref()
+            .is_some_and(|primary| primary.room_for(len, &self.config))
+    }
+
+    /// Drops a request that found no room: unanswered, so its client retries it later.
+    fn shed(&mut self, origin: &Origin) {
+        self.stats.requests_shed += 1;
+        log::debug!(
+            "replica: no room for a request from {} (pending bounds)",
+            origin.node
+        );
+    }
+
+    /// A connection closed: its sessions no longer count against its cap.
+    pub(super) fn on_client_closed(&mut self, conn: ConnId) {
+        if let Some(primary) = self.primary_mut() {
+            primary.sessions_by_conn.remove(&conn);
+        }
+    }
+
     pub(super) fn on_open_session(
         &mut self,
         ctx: &mut Ctx<ReplicaTimer>,
@@ -179,14 +433,38 @@ impl Replica {
             ctx.reply(origin, reply);
             return;
         }
-        // R10: OpenSession is an operation like any other; the session id is its index.
-        let index = self.assign(Entry {
+        if !self.room_for(32) {
+            self.shed(origin);
+            return;
+        }
+        let entry = Entry {
             session: 0,
             seq: 0,
             op: Op::OpenSession { nonce },
-        });
+        };
+        let conn_sessions = self
+            .primary_ref()
+            .and_then(|primary| primary.sessions_by_conn.get(&origin.conn).copied())
+            .unwrap_or(0);
+        let full = conn_sessions >= self.config.sessions_per_connection_max
+            || !self.state.admits(&entry, self.config.state_limits());
+        if full {
+            // Never evict: that would let one client expire everyone's sessions. The answer
+            // is read from the state, so it waits for a commit like R10's errors.
+            self.stats.full += 1;
+            let reply = OpenSessionReply {
+                status: Status::ErrFull,
+                nonce,
+                session: 0,
+            };
+            self.answer_after_turn(origin, reply.into());
+            return;
+        }
+        // R10: OpenSession is an operation like any other; the session id is its index.
+        let index = self.assign(entry);
         if let Some(primary) = self.primary_mut() {
             primary.last_active.insert(index, ctx.now());
+            *primary.sessions_by_conn.entry(origin.conn).or_default() += 1;
         }
         let reply = OpenSessionReply {
             status: Status::Ok,
@@ -210,6 +488,11 @@ impl Replica {
             ctx.reply(origin, get_reply(Status::ErrTooLarge));
             return;
         }
+        if self.state.applied >= INDEX_MAX {
+            // No index is left for the sync point this Get would wait on.
+            ctx.reply(origin, get_reply(Status::ErrFull));
+            return;
+        }
         // R8: read at its place in the order; answered once a later index commits.
         let reply = match self.state.store.get(&request.key) {
             Some(value) => GetReply {
@@ -218,6 +501,11 @@ impl Replica {
             },
             None => get_reply(Status::ErrNoKey),
         };
+        // Counted before it is kept: a reply can hold a 1 MiB value.
+        if !self.room_for(16 + reply.value.len()) {
+            self.shed(origin);
+            return;
+        }
         self.answer_after_turn(origin, reply.into());
     }
 
@@ -225,7 +513,7 @@ impl Replica {
     /// after it commits (R8; R10 for session errors).
     fn answer_after_turn(&mut self, origin: &Origin, reply: Message) {
         if let Some(primary) = self.primary_mut() {
-            primary.reads_waiting.push(Waiting {
+            primary.push_read(Waiting {
                 to: origin.reply_to(),
                 reply,
             });
@@ -244,6 +532,17 @@ impl Replica {
         }
         if request.key.len() > KEY_LEN_MAX || request.value.len() > VALUE_LEN_MAX {
             ctx.reply(origin, put_reply(Status::ErrTooLarge));
+            return;
+        }
+        // The largest reply this request can have: PutHash's previous value, or a retry's
+        // kept reply. Counted before anything is assigned.
+        let previous_len = |replica: &Replica| {
+            let stored = replica.state.store.get(&request.key).map_or(0, Bytes::len);
+            let kept = (replica.state.sessions.get(&request.session)).map_or(0, |r| r.reply.len());
+            stored.max(kept)
+        };
+        if !self.room_for(16 + previous_len(self)) {
+            self.shed(origin);
             return;
         }
         match self.check_session(ctx, &request) {
@@ -282,7 +581,15 @@ impl Replica {
         } else {
             Op::Put { key, value }
         };
-        let index = self.assign(Entry { session, seq, op });
+        let entry = Entry { session, seq, op };
+        if !self.state.admits(&entry, self.config.state_limits()) {
+            // The state bound, decided here and applied by the backup the same way (it holds
+            // the same state at this index). Read from the state: waits for a commit.
+            self.stats.full += 1;
+            self.answer_after_turn(origin, put_reply(Status::ErrFull).into());
+            return;
+        }
+        let index = self.assign(entry);
         let previous = self.state.sessions.get(&session).map(|r| r.reply.clone());
         let reply = PutReply {
             status: Status::Ok,
@@ -298,7 +605,7 @@ impl Replica {
         };
         self.state.apply(&entry);
         if self.view.backup.is_some() {
-            primary.unacked.push_back(entry);
+            primary.push_unacked(entry);
         } else {
             // No backup: nothing to forward, and the entry commits at turn end.
             primary.clear_unacked(self.state.applied);
@@ -312,11 +619,7 @@ impl Replica {
             self.stats.replies += 1;
             ctx.reply(to, reply);
         } else if let Some(primary) = self.primary_mut() {
-            primary
-                .waiting
-                .entry(index)
-                .or_default()
-                .push(Waiting { to, reply });
+            primary.push_waiting(index, Waiting { to, reply });
         }
     }
 
@@ -330,11 +633,7 @@ impl Replica {
         let Standing::Primary(primary) = &mut self.standing else {
             return;
         };
-        let later = primary.waiting.split_off(&(index + 1));
-        for pending in std::mem::replace(&mut primary.waiting, later)
-            .into_values()
-            .flatten()
-        {
+        for pending in primary.take_waiting_through(index) {
             self.stats.replies += 1;
             ctx.reply(pending.to, pending.reply);
         }
@@ -359,7 +658,9 @@ impl Replica {
             let mut entries = Vec::new();
             let mut len = 0;
             for entry in primary.unacked.iter().skip(skip) {
-                if !entries.is_empty() && len + entry.len_hint() > batch_len_max {
+                let full = len + entry.len_hint() > batch_len_max;
+                // Never more entries than a backup takes in one forward.
+                if !entries.is_empty() && (full || entries.len() >= FORWARD_ENTRIES_MAX) {
                     break;
                 }
                 len += entry.len_hint();
@@ -377,32 +678,55 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_forward_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, reply: ForwardReply) {
-        let acked = self.ack_from_backup(ctx, reply.view, reply.incarnation, reply.outcome);
-        if acked && self.backup_synced() {
-            self.acknowledged(ctx, reply.applied);
+    /// A forward's ack (R6). Refused unless it names the incarnation its link carries
+    /// (`validate_backup_reply`) and, if it counts, acknowledges no index past the last one
+    /// assigned: an ack of what was never sent would commit what the backup does not have.
+    pub(super) fn on_forward_reply(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        reply: ForwardReply,
+    ) {
+        let what = MessageType::ForwardReply;
+        let checked =
+            self.validate_backup_reply(origin, &reply.view, reply.incarnation, reply.applied);
+        if let Err(why) = checked {
+            self.refuse(origin, what, &why);
+            return;
         }
+        let acked = self.ack_from_backup(ctx, origin, reply.view, reply.outcome);
+        if !acked || !self.backup_synced() {
+            return;
+        }
+        if reply.applied > self.state.applied {
+            let why = format!(
+                "acknowledges index {} past the last assigned, {}",
+                reply.applied, self.state.applied
+            );
+            self.refuse(origin, what, &why);
+            return;
+        }
+        self.acknowledged(ctx, reply.applied);
     }
 
     /// What every backup reply shares (R4, R6): a newer carried view is adopted (a receiver
     /// with a newer view rejected us, or acked in it); a rejection does nothing else; an ack
-    /// counts only from the current view's backup, as the incarnation it names, while
-    /// serving.
+    /// counts only from the current view's backup, at its address and as the incarnation
+    /// the view names, while serving.
     pub(super) fn ack_from_backup(
         &mut self,
         ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
         view: View,
-        incarnation: Incarnation,
         outcome: Outcome,
     ) -> bool {
         if view.viewnum > self.view.viewnum {
             self.adopt(ctx, view, true);
             return false;
         }
-        let from_backup = self
-            .view
-            .backup
-            .is_some_and(|b| b.incarnation == incarnation);
+        let from_backup = self.view.backup.is_some_and(|backup| {
+            origin.addr == Some(backup.addr) && origin.incarnation == backup.incarnation
+        });
         outcome == Outcome::Acked && self.serving() && view == self.view && from_backup
     }
 
@@ -420,8 +744,7 @@ impl Replica {
             primary.in_flight.pop_front();
         }
         while primary.unacked_first <= acked && !primary.unacked.is_empty() {
-            primary.unacked.pop_front();
-            primary.unacked_first += 1;
+            primary.pop_unacked();
         }
         self.commit(ctx, acked);
     }
@@ -440,13 +763,15 @@ impl Replica {
         }
     }
 
-    /// The batching point: Gets and session errors of the turn get an index to wait on (a
-    /// no-op if nothing else was assigned: R8), then one round of forwards or chunks.
+    /// The batching point: held requests are taken while the log has room; Gets and
+    /// session errors of the turn get an index to wait on (a no-op if nothing else was
+    /// assigned: R8), then one round of forwards or chunks.
     pub(super) fn end_turn_as_primary(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
+        self.release_held(ctx);
         let Some(primary) = self.primary_mut() else {
             return;
         };
-        let reads = std::mem::take(&mut primary.reads_waiting);
+        let reads = primary.take_reads();
         let assigned_in_turn = std::mem::replace(&mut primary.assigned_in_turn, false);
         let synced = primary.backup_synced;
         if !reads.is_empty() {

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use proto::kv::{Entry, Op, PutRequest};
+use proto::kv::{EXPIRE_SESSIONS_MAX, Entry, Op, PutRequest};
 use runtime::Ctx;
 
 use super::{Replica, ReplicaTimer, Standing};
 
 /// Session ids in one `ExpireSessions` entry, so that one entry stays far below the frame
-/// limit however many sessions are idle.
-const EXPIRE_BATCH_MAX: usize = 4096;
+/// limit however many sessions are idle (and within what a backup takes).
+const EXPIRE_BATCH_MAX: usize = EXPIRE_SESSIONS_MAX;
 
 /// What a Put's session record says of it.
 #[derive(Debug)]
@@ -90,11 +90,15 @@ impl Replica {
             let op = Op::ExpireSessions {
                 sessions: batch.to_vec(),
             };
-            self.assign(Entry {
+            let entry = Entry {
                 session: 0,
                 seq: 0,
                 op,
-            });
+            };
+            if !self.state.admits(&entry, self.config.state_limits()) {
+                break; // Only at the end of the index space: expired next time, if ever.
+            }
+            self.assign(entry);
         }
     }
 }

@@ -5,16 +5,17 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 use imbl::OrdMap;
-use proto::kv::{SessionRecord, TransferReply, TransferRequest};
+use proto::MessageType;
+use proto::kv::{
+    SESSION_RECORD_FIXED_LEN, SessionRecord, TRANSFER_ITEMS_MAX, TRANSFER_SESSIONS_MAX,
+    TransferReply, TransferRequest,
+};
 use proto::viewservice::View;
 use rand::RngExt;
-use runtime::Ctx;
+use runtime::{Ctx, Origin};
 
 use super::{Replica, ReplicaTimer, Standing};
 use crate::store::State;
-
-/// Encoded bytes of a session record besides its reply.
-const SESSION_RECORD_FIXED_LEN: usize = 28;
 
 /// A state transfer in progress, as primary.
 #[derive(Debug)]
@@ -38,6 +39,8 @@ pub(super) struct Receiving {
     pub(super) snapshot_index: u64,
     pub(super) store: OrdMap<Bytes, Bytes>,
     pub(super) sessions: OrdMap<u64, SessionRecord>,
+    /// State bytes received so far (as `State::len` counts them).
+    pub(super) len: usize,
 }
 
 /// How big a chunk may be.
@@ -57,6 +60,25 @@ impl Transfer {
             "chunks_acked": self.chunks_acked,
             "keys": self.snapshot.store.len(),
         })
+    }
+
+    /// Whether `reply` acknowledges a chunk of this transfer that was sent, and says
+    /// installed only for the last chunk at the snapshot's index.
+    fn validate_ack(&self, reply: &TransferReply) -> Result<(), String> {
+        if reply.chunk >= self.next_chunk {
+            return Err(format!(
+                "acknowledges chunk {} of {} sent",
+                reply.chunk, self.next_chunk
+            ));
+        }
+        let last_chunk = self.last_sent && reply.chunk + 1 == self.next_chunk;
+        if reply.installed && !(last_chunk && reply.applied == self.snapshot.applied) {
+            return Err(format!(
+                "installed at chunk {} index {}: the snapshot is {} chunks at index {}",
+                reply.chunk, reply.applied, self.next_chunk, self.snapshot.applied
+            ));
+        }
+        Ok(())
     }
 
     /// Cuts the next chunk: items first, then session records, then `last`.
@@ -107,7 +129,8 @@ impl Transfer {
             };
             len += key.len() + value.len() + 8;
             items.push((key.clone(), value.clone()));
-            if len >= limits.len_max {
+            // Never more items than a backup takes in one chunk.
+            if len >= limits.len_max || items.len() >= TRANSFER_ITEMS_MAX {
                 break;
             }
         }
@@ -169,9 +192,7 @@ impl Replica {
             chunks_acked: 0,
             last_sent: false,
         });
-        primary.unacked.clear();
-        primary.unacked_first = self.state.applied + 1;
-        primary.sent = self.state.applied;
+        primary.clear_unacked(self.state.applied);
     }
 
     /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window. Until the
@@ -189,7 +210,10 @@ impl Replica {
         let view = self.view;
         let limits = ChunkLimits {
             len_max: self.config.transfer_chunk_len_max,
-            sessions_max: self.config.transfer_chunk_sessions_max,
+            sessions_max: self
+                .config
+                .transfer_chunk_sessions_max
+                .clamp(1, TRANSFER_SESSIONS_MAX),
         };
         let Standing::Primary(primary) = &mut self.standing else {
             return;
@@ -205,8 +229,35 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_transfer_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, reply: TransferReply) {
-        if !self.ack_from_backup(ctx, reply.view, reply.incarnation, reply.outcome) {
+    /// A chunk's ack (R12). Refused unless it names the incarnation its link carries
+    /// (`validate_backup_reply`), acknowledges a chunk that was sent, and, if it says
+    /// installed, acknowledges the last chunk at the snapshot's index.
+    pub(super) fn on_transfer_reply(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        origin: &Origin,
+        reply: TransferReply,
+    ) {
+        let what = MessageType::TransferReply;
+        let checked = self.validate_backup_reply(origin, &reply.view, reply.incarnation, 0);
+        if let Err(why) = checked {
+            self.refuse(origin, what, &why);
+            return;
+        }
+        if !self.ack_from_backup(ctx, origin, reply.view, reply.outcome) {
+            return;
+        }
+        let Standing::Primary(primary) = &self.standing else {
+            return;
+        };
+        let Some(transfer) = primary.transfer.as_ref() else {
+            return;
+        };
+        if reply.transfer_id != transfer.id {
+            return; // An ack of an older transfer: ignored.
+        }
+        if let Err(why) = transfer.validate_ack(&reply) {
+            self.refuse(origin, what, &why);
             return;
         }
         let Standing::Primary(primary) = &mut self.standing else {
@@ -215,9 +266,6 @@ impl Replica {
         let Some(transfer) = primary.transfer.as_mut() else {
             return;
         };
-        if reply.transfer_id != transfer.id {
-            return; // An ack of an older transfer: ignored.
-        }
         transfer.chunks_acked = transfer.chunks_acked.max(reply.chunk + 1);
         if reply.installed {
             let snapshot_index = transfer.snapshot.applied;
