@@ -253,7 +253,7 @@ fn a_bad_frame_closes_only_its_connection() {
     let mut logged = Vec::new();
     while logged
         .iter()
-        .filter(|line: &&String| line.contains("bad frame"))
+        .filter(|line: &&String| line.contains("bad handshake frame"))
         .count()
         < 2
     {

@@ -145,13 +145,16 @@ fn wait_for(daemon: &Daemon, needle: &str, limit: Duration) -> Option<Instant> {
 fn silently_dropped_link_breaks_in_bounded_time() {
     let hosts = Hosts::new();
     let dir = tempfile::tempdir().expect("tempdir");
+    // The hosts' addresses are not loopback: the nodes need a cluster key.
+    runtime::Key::generate_file(&dir.path().join("cluster.key"), runtime::PeerClass::Member)
+        .expect("a cluster key");
     let responder = start(
         &hosts,
         &hosts.a,
         dir.path(),
         "echo",
         "node_id = \"echo\"\nlisten = \"10.250.1.1:7001\"\nroles = [\"echo\"]\n\
-         [log]\nevents = \"echo.jsonl\"\n",
+         cluster_key_file = \"cluster.key\"\n[log]\nevents = \"echo.jsonl\"\n",
     );
     let pinger = start(
         &hosts,
@@ -159,6 +162,7 @@ fn silently_dropped_link_breaks_in_bounded_time() {
         dir.path(),
         "pinger",
         "node_id = \"pinger\"\nlisten = \"10.250.1.2:7002\"\nroles = [\"echo\"]\n\
+         cluster_key_file = \"cluster.key\"\n\
          [echo]\npeer = \"10.250.1.1:7001\"\nrounds = 1000000000\nwindow = 1\n",
     );
     // Rounds are flowing once the responder has logged a few hundred events.

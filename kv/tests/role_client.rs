@@ -45,6 +45,7 @@ fn answer_origin(corr: u64) -> Origin {
         node: NodeId::new("peer").expect("valid"),
         incarnation: Incarnation(1),
         addr: Some(addr(7101)),
+        link: Some(Dest::from(addr(7101))),
         corr,
         received_ns: 0,
     }

@@ -91,6 +91,13 @@ impl Node {
         self.take()
     }
 
+    /// This node's link to `to` completed its handshake.
+    fn link_up(&mut self, to: Member) -> Actions {
+        self.role
+            .on_link(&mut self.ctx, Dest::from(to.addr), Link::Up);
+        self.take()
+    }
+
     fn turn_end(&mut self) -> Actions {
         self.role.on_turn_end(&mut self.ctx);
         self.take()
@@ -673,6 +680,9 @@ fn r12_a_state_transfer_is_installed_only_whole() {
         p.turn_end();
     }
     let second = view(2, Some(s1()), Some(s2()));
+    // The link to the backup is up (a transfer waits for its link before it fills the
+    // window: see `transfer_waits_for_its_link`).
+    p.link_up(s2());
     p.adopt(second);
     b.adopt(second);
     let chunks: Vec<TransferRequest> = sends(&p.turn_end())
@@ -788,6 +798,38 @@ fn forward(view: View, first_index: u64, entries: Vec<Entry>) -> ForwardRequest 
         first_index,
         entries,
     }
+}
+
+/// A transfer sends one chunk until its link to the backup has completed its handshake (a
+/// link in its handshake holds at most `connecting_queue_len_max` bytes), then fills its
+/// window.
+#[test]
+fn transfer_waits_for_its_link() {
+    let mut p = Node::start_with(s1(), |config| config.transfer_chunk_len_max = 16);
+    p.adopt(view(1, Some(s1()), None));
+    let client = from_client(40, 5);
+    p.deliver(&client, OpenSessionRequest { nonce: 8 });
+    p.turn_end();
+    for (seq, key) in ["a", "b", "c"].into_iter().enumerate() {
+        p.deliver(&client, put(1, seq as u64 + 1, key, "0123456789"));
+        p.turn_end();
+    }
+    p.adopt(view(2, Some(s1()), Some(s2())));
+    let count = |actions: &Actions| {
+        sends(actions)
+            .iter()
+            .filter(|(_, m)| matches!(m, Message::TransferRequest(_)))
+            .count()
+    };
+    assert_eq!(count(&p.turn_end()), 1, "one chunk opens the link");
+    assert_eq!(count(&p.turn_end()), 0, "no more until the link is up");
+    // The transfer is four chunks (three keys of 19 bytes in 16-byte chunks, then the
+    // session table): the other three go at once.
+    assert_eq!(
+        count(&p.link_up(s2())),
+        3,
+        "then the rest, within the window"
+    );
 }
 
 /// The primary s1 of view 2 as its backup's link carries it.
@@ -1026,6 +1068,9 @@ fn abandons_a_transfer_whose_last_chunk_never_arrives() {
     p.deliver(&client, OpenSessionRequest { nonce: 2 });
     p.turn_end();
     let second = view(2, Some(s1()), Some(s2()));
+    // The link to the backup is up (a transfer waits for its link before it fills the
+    // window: see `transfer_waits_for_its_link`).
+    p.link_up(s2());
     p.adopt(second);
     b.adopt(second);
     let chunks: Vec<TransferRequest> = sends(&p.turn_end())

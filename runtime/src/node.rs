@@ -100,7 +100,8 @@ impl NodeOptions {
 /// Where a frame came from, and when it was read.
 pub(crate) struct Arrival<'a> {
     pub(crate) conn: ConnId,
-    pub(crate) inbound: bool,
+    /// The destination of this node's own link; `None` for an accepted connection.
+    pub(crate) link: Option<Dest>,
     pub(crate) peer: &'a PeerInfo,
     pub(crate) received_ns: i64,
 }
@@ -239,10 +240,11 @@ impl<R: Role> NodeCore<R> {
     ) {
         let Arrival {
             conn,
-            inbound,
+            link,
             peer,
             received_ns,
         } = arrival;
+        let inbound = link.is_none();
         if inbound && self.unreliable {
             let draw: f64 = self.fault_rng.random();
             if draw < UNRELIABLE_DROP_REQUEST {
@@ -277,6 +279,7 @@ impl<R: Role> NodeCore<R> {
             node: peer.node.clone(),
             incarnation: peer.incarnation,
             addr: peer.addr,
+            link,
             corr: header.corr,
             received_ns,
         };

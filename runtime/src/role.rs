@@ -78,6 +78,9 @@ pub struct Origin {
     pub incarnation: Incarnation,
     /// The sender's advertised address, if it has one.
     pub addr: Option<Addr>,
+    /// For a frame on this node's own link (a reply): the destination that link was dialed
+    /// to. `None` for a frame on a connection this node accepted (a request).
+    pub link: Option<Dest>,
     /// The frame's correlation id; [`Ctx::reply`] echoes it.
     pub corr: u64,
     /// When the frame arrived, on the node's physical clock (skew included): the kernel's

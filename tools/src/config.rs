@@ -148,12 +148,31 @@ pub struct Limits {
     pub output_mib: usize,
     /// Requests one connection may have unanswered.
     pub requests_in_flight_max: usize,
+    /// Bytes of keys, values and session records a replica holds; past it writes get
+    /// ErrFull. In MiB; the same on every replica.
+    pub state_mib: usize,
+    /// Open sessions; past it OpenSession gets ErrFull (sessions are never evicted).
+    pub sessions_max: usize,
+    /// Sessions one connection may open.
+    pub sessions_per_connection_max: usize,
+    /// The primary's log of writes its backup has not acknowledged, in MiB; past it client
+    /// requests wait.
+    pub unacked_log_mib: usize,
+    /// Replies a primary holds for commits.
+    pub pending_replies_max: usize,
+    /// Bytes of replies a primary holds for commits, in MiB.
+    pub pending_reply_mib: usize,
+    /// A backup abandons a state transfer whose next chunk has not come for this long, in
+    /// seconds.
+    pub transfer_idle_s: u64,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         let links = runtime::link::LinkOptions::default();
         let conns = runtime::net::ConnectionLimits::default();
+        let unset = proto::Addr::v4(127, 0, 0, 1, 0);
+        let replica = kv::replica::ReplicaConfig::new(unset, unset);
         Limits {
             connections_max: conns.connections_max,
             member_connections_reserved: conns.member_connections_reserved,
@@ -165,6 +184,13 @@ impl Default for Limits {
             write_buffer_mib: links.write_buffer_len_max >> 20,
             output_mib: links.output_len_max >> 20,
             requests_in_flight_max: links.requests_in_flight_max,
+            state_mib: replica.state_bytes_max >> 20,
+            sessions_max: replica.sessions_max,
+            sessions_per_connection_max: replica.sessions_per_connection_max,
+            unacked_log_mib: replica.unacked_log_bytes_max >> 20,
+            pending_replies_max: replica.pending_replies_max,
+            pending_reply_mib: replica.pending_reply_bytes_max >> 20,
+            transfer_idle_s: replica.transfer_idle_max.as_secs(),
         }
     }
 }
@@ -242,6 +268,14 @@ impl NodeConfig {
         if self.roles.contains(&RoleName::Replica) && self.viewservice.is_none() {
             return Err("viewservice: a replica needs the view service's address".into());
         }
+        let advertised = self.advertise.unwrap_or(self.listen);
+        if self.roles.contains(&RoleName::Replica) && advertised.port() == 0 {
+            return Err(
+                "listen: a replica's address is named in views and pings; give it a fixed \
+                 port (or an advertise address)"
+                    .into(),
+            );
+        }
         if self.timing.ping_interval_ms == 0 {
             return Err("timing.ping_interval_ms: must be at least 1".into());
         }
@@ -294,6 +328,16 @@ impl NodeConfig {
                  must be at least 1"
                     .into(),
             );
+        }
+        if l.state_mib == 0
+            || l.sessions_max == 0
+            || l.sessions_per_connection_max == 0
+            || l.unacked_log_mib == 0
+            || l.pending_replies_max == 0
+            || l.pending_reply_mib == 0
+            || l.transfer_idle_s == 0
+        {
+            return Err("limits: the replica's bounds must be at least 1".into());
         }
         if l.member_connections_reserved > l.connections_max {
             return Err("limits.member_connections_reserved: at most connections_max".into());

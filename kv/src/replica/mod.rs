@@ -344,12 +344,13 @@ impl Replica {
 
     // ----- Views -----
 
-    /// A view from the view service (a ping's reply, or a GetView reply). Only a reply from
-    /// the configured view service's address counts: it is the only source of views that
-    /// may make this server refuse service (R9).
+    /// A view from the view service (a ping's reply, or a GetView reply). Only a reply on
+    /// this node's own link to the configured view service counts (the link layer admits
+    /// a reply there only for a request of that link, from a peer that proved the cluster
+    /// key): it is the only source of views that may make this server refuse service (R9).
     fn on_view_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, view: View) {
         let what = MessageType::PingReply;
-        if origin.addr != Some(self.config.view_service) {
+        if origin.link != Some(Dest::from(self.config.view_service)) {
             self.refuse(origin, what, "a view reply not from the view service");
             return;
         }

@@ -28,7 +28,7 @@ use proto::kv::{
 };
 use proto::viewservice::{GetViewReply, GetViewRequest, Member, PingReply, PingRequest, View};
 use proto::{Addr, FRAME_LEN_MAX_DEFAULT, HEADER_LEN, Incarnation, Message, MessageType, NodeId};
-use runtime::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
+use runtime::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, PeerClass, Role};
 
 /// The view service's incarnation and address.
 pub const VS_INC: Incarnation = Incarnation(0x7e57);
@@ -377,8 +377,22 @@ fn origin(u: &mut Unstructured<'_>, corr_hint: Option<u64>) -> Result<Origin> {
             (addr, incarnation(u)?)
         }
     };
+    let class = if addr.is_some() {
+        PeerClass::Member
+    } else {
+        PeerClass::Client
+    };
+    // A reply comes on this node's own link (to the peer's address), a request on an
+    // accepted connection: either, at random.
+    let link = if u.arbitrary()? {
+        addr.map(Dest::from)
+    } else {
+        None
+    };
     Ok(Origin {
         conn: ConnId(u64::from(u.int_in_range(0..=7u8)?)),
+        class,
+        link,
         node: NodeId::new("peer").expect("a valid node id"),
         incarnation,
         addr,
@@ -502,9 +516,11 @@ pub enum Standing {
 fn vs_origin() -> Origin {
     Origin {
         conn: ConnId(100),
+        class: PeerClass::Member,
         node: NodeId::new("vs").expect("a valid node id"),
         incarnation: VS_INC,
         addr: Some(addr(VS_PORT)),
+        link: Some(Dest::from(addr(VS_PORT))),
         corr: 1,
         received_ns: 0,
     }
@@ -513,9 +529,11 @@ fn vs_origin() -> Origin {
 fn server_origin(member: Member) -> Origin {
     Origin {
         conn: ConnId(u64::from(member.addr.0.port())),
+        class: PeerClass::Member,
         node: NodeId::new("peer").expect("a valid node id"),
         incarnation: member.incarnation,
         addr: Some(member.addr),
+        link: Some(Dest::from(member.addr)),
         corr: 0,
         received_ns: 0,
     }

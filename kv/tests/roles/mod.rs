@@ -47,6 +47,9 @@ pub fn from_server(member: Member, conn: u64, corr: u64) -> Origin {
         node: NodeId::new(format!("s{}", member.addr.0.port())).expect("valid"),
         incarnation: member.incarnation,
         addr: Some(member.addr),
+        // As a reply on this node's link to that server would come; the roles look at the
+        // link only for view replies.
+        link: Some(Dest::from(member.addr)),
         corr,
         received_ns: 0,
     }
@@ -60,6 +63,7 @@ pub fn from_client(conn: u64, corr: u64) -> Origin {
         node: NodeId::new("client").expect("valid"),
         incarnation: Incarnation(0xc11e),
         addr: None,
+        link: None,
         corr,
         received_ns: 0,
     }

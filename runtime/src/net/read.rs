@@ -13,6 +13,9 @@ use crate::link::HandshakeStep;
 use crate::node::Arrival;
 use crate::role::{ConnId, Link, Role};
 
+/// A connection the handshake closed.
+struct Closed;
+
 /// Past this many buffered bytes on one connection, the node-wide bound on incomplete
 /// frames is checked.
 const BUFFERED_CHECK_LEN: usize = 64 * 1024;
@@ -134,7 +137,7 @@ impl<R: Role> NetDriver<R> {
                 match self.handshake_frame(key) {
                     Ok(true) => continue,
                     Ok(false) => return true,
-                    Err(()) => return false,
+                    Err(Closed) => return false,
                 }
             }
             if self.io.reads_paused_for(conn) {
@@ -176,6 +179,7 @@ impl<R: Role> NetDriver<R> {
                 return false;
             };
             let inbound = conn.link.is_inbound();
+            let link = conn.link.dest();
             if inbound {
                 let hint = self.core.reply_len_hint(&frame.message);
                 self.io.conns[key]
@@ -184,7 +188,7 @@ impl<R: Role> NetDriver<R> {
             }
             let arrival = Arrival {
                 conn: id,
-                inbound,
+                link,
                 peer: &peer,
                 received_ns,
             };
@@ -194,7 +198,7 @@ impl<R: Role> NetDriver<R> {
 
     /// One handshake frame, if a whole one is buffered: `Ok(true)` if one was taken,
     /// `Ok(false)` if more bytes are needed, `Err` if the connection was closed.
-    fn handshake_frame(&mut self, key: usize) -> Result<bool, ()> {
+    fn handshake_frame(&mut self, key: usize) -> Result<bool, Closed> {
         let conn = &mut self.io.conns[key];
         let decoder = self.io.handshake_decoder;
         let raw: Bytes = match decoder.peek_frame_len(&conn.read_buffer) {
@@ -231,7 +235,7 @@ impl<R: Role> NetDriver<R> {
 
     /// The handshake completed: an accepted connection takes its slot (or is refused for
     /// want of one); this node's own link sends what it held and is reported up.
-    fn opened(&mut self, key: usize, dest: Option<crate::role::Dest>) -> Result<bool, ()> {
+    fn opened(&mut self, key: usize, dest: Option<crate::role::Dest>) -> Result<bool, Closed> {
         let conn = &mut self.io.conns[key];
         conn.last_frame = self.io.now;
         let Some(dest) = dest else {
@@ -257,7 +261,7 @@ impl<R: Role> NetDriver<R> {
 
     /// Closes `key` for a refused handshake, with a rate-limited warning naming the socket
     /// address and the node id the peer claims (unverified).
-    fn refuse(&mut self, key: usize, why: &str) {
+    fn refuse(&mut self, key: usize, why: &str) -> Closed {
         let who = self.io.conns[key].describe();
         self.io.warnings.warn(
             "refused-handshake",
@@ -265,5 +269,6 @@ impl<R: Role> NetDriver<R> {
             &format!("refused a connection from {who}: {why}"),
         );
         self.io.fail(key, why);
+        Closed
     }
 }

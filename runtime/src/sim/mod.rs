@@ -533,6 +533,7 @@ impl<R: Role> Sim<R> {
                         continue;
                     }
                     let inbound = end.is_inbound();
+                    let link = end.dest();
                     if inbound {
                         end.owe(frame.header.corr, core.reply_len_hint(&frame.message), now);
                     }
@@ -541,7 +542,7 @@ impl<R: Role> Sim<R> {
                     };
                     let arrival = Arrival {
                         conn,
-                        inbound,
+                        link,
                         peer: &peer,
                         received_ns: physical,
                     };

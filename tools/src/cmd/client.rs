@@ -64,7 +64,9 @@ fn fail(code: i32, why: &str) -> i32 {
     code
 }
 
-fn value_arg(value: &str) -> Result<Bytes, String> {
+/// The value argument: the text itself, or stdin for `-`. A value over the limit is refused
+/// as the server would refuse it (exit 65, naming the limit).
+fn value_arg(value: &str) -> Result<Bytes, (i32, String)> {
     if value != "-" {
         return Ok(Bytes::copy_from_slice(value.as_bytes()));
     }
@@ -74,9 +76,10 @@ fn value_arg(value: &str) -> Result<Bytes, String> {
     std::io::stdin()
         .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
         .read_to_end(&mut buffer)
-        .map_err(|e| format!("reading stdin: {e}"))?;
+        .map_err(|e| (exit::USAGE, format!("reading stdin: {e}")))?;
     if buffer.len() > limit {
-        return Err(format!("the value on stdin is over the {limit}-byte limit"));
+        let why = format!("refused: the value on stdin is over the {limit}-byte limit");
+        return Err((exit::REFUSED, why));
     }
     Ok(Bytes::from(buffer))
 }
@@ -157,7 +160,7 @@ pub fn get(args: &ClientArgs, get: &GetArgs) -> i32 {
 pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
     let value = match value_arg(&put.value) {
         Ok(value) => value,
-        Err(why) => return fail(exit::USAGE, &why),
+        Err((code, why)) => return fail(code, &why),
     };
     let key = Bytes::copy_from_slice(put.key.as_bytes());
     let op = if hash {

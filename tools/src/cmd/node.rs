@@ -47,6 +47,14 @@ pub fn host_from_config(config: &NodeConfig) -> Host {
         let me = proto::Addr(config.advertise.unwrap_or(config.listen));
         let mut replica_config = ReplicaConfig::new(me, proto::Addr(view_service));
         replica_config.timing = timing;
+        let limits = &config.limits;
+        replica_config.state_bytes_max = limits.state_mib.saturating_mul(1 << 20);
+        replica_config.sessions_max = limits.sessions_max;
+        replica_config.sessions_per_connection_max = limits.sessions_per_connection_max;
+        replica_config.unacked_log_bytes_max = limits.unacked_log_mib.saturating_mul(1 << 20);
+        replica_config.pending_replies_max = limits.pending_replies_max;
+        replica_config.pending_reply_bytes_max = limits.pending_reply_mib.saturating_mul(1 << 20);
+        replica_config.transfer_idle_max = Duration::from_secs(limits.transfer_idle_s);
         host = host.with_replica(Replica::new(replica_config));
     }
     if config.roles.contains(&RoleName::Echo) {
