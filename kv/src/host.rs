@@ -341,7 +341,8 @@ impl<E: Role> Role for Host<E> {
     fn reply_len_hint(&self, message: &Message) -> usize {
         let key = match message {
             Message::GetRequest(get) => &get.key,
-            Message::PutRequest(put) => &put.key,
+            // A PutHash's reply holds the previous value; a Put's is empty.
+            Message::PutRequest(put) if put.hash => &put.key,
             _ => return REPLY_LEN_HINT_DEFAULT,
         };
         let value_len = self

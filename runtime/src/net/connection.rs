@@ -120,6 +120,10 @@ pub(super) struct Io {
     /// The decoder for frames before the handshake completed.
     pub(super) handshake_decoder: FrameDecoder,
     pub(super) warnings: Warnings,
+    /// The bytes queued on all connections as of the last flush.
+    pub(super) queued_estimate: usize,
+    /// When owed replies were last checked for staleness.
+    pub(super) owed_checked_at: MonoTime,
     pub(super) drops: DropInjector,
     pub(super) options: IoOptions,
     /// The instant monotonic time 0 stands for.
@@ -150,7 +154,7 @@ impl Io {
             &conn.link,
             conn.write_buffer.len(),
             own_link_backed_up,
-            self.queued_len(),
+            self.queued_estimate,
             &self.options.links,
         )
     }
@@ -417,8 +421,12 @@ impl Io {
                 Due::Idle => self.fail(key, "idle client connection"),
             }
         }
-        for (_, conn) in self.conns.iter_mut() {
-            conn.link.forget_stale_owed(now, &self.options.links);
+        // Owed replies go stale in seconds; checking a few times a second is enough.
+        if now.since(self.owed_checked_at) >= Duration::from_millis(250) {
+            self.owed_checked_at = now;
+            for (_, conn) in self.conns.iter_mut() {
+                conn.link.forget_stale_owed(now, &self.options.links);
+            }
         }
     }
 

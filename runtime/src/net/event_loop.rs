@@ -229,6 +229,8 @@ impl<R: Role> NetDriver<R> {
                     .clamp(proto::HEADER_LEN, options.frame_len_max),
             ),
             warnings: crate::warn::Warnings::default(),
+            queued_estimate: 0,
+            owed_checked_at: MonoTime(0),
             drops: DropInjector::new(options.links.drop_rate, rand::rng().random()),
             options: IoOptions {
                 links: options.links,

@@ -23,6 +23,9 @@ impl Io {
         for key in keys {
             self.flush(key);
         }
+        // What stays queued, for the node-wide output bound until the next flush (reading
+        // that bound per frame would cost a pass over every connection).
+        self.queued_estimate = self.queued_len();
     }
 
     /// Writes what `key` has buffered until done or `WouldBlock`.
