@@ -3,7 +3,8 @@
 //! service only), frame drops with connection breaks, and the unreliable mode. Invariants
 //! are checked throughout each run; at its end the client history is checked for
 //! linearizability per key. Rare events are counted over the sweep, and a sweep in which one
-//! never happened fails: a fault schedule that never exercises a rule proves nothing.
+//! never happened fails: a fault schedule that never exercises a rule proves nothing. Odd
+//! seeds run with keys on every node (the link layer's full handshake), even seeds without.
 //!
 //! `PBKV_SEEDS=N` sets the number of seeds (default 1000); `PBKV_SEED=S` replays one.
 
@@ -93,7 +94,14 @@ impl Run {
             link_timeout: Duration::from_millis(800),
             ..SimConfig::default()
         };
-        let mut c = Cluster::new(seed, config);
+        // Odd seeds run a keyed cluster (every connection through the full handshake), even
+        // seeds one in protected mode.
+        let mut c = if seed % 2 == 1 {
+            let (member, client) = kv::testkit::sim::sim_keys(seed);
+            Cluster::with_keys(seed, config, member, client)
+        } else {
+            Cluster::new(seed, config)
+        };
         c.replica_config = Box::new(|me: Addr, vs: Addr| {
             let mut config = ReplicaConfig::new(me, vs);
             config.timing = timing();

@@ -138,6 +138,8 @@ pub enum Refusal {
     BadProof(KeyId),
     /// The acceptor proved with another key than the dialer's.
     KeyMismatch(KeyId),
+    /// The acceptor's hello names another address than the one this node dialed: a relay.
+    WrongPeer(Option<proto::Addr>),
     /// A handshake frame after the handshake.
     HandshakeAgain,
     /// A request of a type this class may not send.
@@ -166,6 +168,10 @@ impl fmt::Display for Refusal {
             Refusal::KeyMismatch(id) => {
                 write!(f, "peer proved back with key {id}, not this node's")
             }
+            Refusal::WrongPeer(Some(addr)) => {
+                write!(f, "peer's hello names {addr}, not the address dialed")
+            }
+            Refusal::WrongPeer(None) => write!(f, "peer's hello names no address"),
             Refusal::HandshakeAgain => write!(f, "a handshake frame after the handshake"),
             Refusal::NotAllowed(message_type, class) => {
                 write!(f, "{message_type} is not allowed from a {class} peer")
@@ -233,6 +239,9 @@ fn handshake_frame(message: &Message, frame_len_max: usize) -> Bytes {
 /// One end's handshake state.
 #[derive(Debug, Clone)]
 struct Handshake {
+    /// The key this end (a dialer) proved with: the acceptor must prove with it too, even if
+    /// the node's keys are reloaded meanwhile.
+    proved_with: Option<crate::auth::Key>,
     nonce: [u8; NONCE_LEN],
     own_hello: Bytes,
     peer_hello: Option<(Bytes, Hello)>,
@@ -284,6 +293,7 @@ impl LinkEnd {
             side,
             phase,
             handshake: Handshake {
+                proved_with: None,
                 nonce,
                 own_hello,
                 peer_hello: None,
@@ -361,6 +371,13 @@ impl LinkEnd {
             .map(|(_, hello)| hello.node.as_str())
     }
 
+    /// Whether the other end is a server of the cluster: a member with an address (not a
+    /// client, and not a tool holding the cluster key).
+    pub fn is_server(&self) -> bool {
+        self.peer()
+            .is_some_and(|peer| peer.class == PeerClass::Member && peer.addr.is_some())
+    }
+
     /// Whether the handshake completed.
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open(_))
@@ -431,6 +448,15 @@ impl LinkEnd {
                 if hello.protocol != PROTOCOL_VERSION {
                     return Err(Refusal::Protocol(hello.protocol));
                 }
+                // A keyed dialer proves only to the node it dialed: a hello naming another
+                // address is a relay (a process on a dead node's port passing this
+                // handshake on to a live member), refused before any proof is made.
+                if let Some(dest) = self.dest()
+                    && keys.is_keyed()
+                    && hello.addr != Some(dest.addr)
+                {
+                    return Err(Refusal::WrongPeer(hello.addr));
+                }
                 self.handshake.peer_hello = Some((raw, hello));
                 self.phase = Phase::AwaitingProof;
                 if self.is_inbound() {
@@ -439,6 +465,7 @@ impl LinkEnd {
                 let auth = match keys.proving() {
                     None => Auth::KEYLESS,
                     Some((key, class)) => {
+                        self.handshake.proved_with = Some(key.clone());
                         let mac =
                             auth::transcript_mac(key, class, ProofSide::Dialer, &self.transcript());
                         Auth {
@@ -516,7 +543,8 @@ impl LinkEnd {
             };
             (class, reply)
         };
-        self.open(class);
+        let key_id = (!reply.is_keyless()).then_some(KeyId(reply.key_id));
+        self.open(class, key_id);
         let send = handshake_frame(&Message::Auth(reply), frame_len_max);
         Ok(HandshakeStep::Open {
             send: Some(send),
@@ -530,9 +558,12 @@ impl LinkEnd {
         keys: &Keys,
         proof: &Auth,
     ) -> Result<HandshakeStep, Refusal> {
-        let class = match keys.proving() {
-            None => PeerClass::Member,
-            Some((key, class)) => {
+        let mut key_id = None;
+        let class = match self.handshake.proved_with.take() {
+            None if !keys.is_keyed() => PeerClass::Member,
+            None => return Err(Refusal::PeerKeyless),
+            Some(key) => {
+                key_id = Some(key.id);
                 if proof.is_keyless() {
                     return Err(Refusal::PeerKeyless);
                 }
@@ -540,25 +571,27 @@ impl LinkEnd {
                     return Err(Refusal::KeyMismatch(KeyId(proof.key_id)));
                 }
                 let transcript = self.transcript();
-                if !auth::verify_mac(key, class, ProofSide::Acceptor, &transcript, &proof.mac) {
+                let class = key.class;
+                if !auth::verify_mac(&key, class, ProofSide::Acceptor, &transcript, &proof.mac) {
                     return Err(Refusal::BadProof(key.id));
                 }
                 class
             }
         };
-        self.open(class);
+        self.open(class, key_id);
         Ok(HandshakeStep::Open {
             send: None,
             dest: self.dest(),
         })
     }
 
-    fn open(&mut self, class: PeerClass) {
+    fn open(&mut self, class: PeerClass, key_id: Option<KeyId>) {
         let Some((_, hello)) = self.handshake.peer_hello.take() else {
             return;
         };
         let mut peer = PeerInfo::from(&hello);
         peer.class = class;
+        peer.key_id = key_id;
         if class != PeerClass::Member {
             // Only members are reachable at an address; a client's claim is dropped.
             peer.addr = None;
@@ -681,10 +714,12 @@ pub fn reads_paused(
         return false;
     }
     let (owed_count, owed_len) = end.owed();
-    own_queued_len.saturating_add(owed_len) > options.write_buffer_len_max
-        || owed_count >= options.requests_in_flight_max
-        || node_queued_len > options.output_len_max
-        || own_link_backed_up
+    let own_bound = own_queued_len.saturating_add(owed_len) > options.write_buffer_len_max
+        || owed_count >= options.requests_in_flight_max;
+    // A server's connection (a member with an address: pings, forwards, transfers) waits
+    // only on its own bound, so no client's backlog can stop a backup's acks or a ping.
+    own_bound
+        || (!end.is_server() && (node_queued_len > options.output_len_max || own_link_backed_up))
 }
 
 /// Whether a link with `queued_len` bytes waiting is past the write bound.
@@ -895,6 +930,50 @@ mod tests {
             (class(&dialer), class(&acceptor)),
             (Some(PeerClass::Client), Some(PeerClass::Client))
         );
+    }
+
+    #[test]
+    fn a_keyed_dialer_proves_only_to_the_address_it_dialed() {
+        let cluster = keys(&[1], &[]);
+        let (mut dialer, _) = pair(3);
+        // The acceptor's hello names 127.0.0.1:7001; the dialer dialed :7000 (a relay).
+        let other = Some(Addr::v4(127, 0, 0, 1, 7001));
+        let relayed = hello_frame(&hello(PROTOCOL_VERSION, "s3", other), [5; 32], MAX);
+        assert_eq!(
+            feed(&mut dialer, &cluster, &relayed),
+            Err(Refusal::WrongPeer(other))
+        );
+        let (mut dialer, _) = pair(3);
+        let anonymous = hello_frame(&hello(PROTOCOL_VERSION, "s3", None), [5; 32], MAX);
+        assert_eq!(
+            feed(&mut dialer, &cluster, &anonymous),
+            Err(Refusal::WrongPeer(None))
+        );
+    }
+
+    #[test]
+    fn a_reload_between_the_proofs_keeps_the_key_proved_with() {
+        let old = keys(&[1], &[]);
+        let both = keys(&[1, 2], &[]);
+        let (mut dialer, mut acceptor) = pair(4);
+        let d_hello = dialer.own_hello().clone();
+        let a_hello = acceptor.own_hello().clone();
+        feed(&mut acceptor, &both, &d_hello).expect("a hello");
+        let Ok(HandshakeStep::Send(proof)) = feed(&mut dialer, &old, &a_hello) else {
+            panic!("a proof");
+        };
+        let Ok(HandshakeStep::Open {
+            send: Some(back), ..
+        }) = feed(&mut acceptor, &both, &proof)
+        else {
+            panic!("open");
+        };
+        // The dialer's keys were reloaded meanwhile: the new key is first now.
+        let reloaded = keys(&[2, 1], &[]);
+        assert!(matches!(
+            feed(&mut dialer, &reloaded, &back),
+            Ok(HandshakeStep::Open { .. })
+        ));
     }
 
     #[test]
@@ -1151,5 +1230,14 @@ mod tests {
         assert!(reads_paused(&inbound, 101, false, 0, &options));
         assert!(reads_paused(&inbound, 0, true, 0, &options));
         assert!(!reads_paused(&outbound, 1_000, true, usize::MAX, &options));
+        // A server's link (a member with an address) waits only on its own bound.
+        let (_, _, server) = handshake(&Keys::keyless(), &Keys::keyless());
+        let mut server = server;
+        if let Phase::Open(peer) = &mut server.phase {
+            peer.addr = Some(Addr::v4(127, 0, 0, 1, 7101));
+        }
+        assert!(server.is_server() && !inbound.is_server());
+        assert!(!reads_paused(&server, 0, true, usize::MAX, &options));
+        assert!(reads_paused(&server, 101, false, 0, &options));
     }
 }

@@ -41,6 +41,8 @@ pub const UNRELIABLE_DROP_REPLY: f64 = 0.18;
 pub struct PeerInfo {
     /// The class of the key that verified the peer's proof.
     pub class: PeerClass,
+    /// The id of that key (`None` without keys).
+    pub key_id: Option<crate::auth::KeyId>,
     /// Node id.
     pub node: NodeId,
     /// Incarnation.
@@ -55,6 +57,7 @@ impl From<&Hello> for PeerInfo {
     fn from(hello: &Hello) -> PeerInfo {
         PeerInfo {
             class: PeerClass::Anonymous,
+            key_id: None,
             node: hello.node.clone(),
             incarnation: hello.incarnation,
             addr: hello.addr,

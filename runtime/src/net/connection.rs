@@ -255,24 +255,35 @@ impl Io {
         Ok(())
     }
 
-    /// The handshake pool is bounded: when it is full, its oldest connection goes.
+    /// The handshake pool is bounded: when it is full, the oldest connection of the source
+    /// address holding the most handshakes goes (so a flood from one source evicts its own).
     fn make_room_for_a_handshake(&mut self) {
-        let in_handshake = || {
-            self.conns
-                .iter()
-                .filter(|(_, conn)| conn.link.is_inbound() && !conn.link.is_open())
-        };
-        if in_handshake().count() < self.options.limits.handshakes_max.max(1) {
+        let in_handshake: Vec<(usize, &Conn)> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.link.is_inbound() && !conn.link.is_open())
+            .collect();
+        if in_handshake.len() < self.options.limits.handshakes_max.max(1) {
             return;
         }
-        let oldest = in_handshake()
+        let mut by_source: BTreeMap<Option<std::net::IpAddr>, usize> = BTreeMap::new();
+        for (_, conn) in &in_handshake {
+            *by_source.entry(conn.remote.map(|a| a.ip())).or_default() += 1;
+        }
+        let busiest = by_source
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map(|(source, _)| *source);
+        let oldest = in_handshake
+            .iter()
+            .filter(|(_, conn)| conn.remote.map(|a| a.ip()) == busiest.flatten())
             .min_by_key(|(_, conn)| (conn.created, conn.id))
-            .map(|(key, conn)| (key, conn.describe()));
+            .map(|(key, conn)| (*key, conn.describe()));
         if let Some((key, who)) = oldest {
             self.warnings.warn(
                 "handshake-pool",
                 self.now,
-                &format!("handshake pool full: closing the oldest, from {who}"),
+                &format!("handshake pool full: closing the oldest from the busiest source, {who}"),
             );
             self.fail(key, "evicted from the full handshake pool");
         }

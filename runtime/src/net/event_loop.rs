@@ -363,7 +363,24 @@ impl<R: Role> NetDriver<R> {
         match reload() {
             Ok(keys) => {
                 log::info!("SIGHUP: keys reloaded: {}", keys.describe());
+                // A connection made with a key no longer held is closed: a rotation
+                // revokes the old key.
+                let revoked: Vec<usize> = self
+                    .io
+                    .conns
+                    .iter()
+                    .filter(|(_, conn)| {
+                        conn.link
+                            .peer()
+                            .and_then(|peer| peer.key_id)
+                            .is_some_and(|id| keys.by_id(&id.0).is_none())
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
                 self.io.keys = keys;
+                for key in revoked {
+                    self.io.fail(key, "its key was removed at a reload");
+                }
             }
             Err(error) => log::error!("SIGHUP: keys not reloaded, the old ones stay: {error}"),
         }

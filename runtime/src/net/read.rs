@@ -83,7 +83,12 @@ impl<R: Role> NetDriver<R> {
                 Ok((len, kernel_ns)) => {
                     budget = budget.saturating_sub(len);
                     conn.read_buffer.extend_from_slice(&chunk[..len]);
-                    if conn.read_buffer.len() > BUFFERED_CHECK_LEN && self.over_buffer_budget() {
+                    // Servers' links (forwards, chunks) are not held to the bound, so no
+                    // client's partial frames can make this node drop its primary.
+                    if conn.read_buffer.len() > BUFFERED_CHECK_LEN
+                        && !conn.link.is_server()
+                        && self.over_buffer_budget()
+                    {
                         let who = self.io.conns[key].describe();
                         self.io.warnings.warn(
                             "incomplete-frames",
@@ -113,12 +118,13 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
-    /// Whether the bytes buffered on all connections pass the node's bound.
+    /// Whether the bytes buffered on connections that are not servers' pass the node's bound.
     fn over_buffer_budget(&self) -> bool {
         let buffered: usize = self
             .io
             .conns
             .iter()
+            .filter(|(_, conn)| !conn.link.is_server())
             .map(|(_, conn)| conn.read_buffer.len())
             .sum();
         buffered > self.io.options.limits.incomplete_frames_len_max
