@@ -376,6 +376,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn without_a_key_only_loopback_unless_insecure() {
+        let base = "node_id = \"a\"\nroles = [\"echo\"]\n";
+        let open = format!("{base}listen = \"10.0.0.1:7000\"\n");
+        let refused = NodeConfig::parse(&open).expect_err("protected mode refuses");
+        assert!(refused.contains("not a loopback address"), "{refused}");
+        assert!(NodeConfig::parse(&format!("{open}insecure = true\n")).is_ok());
+        let keyed = format!("{open}cluster_key_file = \"cluster.key\"\n");
+        assert!(NodeConfig::parse(&keyed).is_ok());
+        let advertised =
+            format!("{base}listen = \"127.0.0.1:7000\"\nadvertise = \"10.0.0.1:7000\"\n");
+        assert!(
+            NodeConfig::parse(&advertised).is_err(),
+            "advertising off loopback"
+        );
+        let client_only = format!("{base}listen = \"127.0.0.1:7000\"\nclient_key_file = \"c\"\n");
+        assert!(
+            NodeConfig::parse(&client_only).is_err(),
+            "a client key needs a cluster key"
+        );
+        let three = format!("{keyed}client_key_file = [\"a\", \"b\", \"c\"]\n");
+        assert!(
+            NodeConfig::parse(&three).is_err(),
+            "at most two keys of a class"
+        );
+        let replica = "node_id = \"r\"\nlisten = \"127.0.0.1:0\"\nroles = [\"replica\"]\n\
+                       viewservice = \"127.0.0.1:7100\"\n";
+        assert!(
+            NodeConfig::parse(replica).is_err(),
+            "a replica needs a fixed port"
+        );
+    }
+
+    #[test]
     fn unknown_keys_name_line_and_column() {
         let error = NodeConfig::parse(
             "node_id = \"a\"\nlisten = \"127.0.0.1:1\"\nroles = [\"echo\"]\nbogus = 3\n",
