@@ -842,3 +842,43 @@ fn sighup_rotates_keys_and_revokes_the_old_one() {
         view.viewnum
     );
 }
+
+/// Goal: a client's partial frames cannot make a backup drop its primary. Method: a
+/// client-key holder leaves 17 incomplete 4 MB frames at the backup, just under the node's
+/// 64 MiB bound on incomplete frames, then a 200 KiB value is written: its forward crosses
+/// the bound, yet must reach the backup, and the write complete.
+#[test]
+fn partial_frames_at_the_backup_never_cut_the_primary_off() {
+    let c = Cluster::start(2);
+    let backup = c.addr(1);
+    let client = c.client("writer");
+    put(&client, "warm", b"1");
+    let mut partial = Vec::new();
+    for i in 0..17u64 {
+        let mut raw = Raw::connect(backup);
+        raw.handshake(&c.client_keys, &hello("partial", 200 + i, None))
+            .expect("handshake");
+        let mut head = frame(&Message::GetRequest(GetRequest { key: Bytes::new() }), 1);
+        head.truncate(8);
+        head[..4].copy_from_slice(&(4_000_000u32).to_be_bytes());
+        raw.write(&head);
+        // 17 × 3,941,008 bytes: 100 KiB short of the 64 MiB bound, which the forward of
+        // the 200 KiB value then crosses.
+        raw.write(&vec![0u8; 3_941_000]);
+        partial.push(raw);
+    }
+    // Time for the backup to read what the kernel still buffers.
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    put(&client, "big", &vec![b'b'; 200 * 1024]);
+    let took = started.elapsed();
+    eprintln!("17 partial 4 MB frames at the backup: a 200 KiB put took {took:?}");
+    assert!(took < Duration::from_secs(5), "the put took {took:?}");
+    let view = c.view();
+    assert_eq!(
+        view.backup.map(|m| m.addr.0),
+        Some(backup),
+        "the backup was dropped"
+    );
+    drop(partial);
+}
