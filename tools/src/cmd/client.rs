@@ -33,6 +33,16 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
+    /// What to add to "nothing could be reached": a keyed node closes a connection that
+    /// does not prove a key it holds, which a client sees only as a node out of reach.
+    pub fn unreachable_hint(&self) -> &'static str {
+        if self.key_file.is_some() {
+            " (if the nodes are up, check that --key-file holds a key the cluster holds)"
+        } else {
+            " (if the cluster uses keys, pass --key-file or set PBKV_KEY_FILE)"
+        }
+    }
+
     /// The keys the tool proves with.
     ///
     /// # Errors
@@ -120,7 +130,10 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
         Ok(Outcome::Unknown(why)) => fail(exit::UNKNOWN, &format!("outcome unknown: {why}")),
         Err(CallError::NothingSent) => fail(
             exit::UNAVAILABLE,
-            &format!("no primary reachable within {timeout:?}; nothing was sent"),
+            &format!(
+                "no primary reachable within {timeout:?}; nothing was sent{}",
+                args.unreachable_hint()
+            ),
         ),
         Err(CallError::NoAnswer) => fail(
             exit::UNKNOWN,
@@ -174,8 +187,12 @@ pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
 /// Sends `request` to `to` and waits up to `timeout` for the answer.
 fn ask(args: &ClientArgs, to: Addr, request: Message, timeout: Duration) -> Result<Message, i32> {
     let keys = args.keys().map_err(|why| fail(exit::CONFIG, &why))?;
-    crate::blocking::request(to, request, timeout, keys)
-        .map_err(|why| fail(exit::UNAVAILABLE, &why))
+    crate::blocking::request(to, request, timeout, keys).map_err(|why| {
+        fail(
+            exit::UNAVAILABLE,
+            &format!("{why}{}", args.unreachable_hint()),
+        )
+    })
 }
 
 /// `pbkv view`.

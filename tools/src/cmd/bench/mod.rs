@@ -580,11 +580,12 @@ pub fn run(client_args: &ClientArgs, args: &BenchArgs) -> i32 {
         eprintln!("error: {why}");
         return exit::MISSING;
     }
-    nothing_completed(&client_args.view_service, &ran)
+    nothing_completed(client_args, &ran)
 }
 
 /// The exit code: 0 once anything completed; otherwise why nothing did.
-fn nothing_completed(view_service: &str, ran: &Ran) -> i32 {
+fn nothing_completed(client_args: &ClientArgs, ran: &Ran) -> i32 {
+    let view_service = &client_args.view_service;
     let counts = &ran.counts;
     if counts.ops > 0 {
         return exit::OK;
@@ -609,7 +610,8 @@ fn nothing_completed(view_service: &str, ran: &Ran) -> i32 {
     }
     eprintln!(
         "error: no operation completed {within} and nothing was sent: no primary could be \
-         reached through the view service at {view_service}"
+         reached through the view service at {view_service}{}",
+        client_args.unreachable_hint()
     );
     exit::UNAVAILABLE
 }
