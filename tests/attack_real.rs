@@ -288,6 +288,19 @@ impl Raw {
     }
 }
 
+/// A client-key connection to `to` holding the start of a 4 MB frame: its 8 header bytes and
+/// `body_len` more. Returns the connection and whether everything was written.
+fn partial_frame(c: &Cluster, to: SocketAddr, incarnation: u64, body_len: usize) -> (Raw, bool) {
+    let mut raw = Raw::connect(to);
+    raw.handshake(&c.client_keys, &hello("partial", incarnation, None))
+        .expect("handshake");
+    let mut head = frame(&Message::GetRequest(GetRequest { key: Bytes::new() }), 1);
+    head.truncate(8);
+    head[..4].copy_from_slice(&(4_000_000u32).to_be_bytes());
+    let written = raw.write(&head) && raw.write(&vec![0u8; body_len]);
+    (raw, written)
+}
+
 /// Whether the other end has closed `stream` (what it sent before is read and dropped).
 fn closed_now(stream: &mut TcpStream) -> bool {
     if stream
@@ -699,13 +712,8 @@ fn memory_and_connections_stay_bounded() {
     let mut partial = Vec::new();
     let mut closed = 0;
     for i in 0..100u64 {
-        let mut raw = Raw::connect(primary);
-        raw.handshake(&c.client_keys, &hello("partial", 100 + i, None))
-            .expect("handshake");
-        let mut head = frame(&Message::GetRequest(GetRequest { key: Bytes::new() }), 1);
-        head.truncate(8);
-        head[..4].copy_from_slice(&(4_000_000u32).to_be_bytes());
-        if !raw.write(&head) || !raw.write(&vec![0u8; 1024 * 1024]) {
+        let (raw, written) = partial_frame(&c, primary, 100 + i, 1024 * 1024);
+        if !written {
             closed += 1;
         }
         partial.push(raw);
@@ -855,16 +863,9 @@ fn partial_frames_at_the_backup_never_cut_the_primary_off() {
     put(&client, "warm", b"1");
     let mut partial = Vec::new();
     for i in 0..17u64 {
-        let mut raw = Raw::connect(backup);
-        raw.handshake(&c.client_keys, &hello("partial", 200 + i, None))
-            .expect("handshake");
-        let mut head = frame(&Message::GetRequest(GetRequest { key: Bytes::new() }), 1);
-        head.truncate(8);
-        head[..4].copy_from_slice(&(4_000_000u32).to_be_bytes());
-        raw.write(&head);
         // 17 × 3,941,008 bytes: 100 KiB short of the 64 MiB bound, which the forward of
         // the 200 KiB value then crosses.
-        raw.write(&vec![0u8; 3_941_000]);
+        let (raw, _) = partial_frame(&c, backup, 200 + i, 3_941_000);
         partial.push(raw);
     }
     // Time for the backup to read what the kernel still buffers.

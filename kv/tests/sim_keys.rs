@@ -23,6 +23,20 @@ fn keyed(seed: u64) -> Cluster {
         .with_replay(replay("pbkv-kv", "sim_keys", seed))
 }
 
+/// A keyed cluster whose first two servers are primary and backup.
+fn keyed_pair(seed: u64) -> (Cluster, usize, usize) {
+    let mut c = keyed(seed);
+    let s1 = c.start_server(false);
+    let s2 = c.start_server(false);
+    assert!(
+        c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
+            && c.backup().is_some()),
+        "seed {seed}: no view ({})",
+        c.context()
+    );
+    (c, s1, s2)
+}
+
 /// A replica at `addr` holding `keys` (an outsider unless they are the cluster's).
 fn add_replica(c: &mut Cluster, name: &str, addr: Addr, keys: Keys) -> NodeIndex {
     let mut config = ReplicaConfig::new(addr, c.vs_addr);
@@ -68,15 +82,7 @@ fn a_keyed_cluster_passes_the_lab_basic_test() {
 #[test]
 fn outsiders_never_join_the_view_or_reach_the_store() {
     for seed in seeds(SEEDS) {
-        let mut c = keyed(seed);
-        let s1 = c.start_server(false);
-        let s2 = c.start_server(false);
-        assert!(
-            c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
-                && c.backup().is_some()),
-            "seed {seed}: no view ({})",
-            c.context()
-        );
+        let (mut c, s1, s2) = keyed_pair(seed);
         let (foreign_member, foreign_client) = foreign_keys(seed);
         let outsiders = [
             ("nokey", Keys::keyless()),
@@ -144,15 +150,7 @@ fn outsiders_never_join_the_view_or_reach_the_store() {
 #[test]
 fn a_squatter_on_a_dead_backups_address_receives_nothing() {
     for seed in seeds(SEEDS) {
-        let mut c = keyed(seed);
-        let s1 = c.start_server(false);
-        let s2 = c.start_server(false);
-        assert!(
-            c.poll(DEAD_PINGS * 4, |c| c.primary().is_some()
-                && c.backup().is_some()),
-            "seed {seed}: no view ({})",
-            c.context()
-        );
+        let (mut c, s1, s2) = keyed_pair(seed);
         let clerk = c.clerk();
         c.put(clerk, "a", "1");
         let s2_addr = c.addr(s2);
