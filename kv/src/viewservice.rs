@@ -74,6 +74,8 @@ pub struct ViewService {
     view_changes: u64,
     /// Pings refused because they named another server or incarnation than their link's.
     refused_pings: u64,
+    /// Refusal warnings, rate-limited.
+    warnings: runtime::warn::Warnings,
 }
 
 impl ViewService {
@@ -86,6 +88,7 @@ impl ViewService {
             servers: BTreeMap::new(),
             view_changes: 0,
             refused_pings: 0,
+            warnings: runtime::warn::Warnings::default(),
         }
     }
 
@@ -153,7 +156,8 @@ impl ViewService {
     fn on_ping(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin, ping: PingRequest) {
         if let Err(why) = ViewService::validate_ping(origin, &ping) {
             self.refused_pings += 1;
-            log::warn!("viewservice: refused a ping from {}: {why}", origin.node);
+            let line = format!("viewservice: refused a ping from {}: {why}", origin.node);
+            self.warnings.warn("viewservice-refused", ctx.now(), &line);
             return;
         }
         let now = ctx.now();

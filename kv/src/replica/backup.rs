@@ -101,7 +101,7 @@ impl Replica {
         let what = MessageType::ForwardRequest;
         let (view, first_index) = (request.view, request.first_index);
         if let Err(why) = self.validate_forward(&view, first_index, &request.entries) {
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         if !self.accept_from_primary(ctx, origin, view)
@@ -120,7 +120,7 @@ impl Replica {
                 break; // A gap: apply nothing past it; the ack tells the primary where we are.
             }
             if let Err(why) = self.validate_next_entry(&next, entry) {
-                self.refuse(origin, what, &why);
+                self.refuse(ctx.now(), origin, what, &why);
                 return;
             }
             next.apply(entry);
@@ -147,7 +147,7 @@ impl Replica {
         request: TransferRequest,
     ) {
         if let Err(why) = self.validate_chunk(&request) {
-            self.refuse(origin, MessageType::TransferRequest, &why);
+            self.refuse(ctx.now(), origin, MessageType::TransferRequest, &why);
             return;
         }
         if !self.accept_from_primary(ctx, origin, request.view) {
@@ -176,7 +176,7 @@ impl Replica {
         }
         if let Err(why) = receiving.take_chunk(&request, limits) {
             backup.receiving = None;
-            self.refuse(origin, MessageType::TransferRequest, &why);
+            self.refuse(ctx.now(), origin, MessageType::TransferRequest, &why);
             return;
         }
         let installed = request.last;

@@ -43,7 +43,8 @@ use bytes::Bytes;
 use proto::kv::{GetReply, InfoReply, OpenSessionReply, PutReply, Status};
 use proto::viewservice::{Member, PingRequest, View};
 use proto::{Addr, Incarnation, Message, MessageType};
-use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
+use runtime::warn::Warnings;
+use runtime::{ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
 
 use crate::store::{State, StateLimits};
 use crate::viewservice::ViewTiming;
@@ -199,6 +200,8 @@ pub struct Replica {
     committed: u64,
     /// This node's links that completed their handshake and have not broken.
     links_up: BTreeSet<Dest>,
+    /// Refusal warnings, rate-limited.
+    warnings: Warnings,
     stats: ReplicaStats,
 }
 
@@ -219,6 +222,7 @@ impl Replica {
             standing: Standing::Idle,
             committed: 0,
             links_up: BTreeSet::new(),
+            warnings: Warnings::default(),
             stats: ReplicaStats::default(),
         }
     }
@@ -330,16 +334,17 @@ impl Replica {
     }
 
     /// Refuses a peer's message: logged with the reason, counted, never applied.
-    fn refuse(&mut self, origin: &Origin, what: MessageType, why: &str) {
+    fn refuse(&mut self, now: MonoTime, origin: &Origin, what: MessageType, why: &str) {
         self.stats.refused += 1;
         let addr = origin
             .addr
             .map_or("no address".to_string(), |addr| addr.to_string());
-        log::warn!(
+        let line = format!(
             "replica: refused {what} from {} ({addr}, incarnation {}): {why}",
-            origin.node,
-            origin.incarnation
+            origin.node, origin.incarnation
         );
+        // Rate-limited: a peer's flood of bad messages costs a few lines a second.
+        self.warnings.warn("replica-refused", now, &line);
     }
 
     // ----- Views -----
@@ -351,11 +356,16 @@ impl Replica {
     fn on_view_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, view: View) {
         let what = MessageType::PingReply;
         if origin.link != Some(Dest::from(self.config.view_service)) {
-            self.refuse(origin, what, "a view reply not from the view service");
+            self.refuse(
+                ctx.now(),
+                origin,
+                what,
+                "a view reply not from the view service",
+            );
             return;
         }
         if let Err(why) = validate::validate_view(&view) {
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         self.adopt(ctx, view, false);

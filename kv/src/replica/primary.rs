@@ -691,7 +691,7 @@ impl Replica {
         let checked =
             self.validate_backup_reply(origin, &reply.view, reply.incarnation, reply.applied);
         if let Err(why) = checked {
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         let acked = self.ack_from_backup(ctx, origin, reply.view, reply.outcome);
@@ -703,7 +703,7 @@ impl Replica {
                 "acknowledges index {} past the last assigned, {}",
                 reply.applied, self.state.applied
             );
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         self.acknowledged(ctx, reply.applied);

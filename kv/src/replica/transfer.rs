@@ -241,7 +241,7 @@ impl Replica {
         let what = MessageType::TransferReply;
         let checked = self.validate_backup_reply(origin, &reply.view, reply.incarnation, 0);
         if let Err(why) = checked {
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         if !self.ack_from_backup(ctx, origin, reply.view, reply.outcome) {
@@ -257,7 +257,7 @@ impl Replica {
             return; // An ack of an older transfer: ignored.
         }
         if let Err(why) = transfer.validate_ack(&reply) {
-            self.refuse(origin, what, &why);
+            self.refuse(ctx.now(), origin, what, &why);
             return;
         }
         let Standing::Primary(primary) = &mut self.standing else {
