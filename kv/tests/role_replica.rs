@@ -679,13 +679,7 @@ fn r12_a_state_transfer_is_installed_only_whole() {
         p.deliver(&client, put(1, seq as u64 + 1, key, "0123456789"));
         p.turn_end();
     }
-    let second = view(2, Some(s1()), Some(s2()));
-    // The link to the backup is up (a transfer waits for its link before it fills the
-    // window: see `transfer_waits_for_its_link`).
-    p.link_up(s2());
-    p.adopt(second);
-    b.adopt(second);
-    let chunks: Vec<TransferRequest> = sends(&p.turn_end())
+    let chunks: Vec<TransferRequest> = sends(&start_transfer_to_s2(&mut p, &mut b))
         .into_iter()
         .map(|(_, message)| match message {
             Message::TransferRequest(chunk) => chunk,
@@ -738,7 +732,7 @@ fn r12_a_state_transfer_is_installed_only_whole() {
         event(format!("installed snapshot at index {index}"))
     );
     let installed = TransferReply {
-        view: second,
+        view: view(2, Some(s1()), Some(s2())),
         incarnation: s2().incarnation,
         transfer_id: chunks[0].transfer_id,
         chunk: 3,
@@ -798,6 +792,17 @@ fn forward(view: View, first_index: u64, entries: Vec<Entry>) -> ForwardRequest 
         first_index,
         entries,
     }
+}
+
+/// View 2 (s1 primary, s2 backup) at both, with s1's link to s2 up (a transfer waits for
+/// its link before it fills the window: `transfer_waits_for_its_link`); returns what s1
+/// sends at the end of that turn: the transfer's first chunks.
+fn start_transfer_to_s2(p: &mut Node, b: &mut Node) -> Actions {
+    let second = view(2, Some(s1()), Some(s2()));
+    p.link_up(s2());
+    p.adopt(second);
+    b.adopt(second);
+    p.turn_end()
 }
 
 /// A transfer sends one chunk until its link to the backup has completed its handshake (a
@@ -1067,13 +1072,7 @@ fn abandons_a_transfer_whose_last_chunk_never_arrives() {
     p.deliver(&client, OpenSessionRequest { nonce: 1 });
     p.deliver(&client, OpenSessionRequest { nonce: 2 });
     p.turn_end();
-    let second = view(2, Some(s1()), Some(s2()));
-    // The link to the backup is up (a transfer waits for its link before it fills the
-    // window: see `transfer_waits_for_its_link`).
-    p.link_up(s2());
-    p.adopt(second);
-    b.adopt(second);
-    let chunks: Vec<TransferRequest> = sends(&p.turn_end())
+    let chunks: Vec<TransferRequest> = sends(&start_transfer_to_s2(&mut p, &mut b))
         .into_iter()
         .filter_map(|(_, message)| match message {
             Message::TransferRequest(chunk) => Some(chunk),
