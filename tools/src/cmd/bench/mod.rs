@@ -118,6 +118,8 @@ struct Session {
     client: Client,
     /// The correlation id this session is registered under in `BenchHost::owners`.
     awaiting: Option<u64>,
+    /// The view requests it is registered under too (one per view-service node).
+    view_asks: Vec<u64>,
     /// When its current operation was due (open loop) or started (closed loop).
     intended_at: MonoTime,
     busy: bool,
@@ -233,6 +235,20 @@ impl BenchHost {
                 owners.insert(new, index);
             }
             session.awaiting = awaiting;
+        }
+        let asks = session.client.awaiting_views();
+        if !asks
+            .iter()
+            .map(|(corr, _)| *corr)
+            .eq(session.view_asks.iter().copied())
+        {
+            for old in session.view_asks.drain(..) {
+                owners.remove(&old);
+            }
+            for (corr, _) in asks {
+                owners.insert(*corr, index);
+                session.view_asks.push(*corr);
+            }
         }
         for done in session.client.drain_completed() {
             if let Some(history) = history.as_mut() {
@@ -502,6 +518,7 @@ fn host(args: &BenchArgs, plan: &Plan) -> BenchHost {
             Session {
                 client: Client::new(config),
                 awaiting: None,
+                view_asks: Vec::new(),
                 intended_at: MonoTime(0),
                 busy: false,
             }
