@@ -445,6 +445,13 @@ impl<R: Role> Sim<R> {
         }
     }
 
+    /// Stops a node's turns (`true`), as SIGSTOP does, or resumes them: while stopped,
+    /// frames and store results wait for it and its timers do not fire; on resuming it
+    /// runs a turn at once with everything that arrived.
+    pub fn pause(&mut self, node: NodeIndex, paused: bool) {
+        self.net.set_paused(node.0, paused);
+    }
+
     /// The simulated store (to inspect, or to write as an operator's tool would).
     pub fn store(&self) -> &SimStore {
         &self.net.store

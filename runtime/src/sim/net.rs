@@ -200,6 +200,8 @@ pub(super) struct Endpoint {
     backoffs: Backoffs,
     /// The longest write queue any of its connections had.
     queued_len_high: usize,
+    /// While true the node runs no turn (a stopped process): input waits in its inbox.
+    paused: bool,
 }
 
 pub(super) struct Net {
@@ -325,6 +327,7 @@ impl Net {
             inbound: BTreeSet::new(),
             backoffs,
             queued_len_high: 0,
+            paused: false,
         });
     }
 
@@ -333,6 +336,7 @@ impl Net {
         let endpoint = &mut self.endpoints[index];
         endpoint.alive = true;
         endpoint.reading = true;
+        endpoint.paused = false;
         endpoint.epoch += 1;
         endpoint.presence = Some(presence);
         endpoint.inbox.clear();
@@ -358,6 +362,15 @@ impl Net {
         self.endpoints[index].reading = reading;
         if reading {
             self.resume_readers();
+        }
+    }
+
+    /// Stops (`true`) or resumes a node's turns, as SIGSTOP and SIGCONT would.
+    pub(super) fn set_paused(&mut self, index: usize, paused: bool) {
+        self.endpoints[index].paused = paused;
+        if !paused {
+            let now = self.now;
+            self.schedule_turn(index, now);
         }
     }
 
@@ -430,6 +443,10 @@ impl Net {
                 let endpoint = &mut self.endpoints[node];
                 if endpoint.epoch != epoch || endpoint.next_turn != Some(scheduled.at) {
                     return Some(Due::Handled); // superseded, or the node crashed
+                }
+                if endpoint.paused {
+                    endpoint.next_turn = None; // Run when it resumes.
+                    return Some(Due::Handled);
                 }
                 endpoint.next_turn = None;
                 return Some(Due::Turn(node));

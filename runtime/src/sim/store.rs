@@ -70,6 +70,9 @@ pub struct SimStore {
     pub(super) cut: BTreeSet<usize>,
     /// Operations applied so far.
     pub(super) applied: u64,
+    /// Every write, in order: key, revision, value (`None`: deleted). Tests read the chain
+    /// of values a key went through.
+    history: Vec<(Vec<u8>, Revision, Option<Vec<u8>>)>,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -92,11 +95,22 @@ impl SimStore {
         self.applied
     }
 
+    /// Every value `key` was written with, in order, with its revision (`None`: deleted).
+    pub fn history(&self, key: &[u8]) -> Vec<(Revision, Option<Vec<u8>>)> {
+        self.history
+            .iter()
+            .filter(|(k, _, _)| k == key)
+            .map(|(_, revision, value)| (*revision, value.clone()))
+            .collect()
+    }
+
     /// Writes `value` at `key` directly, as an operator's tool would (a test's setup).
     pub fn put(&mut self, key: &[u8], value: Vec<u8>) {
         self.revision += 1;
         let revision = self.revision;
         let create_revision = self.keys.get(key).map_or(revision, |kv| kv.create_revision);
+        self.history
+            .push((key.to_vec(), revision, Some(value.clone())));
         self.keys.insert(
             key.to_vec(),
             KeyValue {
@@ -136,10 +150,18 @@ impl SimStore {
 
     fn revoke(&mut self, id: LeaseId) {
         self.leases.remove(&id);
-        let before = self.keys.len();
-        self.keys.retain(|_, kv| kv.lease != id);
-        if self.keys.len() != before {
+        let gone: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .filter(|(_, kv)| kv.lease == id)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !gone.is_empty() {
             self.revision += 1;
+        }
+        for key in gone {
+            self.keys.remove(&key);
+            self.history.push((key, self.revision, None));
         }
     }
 
@@ -216,6 +238,8 @@ impl SimStore {
                         .keys
                         .get(&key)
                         .map_or(revision, |kv| kv.create_revision);
+                    self.history
+                        .push((key.clone(), revision, Some(value.clone())));
                     self.keys.insert(
                         key,
                         KeyValue {
