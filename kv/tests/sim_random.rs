@@ -731,6 +731,13 @@ fn check_view_chain(c: &Cluster, seed: u64) {
         let Some(service) = c.sim.role(*node).and_then(Host::view_service) else {
             continue;
         };
+        let conflicts = service.info()["store"]["answer_conflicts"].as_u64();
+        assert_eq!(
+            conflicts,
+            Some(0),
+            "seed {seed}: view-service node {addr} answered two views under one number; {}",
+            replay(seed)
+        );
         for view in service.answered_views() {
             assert_eq!(
                 chain.get(&view.viewnum),

@@ -122,6 +122,15 @@ impl Servers {
         zero_restart
     }
 
+    /// Moves every ping record `gap` later (not past `now`): the loop was stalled for
+    /// `gap`, and silence then does not count.
+    fn shift(&mut self, gap: Duration, now: MonoTime) {
+        for state in self.map.values_mut() {
+            let shifted = state.last_ping.plus(gap);
+            state.last_ping = shifted.min(now);
+        }
+    }
+
     /// The members of a new view have not pinged it yet.
     fn named(&mut self, view: &View) {
         for member in [view.primary, view.backup].into_iter().flatten() {

@@ -40,12 +40,12 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
-    /// Settings for cluster `cluster` with a 2 s lease and a 300 ms staleness bound.
+    /// Settings for cluster `cluster` with a 2 s lease and a 1 s staleness bound.
     pub fn new(cluster: &str) -> StoreSettings {
         StoreSettings {
             cluster: cluster.to_string(),
             lease_ttl: Duration::from_secs(2),
-            stale_after: Duration::from_millis(300),
+            stale_after: Duration::from_secs(1),
         }
     }
 
@@ -201,10 +201,10 @@ struct Inflight {
 }
 
 /// A ping that arrived while an operation was in flight.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Queued {
-    origin: Origin,
-    ping: PingRequest,
+    origin_ping: PingRequest,
+    reply: ReplyTo,
     at: MonoTime,
 }
 
@@ -229,8 +229,9 @@ pub(super) struct Stored {
     tick_pending: bool,
     /// Ping replies waiting for the write the ping triggered.
     held: Vec<ReplyTo>,
-    /// A view number whose acknowledgement this node heard and has not seen stored.
-    ack_seen: Option<u64>,
+    /// A view whose acknowledgement this node heard (its primary pinged its number) and
+    /// has not seen stored.
+    ack_seen: Option<View>,
     /// No server is declared dead before this (a takeover, or a stall).
     grace_until: MonoTime,
     /// The last time a handler ran (a longer gap than a ping interval is a stall).
@@ -238,9 +239,15 @@ pub(super) struct Stored {
     next_read: MonoTime,
     /// After a failed operation, the next waits until then.
     retry_at: MonoTime,
+    /// After a failed lease operation, the next lease operation waits until then (reads
+    /// and acknowledgements go on meanwhile).
+    lease_retry_at: MonoTime,
     /// Every view answered with, by number.
     pub(super) answered: BTreeMap<u64, View>,
     store_failures: u64,
+    /// Answers with a view other than one answered before under its number (never, unless
+    /// the store went back).
+    answer_conflicts: u64,
     leaderships: u64,
     failed_writes: u64,
 }
@@ -265,8 +272,10 @@ impl Stored {
             last_seen: None,
             next_read: MonoTime(0),
             retry_at: MonoTime(0),
+            lease_retry_at: MonoTime(0),
             answered: BTreeMap::new(),
             store_failures: 0,
+            answer_conflicts: 0,
             leaderships: 0,
             failed_writes: 0,
         }
@@ -305,6 +314,7 @@ impl Stored {
             "stored_view_read": self.record.is_some(),
             "leaderships": self.leaderships,
             "store_failures": self.store_failures,
+            "answer_conflicts": self.answer_conflicts,
             "failed_writes": self.failed_writes,
             "queued": self.queue.len(),
         })
@@ -369,27 +379,25 @@ impl ViewService {
         self.timing.ping_interval / 2
     }
 
-    /// Notes that a handler runs at `now`: after a gap longer than one ping interval (the
-    /// process was stopped, or the machine stalled) no server is declared dead for one dead
-    /// time, so pings slept through never count against a healthy server. Pending input is
-    /// read before any timer in a turn, so the pings that did arrive count first.
+    /// Notes that a handler runs at `now`. After a gap longer than one ping interval (the
+    /// process was stopped, or the machine stalled) every ping record moves later by the
+    /// gap: silence is counted only over time the loop ran, so each server gets its dead time
+    /// again and pings slept through never count against a healthy one (V17). Pending input
+    /// is read before any timer in a turn, so the pings that did arrive count first.
     fn observe(&mut self, now: MonoTime) {
         let interval = self.timing.ping_interval;
-        let dead_after = self.timing.dead_after();
         let stored = self.stored_mut();
-        if let Some(last) = stored.last_seen
-            && now.since(last) > interval
-        {
-            stored.grace_until = stored.grace_until.max(now.plus(dead_after));
-            if stored.leader.is_some() {
-                log::info!(
-                    "viewservice: the loop stalled for {:?}; no server is declared dead for {:?}",
-                    now.since(last),
-                    dead_after
-                );
-            }
-        }
+        let gap = stored.last_seen.map(|last| now.since(last));
         stored.last_seen = Some(now);
+        let Some(gap) = gap.filter(|gap| *gap > interval) else {
+            return;
+        };
+        if stored.leader.is_some() {
+            log::info!(
+                "viewservice: the loop stalled for {gap:?}; silence during it does not count"
+            );
+        }
+        self.servers.shift(gap, now);
     }
 
     pub(super) fn on_stored_tick(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
@@ -419,7 +427,11 @@ impl ViewService {
 
     fn answer(&mut self, ctx: &mut Ctx<ViewServiceTimer>, to: ReplyTo, view: View, ping: bool) {
         let stored = self.stored_mut();
-        stored.answered.insert(view.viewnum, view);
+        if let Some(earlier) = stored.answered.insert(view.viewnum, view)
+            && earlier != view
+        {
+            stored.answer_conflicts += 1;
+        }
         if stored.answered.len() > ANSWERED_MAX {
             stored.answered.pop_first();
         }
@@ -445,8 +457,8 @@ impl ViewService {
                 stored.queue.pop_front(); // Its sender pings again next interval.
             }
             stored.queue.push_back(Queued {
-                origin: origin.clone(),
-                ping,
+                origin_ping: ping,
+                reply: origin.reply_to(),
                 at: now,
             });
             return;
@@ -462,44 +474,69 @@ impl ViewService {
         ping: PingRequest,
         at: MonoTime,
     ) {
+        let restarted = self.absorb_ping(ctx, &ping, at);
+        self.decide_and_answer(ctx, restarted, &[origin.reply_to()]);
+    }
+
+    /// Records a ping against the stored view: the server's ping state, and an
+    /// acknowledgement heard (V15). Returns the member it shows restarted (V5), if any.
+    fn absorb_ping(
+        &mut self,
+        ctx: &mut Ctx<ViewServiceTimer>,
+        ping: &PingRequest,
+        at: MonoTime,
+    ) -> Option<Addr> {
         let member = Member {
             addr: ping.server,
             incarnation: ping.incarnation,
         };
         let record = self.stored_mut().record;
         let view = record.map_or(View::initial(Incarnation(0)), |r| r.view);
-        let zero_restart = self.servers.record_ping(&view, &ping, at);
+        let zero_restart = self.servers.record_ping(&view, ping, at);
         if zero_restart {
             ctx.event(format!("server {} restarted (pinged 0)", ping.server));
         }
-        let Some(record) = record else {
-            return; // Nothing read yet, or no cluster: no answer (V12).
-        };
         // The ack is a fact: whichever node hears it records it (V15).
-        if record.view.viewnum > 0
+        if let Some(record) = record
+            && record.view.viewnum > 0
             && !record.acked
             && record.view.is_primary(member)
             && ping.viewnum == record.view.viewnum
         {
-            self.stored_mut().ack_seen = Some(record.view.viewnum);
+            self.stored_mut().ack_seen = Some(record.view);
         }
-        // A Ping(0) restart is acted on now, by at most one view change, or not at all.
-        let restarted = zero_restart.then_some(ping.server);
+        zero_restart.then_some(ping.server)
+    }
+
+    /// After pings were recorded: the next store operation (a Ping(0) restart is acted on
+    /// now, by at most one view change, or not at all), then the pings' replies: held for
+    /// the write they triggered, else the fresh stored view, else none (V12).
+    fn decide_and_answer(
+        &mut self,
+        ctx: &mut Ctx<ViewServiceTimer>,
+        restarted: Option<Addr>,
+        replies: &[ReplyTo],
+    ) {
         self.pump_with(ctx, restarted);
+        let now = ctx.now();
         let stored = self.stored_mut();
         let writing = stored
             .inflight
             .is_some_and(|op| matches!(op.kind, OpKind::Ack { .. } | OpKind::Change { .. }));
         if writing {
-            // The reply waits for the write this ping triggered (V12).
-            if stored.held.len() < STORED_QUEUE_MAX {
-                stored.held.push(origin.reply_to());
+            // The replies wait for the write (V12).
+            for to in replies {
+                if stored.held.len() < STORED_QUEUE_MAX {
+                    stored.held.push(*to);
+                }
             }
             return;
         }
-        if let Some(record) = stored.fresh(ctx.now()) {
-            let view = record.view;
-            self.answer(ctx, origin.reply_to(), view, true);
+        let Some(record) = stored.fresh(now) else {
+            return; // Nothing read lately, or no cluster: no answer (V12, V13).
+        };
+        for to in replies {
+            self.answer(ctx, *to, record.view, true);
         }
     }
 
@@ -517,85 +554,93 @@ impl ViewService {
         if stored.inflight.is_some() || now < stored.retry_at {
             return;
         }
-        let (kind, op) = match stored.lease {
-            Lease::Revoke(lease) => (OpKind::Revoke, StoreOp::LeaseRevoke { lease }),
+        let lease_op = match stored.lease {
+            _ if now < stored.lease_retry_at => None,
+            Lease::Revoke(lease) => Some((OpKind::Revoke, StoreOp::LeaseRevoke { lease })),
             Lease::None => {
                 let ttl = stored.settings.lease_ttl;
-                (OpKind::Grant, StoreOp::LeaseGrant { ttl })
+                Some((OpKind::Grant, StoreOp::LeaseGrant { ttl }))
             }
             Lease::Held {
                 id,
                 ttl,
                 renewed_at,
             } if now >= renewed_at.plus(ttl / 3) => {
-                (OpKind::KeepAlive, StoreOp::LeaseKeepAlive { lease: id })
+                Some((OpKind::KeepAlive, StoreOp::LeaseKeepAlive { lease: id }))
             }
-            Lease::Held { id, .. } => {
-                let ack = stored
-                    .record
-                    .filter(|r| !r.acked && stored.ack_seen == Some(r.view.viewnum));
-                if let Some(record) = ack {
-                    let value = StoredRecord::of(&record.view, true).to_bytes();
+            Lease::Held { .. } => None,
+        };
+        let held_lease = match stored.lease {
+            Lease::Held { id, .. } => Some(id),
+            _ => None,
+        };
+        // Reads and acknowledgements need no lease: they go on while one is being granted.
+        let ack = stored
+            .record
+            .filter(|r| !r.acked && stored.ack_seen == Some(r.view));
+        let (kind, op) = if let Some(lease_op) = lease_op {
+            lease_op
+        } else if let Some(record) = ack {
+            let value = StoredRecord::of(&record.view, true).to_bytes();
+            let write = TxnOp::Put {
+                key: stored.view_key.clone(),
+                value,
+                lease: 0,
+            };
+            let compare = vec![Compare::ModRevision {
+                key: stored.view_key.clone(),
+                revision: record.mod_revision,
+            }];
+            let viewnum = record.view.viewnum;
+            (OpKind::Ack { viewnum }, stored.txn(compare, Some(write)))
+        } else if let (Some(view), Some(record), Some(revision)) =
+            (proposal, stored.record, stored.leader)
+        {
+            // Conditioned on the stored view (acknowledged, as read) and on this node's own
+            // election key: a deposed leader's write fails (V11).
+            let write = TxnOp::Put {
+                key: stored.view_key.clone(),
+                value: StoredRecord::of(&view, false).to_bytes(),
+                lease: 0,
+            };
+            let compare = vec![
+                Compare::ModRevision {
+                    key: stored.view_key.clone(),
+                    revision: record.mod_revision,
+                },
+                Compare::CreateRevision {
+                    key: stored.leader_key.clone(),
+                    revision,
+                },
+            ];
+            (OpKind::Change { view }, stored.txn(compare, Some(write)))
+        } else if now >= stored.next_read {
+            stored.next_read = now.plus(read_interval);
+            match held_lease {
+                Some(lease) if stored.leader.is_none() => {
+                    // A campaign: create the election key under this node's lease if no one
+                    // holds it. It reads the view either way.
                     let write = TxnOp::Put {
-                        key: stored.view_key.clone(),
-                        value,
-                        lease: 0,
+                        key: stored.leader_key.clone(),
+                        value: stored.me.clone(),
+                        lease,
                     };
-                    let compare = vec![Compare::ModRevision {
-                        key: stored.view_key.clone(),
-                        revision: record.mod_revision,
+                    let compare = vec![Compare::CreateRevision {
+                        key: stored.leader_key.clone(),
+                        revision: 0,
                     }];
-                    let viewnum = record.view.viewnum;
-                    (OpKind::Ack { viewnum }, stored.txn(compare, Some(write)))
-                } else if let (Some(view), Some(record), Some(revision)) =
-                    (proposal, stored.record, stored.leader)
-                {
-                    // Conditioned on the stored view (acknowledged, as read) and on this
-                    // node's own election key: a deposed leader's write fails (V11).
-                    let write = TxnOp::Put {
-                        key: stored.view_key.clone(),
-                        value: StoredRecord::of(&view, false).to_bytes(),
-                        lease: 0,
-                    };
-                    let compare = vec![
-                        Compare::ModRevision {
-                            key: stored.view_key.clone(),
-                            revision: record.mod_revision,
-                        },
-                        Compare::CreateRevision {
-                            key: stored.leader_key.clone(),
-                            revision,
-                        },
-                    ];
-                    (OpKind::Change { view }, stored.txn(compare, Some(write)))
-                } else if now >= stored.next_read {
-                    stored.next_read = now.plus(read_interval);
-                    if stored.leader.is_some() {
-                        (
-                            OpKind::Read { campaign: false },
-                            stored.txn(Vec::new(), None),
-                        )
-                    } else {
-                        // A campaign: create the election key under this node's lease if no
-                        // one holds it. It reads the view either way.
-                        let write = TxnOp::Put {
-                            key: stored.leader_key.clone(),
-                            value: stored.me.clone(),
-                            lease: id,
-                        };
-                        let compare = vec![Compare::CreateRevision {
-                            key: stored.leader_key.clone(),
-                            revision: 0,
-                        }];
-                        (
-                            OpKind::Read { campaign: true },
-                            stored.txn(compare, Some(write)),
-                        )
-                    }
-                } else {
-                    return;
+                    (
+                        OpKind::Read { campaign: true },
+                        stored.txn(compare, Some(write)),
+                    )
                 }
+                _ => (
+                    OpKind::Read { campaign: false },
+                    stored.txn(Vec::new(), None),
+                ),
             }
+        } else {
+            return;
         };
         let id = ctx.store(op);
         self.stored_mut().inflight = Some(Inflight {
@@ -649,6 +694,14 @@ impl ViewService {
             return; // Not the operation in flight: a driver's mistake, ignored.
         };
         self.stored_mut().inflight = None;
+        let took = now.since(inflight.issued);
+        if took > self.timing.ping_interval {
+            let line = format!(
+                "viewservice: a store operation ({:?}) took {took:?}, over a ping interval",
+                inflight.kind
+            );
+            self.warnings.warn("viewservice-slow-store", now, &line);
+        }
         match result {
             StoreResult::Txn(txn) => self.on_txn(ctx, inflight, txn),
             StoreResult::LeaseGranted { lease, ttl } => {
@@ -684,7 +737,14 @@ impl ViewService {
             StoreResult::Failed { reason } => {
                 let stored = self.stored_mut();
                 stored.store_failures += 1;
-                stored.retry_at = now.plus(read_interval);
+                if matches!(
+                    inflight.kind,
+                    OpKind::Grant | OpKind::KeepAlive | OpKind::Revoke
+                ) {
+                    stored.lease_retry_at = now.plus(read_interval);
+                } else {
+                    stored.retry_at = now.plus(read_interval);
+                }
                 let what = match inflight.kind {
                     OpKind::Change { view } => {
                         stored.failed_writes += 1;
@@ -814,7 +874,15 @@ impl ViewService {
                     old.view.service
                 );
             } else if view.viewnum < old.view.viewnum {
-                // A store never goes back; a read that does is older than one already seen.
+                // Reads are linearizable, so the store went back: restored from an old
+                // snapshot. Its views would repeat numbers already handed out.
+                let line = format!(
+                    "viewservice: the stored view went back from {} to {} (etcd restored from \
+                     a snapshot?); answering nothing: make the cluster again with pbkv init \
+                     under a new name",
+                    old.view.viewnum, view.viewnum
+                );
+                self.warnings.warn("viewservice-rollback", now, &line);
                 return;
             }
         }
@@ -831,7 +899,7 @@ impl ViewService {
         }
         self.view = view;
         let stored = self.stored_mut();
-        if stored.ack_seen.is_some_and(|n| acked || n != view.viewnum) {
+        if stored.ack_seen.is_some_and(|seen| acked || seen != view) {
             stored.ack_seen = None;
         }
         stored.record = Some(Record {
@@ -852,18 +920,19 @@ impl ViewService {
                 self.answer(ctx, to, record.view, true);
             }
         }
-        while self.stored_mut().inflight.is_none() {
-            let Some(queued) = self.stored_mut().queue.pop_front() else {
-                break;
-            };
-            self.stored_ping_now(ctx, &queued.origin, queued.ping, queued.at);
+        // Every queued ping is recorded before anything is decided: a slow store operation
+        // never makes a server look silent (its pings waited, with their arrival times).
+        let queued = std::mem::take(&mut self.stored_mut().queue);
+        let mut restarted = None;
+        let mut replies = Vec::with_capacity(queued.len());
+        for ping in queued {
+            restarted = restarted.or(self.absorb_ping(ctx, &ping.origin_ping, ping.at));
+            replies.push(ping.reply);
         }
-        if self.stored_mut().inflight.is_none() {
-            if std::mem::take(&mut self.stored_mut().tick_pending) {
-                self.stored_tick_now(ctx);
-            } else {
-                self.pump(ctx);
-            }
+        if std::mem::take(&mut self.stored_mut().tick_pending) {
+            let view = self.view;
+            self.servers.forget_dead_idle(&self.timing, &view, now);
         }
+        self.decide_and_answer(ctx, restarted, &replies);
     }
 }

@@ -28,6 +28,9 @@ enum Command {
     /// Create a key file (32 random bytes and an id, mode 0600) for cluster_key_file,
     /// client_key_file or --key-file.
     Keygen(KeygenArgs),
+    /// Make a cluster in etcd (view 0, a fresh epoch), for view-service nodes in the etcd
+    /// mode; refused if it exists.
+    Init(cmd::init::InitArgs),
     /// Print a key's value (exit 1 if it does not exist).
     Get(GetArgs),
     /// Store a value.
@@ -66,6 +69,7 @@ fn main() {
     let code = match &cli.command {
         Command::Node(args) => cmd::node::run(args),
         Command::Keygen(args) => pbkv_tools::keys::keygen(&args.file, args.client),
+        Command::Init(args) => cmd::init::run(args),
         Command::Get(args) => cmd::client::get(&cli.client, args),
         Command::Put(args) => cmd::client::put(&cli.client, args, false),
         Command::Puthash(args) => cmd::client::put(&cli.client, args, true),

@@ -4,5 +4,6 @@ pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod demo;
+pub mod init;
 pub mod log;
 pub mod node;

@@ -449,17 +449,14 @@ impl Role for BenchHost {
 
 /// Validated arguments.
 struct Plan {
-    view_service: Addr,
+    view_services: Vec<Addr>,
     mix: Mix,
     duration: Option<Duration>,
     answer_timeout: Duration,
 }
 
 fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
-    let view_service: Addr = client_args
-        .view_service
-        .parse()
-        .map_err(|e| format!("--vs {:?}: {e}", client_args.view_service))?;
+    let view_services = client_args.view_services()?;
     let mix = Mix::parse(&args.mix)?;
     if args.clients == 0 || args.keys == 0 || args.requests == Some(0) {
         return Err("--clients, --keys and --requests must be at least 1".into());
@@ -502,7 +499,7 @@ fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     Ok(Plan {
-        view_service,
+        view_services,
         mix,
         duration,
         answer_timeout: Duration::from_secs_f64(timeout),
@@ -513,7 +510,7 @@ fn host(args: &BenchArgs, plan: &Plan) -> BenchHost {
     let session_count = args.clients * args.pipeline;
     let sessions = (0..session_count)
         .map(|index| {
-            let mut config = ClientConfig::new(plan.view_service);
+            let mut config = ClientConfig::with_view_services(plan.view_services.clone());
             config.lane = index / args.pipeline;
             Session {
                 client: Client::new(config),
