@@ -48,7 +48,9 @@ pub enum Slot {
 pub fn route(message_type: MessageType) -> &'static [Slot] {
     use MessageType as T;
     match message_type {
-        T::PingRequest | T::GetViewRequest => &[Slot::ViewService],
+        T::PingRequest | T::GetViewRequest | T::PingRelayRequest | T::PingRelayReply => {
+            &[Slot::ViewService]
+        }
         T::PingReply => &[Slot::Replica],
         // Clients ask for views; a replica adopts any view it is handed.
         T::GetViewReply => &[Slot::Client, Slot::Replica],

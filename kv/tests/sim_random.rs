@@ -250,12 +250,12 @@ impl Run {
     /// while (SIGSTOP), is cut off from the store; the store loses its quorum or regains it.
     fn view_service_fault(&mut self) {
         let index = self.rng.random_range(0..self.c.view_services.len());
-        let node = self.c.view_services[index].0;
+        let (node, addr) = self.c.view_services[index];
         match self.rng.random_range(0..8) {
             0 => self.c.sim.crash(node),
             1 | 2 => {
                 if !self.c.sim.is_up(node) {
-                    let host = self.c.view_service_host();
+                    let host = self.c.view_service_host(addr);
                     self.c.sim.restart(node, host);
                 }
             }
@@ -287,10 +287,10 @@ impl Run {
             self.c.sim.pause(node, false);
         }
         self.c.sim.set_store_quorum_lost(false);
-        for (node, _) in self.c.view_services.clone() {
+        for (node, addr) in self.c.view_services.clone() {
             self.c.sim.cut_from_store(node, false);
             if !self.c.sim.is_up(node) {
-                let host = self.c.view_service_host();
+                let host = self.c.view_service_host(addr);
                 self.c.sim.restart(node, host);
             }
         }

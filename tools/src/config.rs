@@ -227,6 +227,14 @@ pub struct ViewServiceSection {
     /// How long one etcd operation may take before it counts as failed, in milliseconds.
     #[serde(default = "default_store_timeout_ms")]
     pub store_timeout_ms: u64,
+    /// A view-service node whose last successful read of the view is older than this
+    /// answers nothing, in milliseconds.
+    #[serde(default = "default_stale_after_ms")]
+    pub stale_after_ms: u64,
+}
+
+fn default_stale_after_ms() -> u64 {
+    1000
 }
 
 fn default_lease_ttl_ms() -> u64 {
@@ -234,7 +242,7 @@ fn default_lease_ttl_ms() -> u64 {
 }
 
 fn default_store_timeout_ms() -> u64 {
-    1000
+    500
 }
 
 /// The etcd mode's settings, resolved.
@@ -248,6 +256,8 @@ pub struct EtcdMode {
     pub lease_ttl: std::time::Duration,
     /// One operation's timeout.
     pub store_timeout: std::time::Duration,
+    /// The staleness bound.
+    pub stale_after: std::time::Duration,
 }
 
 /// Whether `name` can name a cluster: 1 to 64 of letters, digits, `-`, `_`, `.`.
@@ -303,6 +313,7 @@ impl ViewServiceSetting {
             cluster: section.cluster.clone().unwrap_or_default(),
             lease_ttl: std::time::Duration::from_millis(section.lease_ttl_ms),
             store_timeout: std::time::Duration::from_millis(section.store_timeout_ms),
+            stale_after: std::time::Duration::from_millis(section.stale_after_ms),
         })
     }
 }
@@ -412,8 +423,16 @@ impl NodeConfig {
                         .into(),
                 );
             }
-            if section.store_timeout_ms == 0 {
-                return Err("viewservice.store_timeout_ms: must be at least 1".into());
+            if section.store_timeout_ms == 0 || section.store_timeout_ms * 3 > section.lease_ttl_ms
+            {
+                return Err(
+                    "viewservice.store_timeout_ms: at least 1 and at most a third of \
+                     lease_ttl_ms (a keep-alive must fit between two renewals)"
+                        .into(),
+                );
+            }
+            if section.stale_after_ms == 0 {
+                return Err("viewservice.stale_after_ms: must be at least 1".into());
             }
         }
         let advertised = self.advertise.unwrap_or(self.listen);

@@ -161,8 +161,10 @@ impl Cluster {
         for index in 0..nodes {
             let port = 7000 + u16::try_from(index).expect("few view-service nodes");
             let addr = Addr::v4(127, 0, 0, 1, port);
-            let host =
-                Host::new().with_view_service(ViewService::with_store(timing(), settings.clone()));
+            let mut node_settings = settings.clone();
+            node_settings.advertise = Some(addr);
+            let service = ViewService::with_store(timing(), node_settings);
+            let host = Host::new().with_view_service(service);
             let node = sim.add_node(NodeSpec::server(&format!("vs{}", index + 1), addr), host);
             view_services.push((node, addr));
         }
@@ -194,10 +196,14 @@ impl Cluster {
         self.view_services.iter().map(|(_, addr)| *addr).collect()
     }
 
-    /// A view-service host for the node at `index` of `view_services` (a restart).
-    pub fn view_service_host(&self) -> Host {
+    /// A view-service host for the node at `addr` (a restart).
+    pub fn view_service_host(&self, addr: Addr) -> Host {
         let service = match &self.etcd {
-            Some(settings) => ViewService::with_store(timing(), settings.clone()),
+            Some(settings) => {
+                let mut settings = settings.clone();
+                settings.advertise = Some(addr);
+                ViewService::with_store(timing(), settings)
+            }
             None => ViewService::new(timing()),
         };
         Host::new().with_view_service(service)

@@ -131,6 +131,26 @@ impl Servers {
         }
     }
 
+    /// Another view-service node heard `server` at `at` (a relay, V20).
+    fn heard_from_relay(&mut self, server: Member, at: MonoTime) {
+        match self.map.get_mut(&server.addr) {
+            Some(state) if state.incarnation == server.incarnation => {
+                state.last_ping = state.last_ping.max(at);
+            }
+            Some(state) if at <= state.last_ping => {}
+            _ => {
+                self.map.insert(
+                    server.addr,
+                    ServerState {
+                        incarnation: server.incarnation,
+                        last_ping: at,
+                        pinged_nonzero: false,
+                    },
+                );
+            }
+        }
+    }
+
     /// The members of a new view have not pinged it yet.
     fn named(&mut self, view: &View) {
         for member in [view.primary, view.backup].into_iter().flatten() {
@@ -489,6 +509,10 @@ impl Role for ViewService {
         match message {
             Message::PingRequest(ping) => self.on_ping(ctx, origin, ping),
             Message::GetViewRequest(_) => self.on_get_view(ctx, origin),
+            Message::PingRelayRequest(relay) if self.stored.is_some() => {
+                self.on_ping_relay(ctx, origin, relay);
+            }
+            Message::PingRelayReply(_) => {}
             Message::InfoRequest(_) => {
                 let json = self.info().to_string();
                 ctx.reply(origin, proto::kv::InfoReply { json });

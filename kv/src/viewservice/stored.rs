@@ -12,7 +12,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use proto::viewservice::{GetViewReply, Member, PingReply, PingRequest, View};
+use proto::viewservice::{
+    GetViewReply, HeardPing, Member, PING_RELAY_ENTRIES_MAX, PingRelayReply, PingRelayRequest,
+    PingReply, PingRequest, View,
+};
 use proto::{Addr, Incarnation};
 use runtime::store::{
     Compare, KeyValue, LeaseId, Revision, StoreOp, StoreResult, Txn, TxnOp, TxnResult,
@@ -37,6 +40,9 @@ pub struct StoreSettings {
     pub lease_ttl: Duration,
     /// A node whose last successful read is older than this answers nothing.
     pub stale_after: Duration,
+    /// This node's address as servers reach it: it goes into the election key, so that
+    /// followers can relay the pings they hear to the leader (V20).
+    pub advertise: Option<Addr>,
 }
 
 impl StoreSettings {
@@ -46,6 +52,7 @@ impl StoreSettings {
             cluster: cluster.to_string(),
             lease_ttl: Duration::from_secs(2),
             stale_after: Duration::from_secs(1),
+            advertise: None,
         }
     }
 
@@ -224,6 +231,10 @@ pub(super) struct Stored {
     lease: Lease,
     /// The election key's create revision while this node leads.
     leader: Option<Revision>,
+    /// The leader's address, from the election key (where to relay pings).
+    leader_addr: Option<Addr>,
+    /// When pings are next relayed to the leader.
+    next_relay: MonoTime,
     inflight: Option<Inflight>,
     queue: VecDeque<Queued>,
     tick_pending: bool,
@@ -263,6 +274,8 @@ impl Stored {
             read_at: None,
             lease: Lease::None,
             leader: None,
+            leader_addr: None,
+            next_relay: MonoTime(0),
             inflight: None,
             queue: VecDeque::new(),
             tick_pending: false,
@@ -360,7 +373,14 @@ impl ViewService {
     }
 
     pub(super) fn on_stored_start(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
-        let me = format!("{} {}", ctx.node(), ctx.incarnation()).into_bytes();
+        let advertise = self.stored_mut().settings.advertise;
+        let me = serde_json::json!({
+            "node": ctx.node().as_str(),
+            "incarnation": ctx.incarnation().to_string(),
+            "addr": advertise.map(|addr| addr.to_string()),
+        })
+        .to_string()
+        .into_bytes();
         let now = ctx.now();
         let stored = self.stored_mut();
         stored.me = me;
@@ -403,6 +423,8 @@ impl ViewService {
     pub(super) fn on_stored_tick(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
         self.observe(ctx.now());
         ctx.set_timer(ViewServiceTimer::Tick, self.tick_interval());
+        // Relaying needs no store: it is never held up by an operation in flight.
+        self.relay_pings(ctx);
         if self.stored_mut().inflight.is_some() {
             self.stored_mut().tick_pending = true;
             return;
@@ -415,6 +437,65 @@ impl ViewService {
         let view = self.view;
         self.servers.forget_dead_idle(&self.timing, &view, now);
         self.pump(ctx);
+    }
+
+    /// A follower tells the leader, once per ping interval, which servers it heard within a
+    /// dead time: a server whose pings reach only followers is alive to the leader too (V20).
+    fn relay_pings(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
+        let now = ctx.now();
+        let interval = self.timing.ping_interval;
+        let dead_after = self.timing.dead_after();
+        let stored = self.stored_mut();
+        let (Some(leader), None) = (stored.leader_addr, stored.leader) else {
+            return;
+        };
+        if now < stored.next_relay || Some(leader) == stored.settings.advertise {
+            return;
+        }
+        stored.next_relay = now.plus(interval);
+        let heard: Vec<HeardPing> = self
+            .servers
+            .map
+            .iter()
+            .filter(|(_, state)| now.since(state.last_ping) < dead_after)
+            .take(PING_RELAY_ENTRIES_MAX)
+            .map(|(addr, state)| HeardPing {
+                server: Member {
+                    addr: *addr,
+                    incarnation: state.incarnation,
+                },
+                age_ms: u32::try_from(now.since(state.last_ping).as_millis()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        if !heard.is_empty() {
+            ctx.send(leader, PingRelayRequest { heard });
+        }
+    }
+
+    /// A relay from another view-service node (a cluster member, as the link layer checked):
+    /// each server it heard counts as heard then, unless this node heard it later itself.
+    /// Another incarnation heard later than this node's record is a restart (V5, V20).
+    pub(super) fn on_ping_relay(
+        &mut self,
+        ctx: &mut Ctx<ViewServiceTimer>,
+        origin: &Origin,
+        relay: PingRelayRequest,
+    ) {
+        let now = ctx.now();
+        self.observe(now);
+        let dead_after = self.timing.dead_after();
+        for heard in relay.heard {
+            let age = Duration::from_millis(u64::from(heard.age_ms));
+            if age >= dead_after {
+                continue;
+            }
+            let at = MonoTime(
+                now.0
+                    .saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(0)),
+            );
+            self.servers.heard_from_relay(heard.server, at);
+        }
+        ctx.reply(origin, PingRelayReply {});
     }
 
     pub(super) fn on_stored_get_view(&mut self, ctx: &mut Ctx<ViewServiceTimer>, origin: &Origin) {
@@ -817,6 +898,7 @@ impl ViewService {
             _ => None,
         };
         let mine = leader.filter(|kv| Some(kv.lease) == lease && kv.value == stored.me);
+        stored.leader_addr = leader.and_then(|kv| leader_addr(&kv.value));
         match (stored.leader, mine) {
             (None, Some(kv)) => {
                 // The takeover: ping records older than one dead time go, and no server is
@@ -935,4 +1017,10 @@ impl ViewService {
         }
         self.decide_and_answer(ctx, restarted, &replies);
     }
+}
+
+/// The leader's address from the election key's value (`None` if it names none).
+fn leader_addr(value: &[u8]) -> Option<Addr> {
+    let json: serde_json::Value = serde_json::from_slice(value).ok()?;
+    json.get("addr")?.as_str()?.parse().ok()
 }

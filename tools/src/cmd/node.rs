@@ -47,6 +47,10 @@ pub fn host_from_config(config: &NodeConfig) -> Result<Host, String> {
             Some(etcd) => {
                 let mut settings = StoreSettings::new(&etcd.cluster);
                 settings.lease_ttl = etcd.lease_ttl;
+                settings.stale_after = etcd.stale_after;
+                // Followers relay pings to the leader at the address servers use.
+                let advertise = config.advertise.unwrap_or(config.listen);
+                settings.advertise = (advertise.port() != 0).then_some(proto::Addr(advertise));
                 ViewService::with_store(timing, settings)
             }
             None => ViewService::new(timing),
