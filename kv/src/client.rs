@@ -351,7 +351,9 @@ impl Client {
     /// One view-service node answered: the newest view of the known epoch is kept; once
     /// every node answered (or the gather time after the first answer passed) it is used.
     fn on_view_answer(&mut self, ctx: &mut Ctx<ClientTimer>, view: View) {
-        if self.epoch.is_some_and(|epoch| epoch != view.service) {
+        // The known epoch, or before any, that of the first answer to this request.
+        let epoch = self.epoch.or(self.gathered.map(|best| best.service));
+        if epoch.is_some_and(|epoch| epoch != view.service) {
             log::debug!("client: ignoring a view of epoch {}", view.service);
         } else if self.gathered.is_none_or(|best| view.viewnum > best.viewnum) {
             self.gathered = Some(view);

@@ -100,6 +100,11 @@ impl StoredRecord {
         StoredRecord::of(&View::initial(epoch), false)
     }
 
+    /// The record of `view`, acknowledged or not (what a view-service node writes).
+    pub fn of_view(view: &View, acked: bool) -> StoredRecord {
+        StoredRecord::of(view, acked)
+    }
+
     fn of(view: &View, acked: bool) -> StoredRecord {
         let member = |member: Option<Member>| {
             member.map(|m| StoredMember {
