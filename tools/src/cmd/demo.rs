@@ -31,12 +31,17 @@ pub struct DemoArgs {
     /// draws them in red. Lamport order is unaffected.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub skew_ms: f64,
+    /// Run the view service in etcd instead: a 3-member etcd cluster (Debian's
+    /// etcd-server, /usr/bin/etcd), two view-service nodes; the leader is killed, then the
+    /// primary, and every acknowledged write is read back.
+    #[arg(long)]
+    pub etcd: bool,
 }
 
-struct Daemon {
-    name: String,
-    child: Child,
-    addr: String,
+pub(super) struct Daemon {
+    pub(super) name: String,
+    pub(super) child: Child,
+    pub(super) addr: String,
 }
 
 impl Drop for Daemon {
@@ -46,12 +51,12 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
+pub(super) fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -109,7 +114,12 @@ fn view(view_service: Addr, keys: &runtime::Keys) -> Result<View, String> {
 
 /// Runs `pbkv demo`.
 pub fn run(args: &DemoArgs) -> i32 {
-    match demo(args) {
+    let result = if args.etcd {
+        super::demo_etcd::demo(&args.dir, args.keys)
+    } else {
+        demo(args)
+    };
+    match result {
         Ok(()) => exit::OK,
         Err(why) => {
             eprintln!("error: {why}");
