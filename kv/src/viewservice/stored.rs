@@ -266,7 +266,13 @@ pub(super) struct Stored {
     answer_conflicts: u64,
     leaderships: u64,
     failed_writes: u64,
+    /// The latencies of the last view-change transactions this node made (microseconds,
+    /// newest last, at most [`CHANGE_LATENCIES_KEPT`]).
+    change_latencies_us: VecDeque<u64>,
 }
+
+/// View-change latencies `pbkv info` shows, at most.
+const CHANGE_LATENCIES_KEPT: usize = 64;
 
 impl Stored {
     pub(super) fn new(settings: StoreSettings) -> Stored {
@@ -296,6 +302,7 @@ impl Stored {
             answer_conflicts: 0,
             leaderships: 0,
             failed_writes: 0,
+            change_latencies_us: VecDeque::new(),
         }
     }
 
@@ -335,6 +342,7 @@ impl Stored {
             "answer_conflicts": self.answer_conflicts,
             "failed_writes": self.failed_writes,
             "queued": self.queue.len(),
+            "view_change_txn_us": self.change_latencies_us,
         })
     }
 
@@ -876,6 +884,14 @@ impl ViewService {
         match inflight.kind {
             OpKind::Change { view } if txn.succeeded => {
                 self.view_changes += 1;
+                let took = now.since(inflight.issued).as_micros();
+                let stored = self.stored_mut();
+                stored
+                    .change_latencies_us
+                    .push_back(u64::try_from(took).unwrap_or(u64::MAX));
+                if stored.change_latencies_us.len() > CHANGE_LATENCIES_KEPT {
+                    stored.change_latencies_us.pop_front();
+                }
                 ctx.event(format!("view {}", crate::view_text(&view)));
             }
             OpKind::Change { view } => {
