@@ -52,4 +52,9 @@ fn hostile_input_reaches_refusals_and_accepted_paths() {
     );
     assert!(reach.pings_refused > 0, "no ping refused: {reach:?}");
     assert!(reach.views > 0, "no view made: {reach:?}");
+    assert!(reach.store_results > 0, "no store result fed: {reach:?}");
+    assert!(
+        reach.stored_answers > 0,
+        "the etcd mode never answered with a view read back: {reach:?}"
+    );
 }

@@ -20,14 +20,18 @@ use arbitrary::{Result, Unstructured};
 use bytes::{Bytes, BytesMut};
 use kv::client::{Client, ClientConfig, ClientOp, ClientTimer};
 use kv::replica::{Replica, ReplicaConfig, ReplicaTimer};
-use kv::viewservice::{ViewService, ViewServiceTimer, ViewTiming};
+use kv::viewservice::{StoreSettings, StoredRecord, ViewService, ViewServiceTimer, ViewTiming};
 use proto::kv::{
     Entry, FORWARD_ENTRIES_MAX, ForwardReply, ForwardRequest, GetReply, GetRequest, KEY_LEN_MAX,
     Op, OpenSessionReply, OpenSessionRequest, Outcome, PutReply, PutRequest, SessionRecord, Status,
     TransferReply, TransferRequest, VALUE_LEN_MAX,
 };
-use proto::viewservice::{GetViewReply, GetViewRequest, Member, PingReply, PingRequest, View};
+use proto::viewservice::{
+    GetViewReply, GetViewRequest, HeardPing, Member, PING_RELAY_ENTRIES_MAX, PingRelayRequest,
+    PingReply, PingRequest, View,
+};
 use proto::{Addr, FRAME_LEN_MAX_DEFAULT, HEADER_LEN, Incarnation, Message, MessageType, NodeId};
+use runtime::store::{KeyValue, StoreOp, StoreResult, TxnResult};
 use runtime::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, PeerClass, Role};
 
 /// The view service's incarnation and address.
@@ -50,6 +54,10 @@ pub struct Reach {
     pub pings_refused: u64,
     /// Views the view service made.
     pub views: u64,
+    /// Store results fed to the etcd mode's view service.
+    pub store_results: u64,
+    /// Views that view service answered with (read back from the hostile store).
+    pub stored_answers: u64,
 }
 
 fn addr(port: u16) -> Addr {
@@ -349,6 +357,24 @@ fn message(u: &mut Unstructured<'_>, known: Known) -> Result<Message> {
             applied: number(u, known.applied)?,
         }
         .into(),
+        MessageType::PingRelayRequest => {
+            let count = if u.ratio(1, 32)? {
+                PING_RELAY_ENTRIES_MAX + 1
+            } else {
+                u.int_in_range(0..=4usize)?
+            };
+            let mut heard = Vec::with_capacity(count);
+            for _ in 0..count {
+                heard.push(HeardPing {
+                    server: Member {
+                        addr: any_addr(u)?,
+                        incarnation: incarnation(u)?,
+                    },
+                    age_ms: u.arbitrary()?,
+                });
+            }
+            PingRelayRequest { heard }.into()
+        }
         // Types no role here takes apart: an InfoRequest stands in (the node answers it).
         _ => proto::kv::InfoRequest {}.into(),
     })
@@ -665,6 +691,126 @@ pub fn run_view_service(u: &mut Unstructured<'_>, reach: &mut Reach) -> Result<(
     Ok(())
 }
 
+/// A store value: a well-formed view record around `known`, a leader record, or bytes.
+fn store_value(u: &mut Unstructured<'_>, known: View) -> Result<Vec<u8>> {
+    Ok(match u.int_in_range(0..=3u8)? {
+        0 | 1 => {
+            let view = view(u, known)?;
+            StoredRecord::of_view(&view, u.arbitrary()?).to_bytes()
+        }
+        2 => {
+            let addr = any_addr(u)?;
+            format!("{{\"node\":\"other\",\"addr\":\"{addr}\"}}").into_bytes()
+        }
+        _ => {
+            let len = u.int_in_range(0..=64usize)?;
+            u.bytes(len.min(u.len()))?.to_vec()
+        }
+    })
+}
+
+/// A store's answer to `op`, hostile: any shape, any values, sometimes `Failed`.
+fn store_result(u: &mut Unstructured<'_>, op: &StoreOp, known: View) -> Result<StoreResult> {
+    if u.ratio(1, 5)? {
+        return Ok(StoreResult::Failed {
+            reason: "injected".into(),
+        });
+    }
+    Ok(match (op, u.int_in_range(0..=5u8)?) {
+        (StoreOp::LeaseGrant { .. }, _) => StoreResult::LeaseGranted {
+            lease: u.arbitrary()?,
+            ttl: Duration::from_secs(u64::from(u.int_in_range(0..=5u8)?)),
+        },
+        (StoreOp::LeaseKeepAlive { .. }, _) => StoreResult::LeaseKeptAlive {
+            ttl: Duration::from_secs(u64::from(u.int_in_range(0..=3u8)?)),
+        },
+        (StoreOp::LeaseRevoke { .. }, _) => StoreResult::LeaseRevoked,
+        (StoreOp::Txn(_), 0) => StoreResult::LeaseRevoked, // a wrong shape
+        (StoreOp::Txn(_), _) => {
+            let count = u.int_in_range(0..=3usize)?;
+            let mut gets = Vec::with_capacity(count);
+            for _ in 0..count {
+                gets.push(if u.ratio(1, 4)? {
+                    None
+                } else {
+                    Some(KeyValue {
+                        value: store_value(u, known)?,
+                        create_revision: u.int_in_range(0..=8i64)?,
+                        mod_revision: u.int_in_range(0..=8i64)?,
+                        lease: u.int_in_range(0..=3i64)?,
+                    })
+                });
+            }
+            StoreResult::Txn(TxnResult {
+                succeeded: u.arbitrary()?,
+                revision: u.arbitrary()?,
+                gets,
+            })
+        }
+    })
+}
+
+/// A view-service node in the etcd mode, then hostile input and hostile store answers (the
+/// store is trusted, but its values are read as input all the same).
+pub fn run_stored_view_service(u: &mut Unstructured<'_>, reach: &mut Reach) -> Result<()> {
+    let mut ctx = Ctx::for_test("vs", VS_INC, MonoTime(0), 1);
+    let mut service = ViewService::with_store(ViewTiming::default(), StoreSettings::new("h"));
+    service.on_start(&mut ctx);
+    let mut pending: Vec<(u64, StoreOp)> = Vec::new();
+    let mut take = |actions: Vec<Action<ViewServiceTimer>>,
+                    pending: &mut Vec<(u64, StoreOp)>,
+                    reach: &mut Reach| {
+        check_frames(&actions);
+        for action in actions {
+            match action {
+                Action::Store { id, op } => pending.push((id, op)),
+                Action::Reply {
+                    message: Message::PingReply(_) | Message::GetViewReply(_),
+                    ..
+                } => reach.stored_answers += 1,
+                _ => {}
+            }
+        }
+    };
+    take(ctx.take_actions(), &mut pending, reach);
+    let timers = [ViewServiceTimer::Tick];
+    let mut steps = 0;
+    while !u.is_empty() && steps < 64 {
+        steps += 1;
+        let known = service.view();
+        if !pending.is_empty() && u.ratio(1, 2)? {
+            // Mostly the operation in flight; sometimes a stale or unknown id.
+            let at = u.int_in_range(0..=pending.len() - 1)?;
+            let (id, op) = pending.remove(at);
+            let id = if u.ratio(1, 16)? { id ^ 0x55 } else { id };
+            let result = store_result(u, &op, known)?;
+            reach.store_results += 1;
+            service.on_store(&mut ctx, id, result);
+        } else {
+            let known = Known {
+                view: known,
+                applied: 0,
+                transfer_id: 0,
+            };
+            match input(u, known, None, &timers)? {
+                Input::Message(boxed) => {
+                    let (origin, message) = *boxed;
+                    service.on_message(&mut ctx, &origin, message);
+                }
+                Input::Timer(timer) => service.on_timer(&mut ctx, timer),
+                Input::TurnEnd => service.on_turn_end(&mut ctx),
+                Input::Link(dest, link) => service.on_link(&mut ctx, dest, link),
+                Input::Closed(conn) => service.on_closed(&mut ctx, conn),
+                Input::Advance(after) => ctx.set_now(ctx.now().plus(after)),
+            }
+        }
+        service.check_invariants();
+        take(ctx.take_actions(), &mut pending, reach);
+    }
+    reach.inputs += steps;
+    Ok(())
+}
+
 /// A client with an operation outstanding, then hostile input (answers often carry the
 /// correlation id it awaits).
 pub fn run_client(u: &mut Unstructured<'_>, reach: &mut Reach) -> Result<()> {
@@ -696,7 +842,7 @@ pub fn run_client(u: &mut Unstructured<'_>, reach: &mut Reach) -> Result<()> {
 /// One run: a role chosen by the input, then hostile input into it.
 pub fn run(data: &[u8], reach: &mut Reach) {
     let mut u = Unstructured::new(data);
-    let choice = u.int_in_range(0..=5u8).unwrap_or(0);
+    let choice = u.int_in_range(0..=6u8).unwrap_or(0);
     // Running out of input ends a run early; that is not a failure.
     let _ = match choice {
         0 => run_view_service(&mut u, reach),
@@ -704,6 +850,7 @@ pub fn run(data: &[u8], reach: &mut Reach) {
         2 => run_replica(&mut u, Standing::Idle, reach),
         3 => run_replica(&mut u, Standing::Alone, reach),
         4 => run_replica(&mut u, Standing::Primary, reach),
-        _ => run_replica(&mut u, Standing::Backup, reach),
+        5 => run_replica(&mut u, Standing::Backup, reach),
+        _ => run_stored_view_service(&mut u, reach),
     };
 }
