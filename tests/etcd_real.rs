@@ -391,3 +391,66 @@ fn view_service_nodes_restarted_replicas_keep_serving() {
         "the same epoch and view: no replica refused service"
     );
 }
+
+/// The primary's pings reach only a follower (its link to the leader cut, through a proxy
+/// each server has to each view-service node): the leader, told by the follower's relay
+/// (V20), keeps the primary, and a dead backup is still replaced.
+#[test]
+fn a_primary_heard_only_by_a_follower_keeps_its_view_and_a_dead_backup_is_replaced() {
+    let Some(mut c) = Cluster::start(2, 0) else {
+        return;
+    };
+    let vs_addrs: Vec<std::net::SocketAddr> =
+        c.vs.iter()
+            .map(|(_, port)| ([127, 0, 0, 1], *port).into())
+            .collect();
+    // proxies[i][j]: server i's way to view-service node j.
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mine: Vec<pbkv_e2e::Proxy> = vs_addrs
+            .iter()
+            .map(|vs| pbkv_e2e::Proxy::start(*vs))
+            .collect();
+        let list: Vec<String> = mine.iter().map(|p| format!("\"{}\"", p.addr)).collect();
+        let config = format!(
+            "node_id = \"s{port}\"\nlisten = \"127.0.0.1:{port}\"\nroles = [\"replica\"]\n\
+             viewservice = [{}]\n",
+            list.join(", ")
+        );
+        let node = Node::start(c.dir.path(), &format!("s{port}"), &config, READY);
+        c.servers.push((Some(node), port));
+        proxies.push(mine);
+    }
+    let (viewnum, primary, backup) = c.wait_full_view();
+    c.put("p", "1");
+    let leader = poll(Duration::from_secs(10), || c.leader().is_some())
+        .and_then(|_| c.leader())
+        .expect("a leader");
+    let p = c.server_index(&primary);
+    proxies[p][leader].cut();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        c.view().map(|v| v.0),
+        Some(viewnum),
+        "the leader deposed a primary only a follower hears"
+    );
+    c.put("p", "2");
+    let b = c.server_index(&backup);
+    if let Some(mut node) = c.servers[b].0.take() {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+    let replaced = poll(Duration::from_secs(10), || {
+        c.view().is_some_and(|(n, p, nb)| {
+            n > viewnum && p.as_deref() == Some(primary.as_str()) && nb.is_some_and(|x| x != backup)
+        })
+    });
+    assert!(
+        replaced.is_some(),
+        "the dead backup was not replaced: {:?}",
+        c.view()
+    );
+    c.put("p", "3");
+    assert_eq!(c.get("p"), "3");
+}
