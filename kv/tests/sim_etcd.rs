@@ -140,28 +140,20 @@ fn a_stopped_leader_kills_no_healthy_server() {
         let view = full_view(&mut c, 3);
         let first = leader(&c).unwrap_or_else(|| panic!("{}: no leader", c.replay));
         let node = c.view_services[first].0;
-        // Longer than the dead time (0.5 s), shorter than the lease (1 s).
-        c.sim.pause(node, true);
-        c.sim.run_for(Duration::from_millis(800));
-        c.sim.pause(node, false);
-        c.sim.run_for(Duration::from_secs(2));
-        assert_eq!(
-            stored(&c).viewnum,
-            view.viewnum,
-            "{}: a healthy server dropped",
-            c.replay
-        );
-        // Past its lease: another node leads, and the woken one makes no view.
-        c.sim.pause(node, true);
-        c.sim.run_for(Duration::from_secs(3));
-        c.sim.pause(node, false);
-        c.sim.run_for(Duration::from_secs(2));
-        assert_eq!(
-            stored(&c).viewnum,
-            view.viewnum,
-            "{}: a healthy server dropped",
-            c.replay
-        );
+        // Longer than the dead time (0.5 s), shorter than the lease (1 s); then past the
+        // lease: another node leads, and the woken one makes no view.
+        for stopped in [Duration::from_millis(800), Duration::from_secs(3)] {
+            c.sim.pause(node, true);
+            c.sim.run_for(stopped);
+            c.sim.pause(node, false);
+            c.sim.run_for(Duration::from_secs(2));
+            assert_eq!(
+                stored(&c).viewnum,
+                view.viewnum,
+                "{}: a healthy server dropped after a {stopped:?} stop",
+                c.replay
+            );
+        }
         let woken = c.sim.role(node).and_then(Host::view_service).expect("up");
         assert!(
             !woken.is_leader() || leader(&c) == Some(first),

@@ -544,10 +544,6 @@ fn failing_prefix_tail(history: &[Operation], key: &Bytes) -> String {
         .join("\n")
 }
 
-fn run_seed(seed: u64) -> Events {
-    run_seed_in(seed, false)
-}
-
 fn run_seed_in(seed: u64, etcd: bool) -> Events {
     let mut run = Run::new(seed, etcd);
     run.c.poll(DEAD_PINGS * 2, |c| {
@@ -615,13 +611,10 @@ fn run_seed_in(seed: u64, etcd: bool) -> Events {
     run.events
 }
 
-/// Goal: safety under random faults, linearizability of every history, and every rare event
-/// exercised at least once in the sweep. Method: seeds split over two threads.
-#[test]
-fn random_faults_keep_histories_linearizable() {
-    let all: Vec<u64> = seeds(1000).collect();
-    let halves: Vec<Vec<u64>> = all
-        .chunks(all.len().div_ceil(2).max(1))
+/// Runs `seeds` split over two threads; returns the events summed.
+fn sweep(seeds: &[u64], etcd: bool) -> Events {
+    let halves: Vec<Vec<u64>> = seeds
+        .chunks(seeds.len().div_ceil(2).max(1))
         .map(<[u64]>::to_vec)
         .collect();
     let threads: Vec<_> = halves
@@ -630,7 +623,7 @@ fn random_faults_keep_histories_linearizable() {
             std::thread::spawn(move || {
                 let mut events = Events::default();
                 for seed in part {
-                    events.merge(run_seed(seed));
+                    events.merge(run_seed_in(seed, etcd));
                 }
                 events
             })
@@ -640,6 +633,15 @@ fn random_faults_keep_histories_linearizable() {
     for thread in threads {
         events.merge(thread.join().expect("a seed failed: see its message above"));
     }
+    events
+}
+
+/// Goal: safety under random faults, linearizability of every history, and every rare event
+/// exercised at least once in the sweep. Method: seeds split over two threads.
+#[test]
+fn random_faults_keep_histories_linearizable() {
+    let all: Vec<u64> = seeds(1000).collect();
+    let events = sweep(&all, false);
     println!("rare events over {} seeds: {events:?}", all.len());
     // Frequent kills stall many runs for good (a primary killed before it acknowledged its
     // view, or before its backup was synced): those runs cannot be checked for liveness.
@@ -759,26 +761,7 @@ fn check_view_chain(c: &Cluster, seed: u64) {
 #[test]
 fn random_faults_with_the_view_service_in_etcd() {
     let all: Vec<u64> = seeds(200).collect();
-    let halves: Vec<Vec<u64>> = all
-        .chunks(all.len().div_ceil(2).max(1))
-        .map(<[u64]>::to_vec)
-        .collect();
-    let threads: Vec<_> = halves
-        .into_iter()
-        .map(|part| {
-            std::thread::spawn(move || {
-                let mut events = Events::default();
-                for seed in part {
-                    events.merge(run_seed_in(seed, true));
-                }
-                events
-            })
-        })
-        .collect();
-    let mut events = Events::default();
-    for thread in threads {
-        events.merge(thread.join().expect("a seed failed: see its message above"));
-    }
+    let events = sweep(&all, true);
     println!(
         "etcd mode, rare events over {} seeds: {events:?}",
         all.len()

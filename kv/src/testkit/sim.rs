@@ -127,6 +127,19 @@ impl Cluster {
             NodeSpec::server("vs", vs_addr).with_keys(node_keys.clone()),
             Host::new().with_view_service(ViewService::new(timing())),
         );
+        Cluster::around(sim, vec![(vs, vs_addr)], None, node_keys, client_keys)
+    }
+
+    /// A cluster of `sim` with its view-service nodes started, no servers or clerks yet.
+    fn around(
+        sim: Sim<Host>,
+        view_services: Vec<(NodeIndex, Addr)>,
+        etcd: Option<StoreSettings>,
+        member_keys: Keys,
+        client_keys: Keys,
+    ) -> Cluster {
+        let (vs, vs_addr) = view_services[0];
+        let seed = sim.seed();
         Cluster {
             sim,
             seed,
@@ -141,11 +154,11 @@ impl Cluster {
             }),
             client_retry_after: Duration::from_secs(1),
             replay: format!("seed {seed}"),
-            member_keys: node_keys,
+            member_keys,
             client_keys,
             releases: Vec::new(),
-            view_services: vec![(vs, vs_addr)],
-            etcd: None,
+            view_services,
+            etcd,
         }
     }
 
@@ -168,27 +181,8 @@ impl Cluster {
             let node = sim.add_node(NodeSpec::server(&format!("vs{}", index + 1), addr), host);
             view_services.push((node, addr));
         }
-        let (vs, vs_addr) = view_services[0];
-        Cluster {
-            sim,
-            seed,
-            vs,
-            vs_addr,
-            servers: Vec::new(),
-            clerks: Vec::new(),
-            replica_config: Box::new(|me, vs| {
-                let mut config = ReplicaConfig::new(me, vs);
-                config.timing = timing();
-                config
-            }),
-            client_retry_after: Duration::from_secs(1),
-            replay: format!("seed {seed}"),
-            member_keys: Keys::keyless(),
-            client_keys: Keys::keyless(),
-            releases: Vec::new(),
-            view_services,
-            etcd: Some(settings),
-        }
+        let keyless = Keys::keyless();
+        Cluster::around(sim, view_services, Some(settings), keyless.clone(), keyless)
     }
 
     /// The view-service nodes' addresses.
