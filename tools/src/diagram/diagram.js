@@ -58,11 +58,16 @@
     apply();
   }
 
+  // Brings an event to the middle of the screen's height; sideways only when it is off
+  // screen, so that the lanes do not jump about from one match to the next.
   function centerOn(index) {
     const e = circles[index];
     const cx = Number(e.getAttribute('cx'));
     const cy = Number(e.getAttribute('cy'));
-    view.x = cx - stage.clientWidth / (2 * view.k);
+    const w = stage.clientWidth / view.k;
+    if (cx < view.x + 20 / view.k || cx > view.x + w - 20 / view.k) {
+      view.x = Math.max(0, cx - w / 2);
+    }
     view.y = cy - stage.clientHeight / (2 * view.k);
     apply();
   }

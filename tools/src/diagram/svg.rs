@@ -42,7 +42,8 @@ pub fn render(layout: &Layout, events: &[LoggedEvent]) -> String {
         let _ = writeln!(
             svg,
             "<marker id=\"{id}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" \
-             markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\">\
+             markerWidth=\"8\" markerHeight=\"8\" markerUnits=\"userSpaceOnUse\" \
+             orient=\"auto\">\
              <path d=\"M0,0 L10,5 L0,10 z\" fill=\"{colour}\"/></marker>"
         );
     }
