@@ -480,6 +480,8 @@ fn place_vertically(
             }
             next_header = band + SCREEN_HEIGHT;
         }
+        // Tenths of a pixel are plenty, and keep the SVG's numbers short.
+        y = (y * 10.0).ceil() / 10.0;
         placed[index].y = y;
         lane_free[lane] = y + (placed[index].lines.len().max(1) as f64) * LINE + 2.0;
     }
@@ -572,7 +574,10 @@ fn ticks(layout: &Layout, order: &[usize], values: &[f64]) -> Vec<Tick> {
             } else {
                 format!("lc {value}")
             };
-            ticks.push(Tick { y, label });
+            ticks.push(Tick {
+                y: (y * 10.0).round() / 10.0,
+                label,
+            });
         }
         value += step;
     }
@@ -645,12 +650,14 @@ mod tests {
         let lines = wrap(text, WRAP_CHARS);
         assert!(lines.len() > 2, "{lines:?}");
         assert!(lines.iter().all(|line| line.chars().count() <= WRAP_CHARS));
-        let joined: String = lines.concat();
+        let joined = lines.join(" ");
         assert_eq!(
-            joined,
+            joined.replace(' ', ""),
             text.replace(' ', ""),
-            "only spaces at breaks are dropped"
+            "every character kept"
         );
+        assert_eq!(lines[0], "adopt view 3 (primary", "{lines:?}");
+        assert_eq!(lines[3], "averyveryveryveryveryveryverylongw", "{lines:?}");
         assert_eq!(wrap("", 10), vec![String::new()]);
         assert_eq!(wrap("short", 10), vec!["short".to_string()]);
     }
@@ -661,7 +668,9 @@ mod tests {
         assert_eq!(nice_step(3.0), 5.0);
         assert_eq!(nice_step(1.5e6), 2e6);
         assert_eq!(format_offset(250e6, 50e6), "+250 ms");
-        assert_eq!(format_offset(1.5e9, 5e8), "+1.5 s");
+        assert_eq!(format_offset(1.5e9, 5e8), "+1500 ms");
+        assert_eq!(format_offset(3e9, 1e9), "+3 s");
+        assert_eq!(format_offset(250e3, 50e3), "+250 µs");
         assert_eq!(format_offset(40e3, 10e3), "+40 µs");
     }
 }
