@@ -360,3 +360,41 @@ fn empty_filter_is_an_error() {
     let page = std::fs::read_to_string(&output).expect("page");
     assert!(page.starts_with("<!doctype html>") && page.contains("<svg"));
 }
+
+/// Goal: odd but well-formed input (non-ASCII incarnations and text, physical times from 0
+/// to the largest) is drawn and exported, not a panic: log files are input.
+#[test]
+fn odd_input_is_drawn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("odd.jsonl");
+    let line = |seq: u64, text: &str, wall_ns: i64| {
+        format!(r#"{{"run":"t","node":"é","inc":"aééééé漢字","seq":{seq},"lc":{seq},"#)
+            + &format!(r#""kind":"local","text":"{text}","wall_ns":{wall_ns}}}"#)
+    };
+    let lines = [line(1, r#"<&>\""#, 0), line(2, "x", i64::MAX)];
+    std::fs::write(&log, lines.join("\n")).expect("write");
+    for mode in [&["--physical"][..], &["--html"], &[]] {
+        let output = dir.path().join("odd.out");
+        let result = Command::new(env!("CARGO_BIN_EXE_pbkv"))
+            .args(["log", "diagram", "-o"])
+            .arg(&output)
+            .args(mode)
+            .arg(&log)
+            .output()
+            .expect("run");
+        assert_eq!(result.status.code(), Some(0), "{mode:?}: {result:?}");
+        let text = std::fs::read_to_string(&output).expect("output");
+        assert!(text.contains("&lt;&amp;&gt;&quot;"), "text escaped");
+    }
+    let export = Command::new(env!("CARGO_BIN_EXE_pbkv"))
+        .args(["log", "shiviz", "-o"])
+        .arg(dir.path().join("odd.shiviz"))
+        .arg(&log)
+        .output()
+        .expect("run");
+    assert_eq!(
+        export.status.code(),
+        Some(0),
+        "the ShiViz export too: {export:?}"
+    );
+}

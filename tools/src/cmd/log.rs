@@ -461,8 +461,13 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
 fn shiviz(args: &OutArgs) -> Result<(), String> {
     let mut events = read_all(&args.logs)?;
     merge(&mut events);
-    let name =
-        |event: &LoggedEvent| format!("{}/{}", event.node, &event.inc[..event.inc.len().min(6)]);
+    let name = |event: &LoggedEvent| {
+        format!(
+            "{}/{}",
+            event.node,
+            event.inc.chars().take(6).collect::<String>()
+        )
+    };
     let mut clocks: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut at_send: BTreeMap<(String, String, u64), BTreeMap<String, u64>> = BTreeMap::new();
     let mut out = String::from("(?<host>\\S*) (?<clock>{.*})\\n(?<event>.*)\n\n");

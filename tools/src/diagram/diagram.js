@@ -3,7 +3,8 @@
 (function () {
   'use strict';
   const events = JSON.parse(document.getElementById('events').textContent);
-  const lanes = JSON.parse(document.getElementById('lanes-data').textContent);
+  const layout = JSON.parse(document.getElementById('lanes-data').textContent);
+  const lanes = layout.lanes;
   const svg = document.getElementById('diagram');
   const stage = document.getElementById('stage');
   const sticky = document.getElementById('sticky');
@@ -18,13 +19,13 @@
     circles[Number(circle.dataset.i)] = circle;
   }
   const laneElements = Array.from(svg.querySelectorAll('[data-lane], [data-from]'));
-  const firstHeaderBottom = 170;
+  const firstHeaderBottom = layout.top;
   const view = { x: 0, y: 0, k: 1 };
   const hiddenLanes = new Set();
 
   for (const [index, lane] of lanes.entries()) {
     const span = document.createElement('span');
-    span.textContent = lane.node + ' ' + lane.inc.slice(0, 6);
+    span.textContent = lane.label;
     span.dataset.lane = String(index);
     sticky.appendChild(span);
   }

@@ -49,14 +49,14 @@ fn events_json(layout: &Layout, events: &[LoggedEvent]) -> Value {
     Value::Array(list)
 }
 
+/// The lanes, for the page's sticky header, and where the first header band ends.
 fn lanes_json(layout: &Layout) -> Value {
-    Value::Array(
-        layout
-            .lanes
-            .iter()
-            .map(|lane| json!({"node": lane.node, "inc": lane.inc, "x": lane.x}))
-            .collect(),
-    )
+    let lanes: Vec<Value> = layout
+        .lanes
+        .iter()
+        .map(|lane| json!({"label": lane.label(), "x": lane.x}))
+        .collect();
+    json!({"lanes": lanes, "top": super::TOP})
 }
 
 /// The page for `layout` of `events`; `title` names the logs it was drawn from.

@@ -83,7 +83,12 @@ pub struct Lane {
 impl Lane {
     /// The header label: node id and the incarnation's first six hex digits.
     pub fn label(&self) -> String {
-        format!("{} {}", self.node, &self.inc[..self.inc.len().min(6)])
+        format!("{} {}", self.node, self.short_inc())
+    }
+
+    /// The incarnation's first six characters (whatever the log holds: no byte slicing).
+    pub fn short_inc(&self) -> String {
+        self.inc.chars().take(6).collect()
     }
 }
 
@@ -547,12 +552,17 @@ fn ticks(layout: &Layout, order: &[usize], values: &[f64]) -> Vec<Tick> {
     let step = nice_step((last - first).max(1.0) / (span_y / 120.0).max(1.0));
     let step = if layout.physical { step } else { step.max(1.0) };
     let mut ticks = Vec::new();
-    let mut value = if layout.physical {
+    let start = if layout.physical {
         first
     } else {
         (first / step).ceil() * step
     };
-    while value <= last && ticks.len() < 100_000 {
+    // Counted, not summed: a step below the values' precision cannot loop for ever.
+    for count in 0..100_000u32 {
+        let value = start + f64::from(count) * step;
+        if value > last {
+            break;
+        }
         let after = values.partition_point(|&v| v < value);
         let y = if after == 0 {
             ys[0]
@@ -579,7 +589,6 @@ fn ticks(layout: &Layout, order: &[usize], values: &[f64]) -> Vec<Tick> {
                 label,
             });
         }
-        value += step;
     }
     ticks
 }

@@ -279,7 +279,7 @@ fn headers(svg: &mut String, layout: &Layout) {
                 top + 13.0,
                 xml(&lane.node),
                 top + 25.0,
-                xml(&lane.inc[..lane.inc.len().min(6)]),
+                xml(&lane.short_inc()),
                 x = lane.x
             );
         }
