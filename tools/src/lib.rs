@@ -5,6 +5,7 @@ pub mod blocking;
 pub mod clock_plot;
 pub mod cmd;
 pub mod config;
+pub mod diagram;
 pub mod exit;
 pub mod keys;
 pub mod logging;

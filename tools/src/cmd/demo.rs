@@ -292,6 +292,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         nodes: Vec::new(),
         from: None,
         to: None,
+        html: false,
     });
     crate::cmd::log::run(&diagram);
     println!("event logs:   {}", dir.join("logs").display());

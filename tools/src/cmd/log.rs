@@ -2,7 +2,7 @@
 //! causal order, checked, drawn, or exported for ShiViz.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
@@ -22,7 +22,7 @@ pub enum LogCommand {
     Merge(MergeArgs),
     /// Check logs against the Lamport rules; exit 1 on a violation.
     Check(FilesArgs),
-    /// Draw a space-time diagram (SVG).
+    /// Draw a space-time diagram (SVG, or an HTML page to explore with `--html`).
     Diagram(DiagramArgs),
     /// Export ShiViz/GoVector format, with vector clocks computed offline.
     Shiviz(OutArgs),
@@ -64,7 +64,7 @@ pub struct DiagramArgs {
     /// Event-log files.
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
-    /// Output SVG file.
+    /// Output file (SVG, or HTML with `--html`).
     #[arg(short, long)]
     pub output: PathBuf,
     /// Place events by physical (wall) time instead of Lamport time.
@@ -79,6 +79,10 @@ pub struct DiagramArgs {
     /// Only events with Lamport time at most this.
     #[arg(long)]
     pub to: Option<u64>,
+    /// Write one self-contained HTML page (pan, zoom, search, click for details) instead of
+    /// SVG.
+    #[arg(long)]
+    pub html: bool,
 }
 
 /// Runs `pbkv log`.
@@ -379,155 +383,75 @@ fn message_of(event: &LoggedEvent, kind: EventKind) -> Option<(String, String, u
     Some((id.node.clone(), id.inc.clone(), id.lc))
 }
 
-fn lifeline(event: &LoggedEvent) -> (String, String) {
-    (event.node.clone(), event.inc.clone())
-}
-
-fn xml(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Renders the space-time diagram: one lifeline per incarnation, events as dots, messages
-/// as arrows; arrows whose receive precedes the send in physical time are drawn red.
-fn diagram(args: &DiagramArgs) -> Result<(), String> {
-    let mut events = read_all(&args.logs)?;
+/// Keeps the events `args` selects; a filter that selects nothing, or names a node that is
+/// in no log, is an error that says what the logs hold.
+fn filter_events(events: &mut Vec<LoggedEvent>, args: &DiagramArgs) -> Result<(), String> {
+    let nodes: BTreeSet<&str> = events.iter().map(|e| e.node.as_str()).collect();
+    let known = nodes.iter().copied().collect::<Vec<_>>().join(", ");
+    if let Some(unknown) = args
+        .nodes
+        .iter()
+        .find(|node| !nodes.contains(node.as_str()))
+    {
+        return Err(format!(
+            "--nodes: no node {unknown:?} in the logs (nodes: {known})"
+        ));
+    }
+    let (low, high) = events
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), e| (lo.min(e.lc), hi.max(e.lc)));
     events.retain(|e| args.nodes.is_empty() || args.nodes.contains(&e.node));
     events.retain(|e| {
         args.from.is_none_or(|from| e.lc >= from) && args.to.is_none_or(|to| e.lc <= to)
     });
+    if events.is_empty() {
+        return Err(format!(
+            "no event matches the filter (--nodes {}, --from {}, --to {}); the logs hold \
+             nodes {known} and Lamport times {low}..={high}",
+            if args.nodes.is_empty() {
+                "any".to_string()
+            } else {
+                args.nodes.join(",")
+            },
+            args.from.map_or("any".to_string(), |from| from.to_string()),
+            args.to.map_or("any".to_string(), |to| to.to_string()),
+        ));
+    }
+    Ok(())
+}
+
+/// Draws the space-time diagram ([`crate::diagram`]) as SVG, or as an HTML page to explore.
+fn diagram(args: &DiagramArgs) -> Result<(), String> {
+    let mut events = read_all(&args.logs)?;
+    if events.is_empty() {
+        return Err("the logs hold no event".to_string());
+    }
+    let ends = crate::diagram::lifeline_ends(&events);
+    filter_events(&mut events, args)?;
     merge(&mut events);
-    let mut lanes: BTreeMap<(String, String), usize> = BTreeMap::new();
-    let mut first_seen: Vec<(String, String)> = Vec::new();
-    for event in &events {
-        let key = lifeline(event);
-        if !lanes.contains_key(&key) {
-            lanes.insert(key.clone(), 0);
-            first_seen.push(key);
-        }
-    }
-    first_seen.sort();
-    for (index, key) in first_seen.iter().enumerate() {
-        lanes.insert(key.clone(), index);
-    }
-    let (min_wall, max_wall) = events.iter().fold((i64::MAX, i64::MIN), |(lo, hi), e| {
-        (lo.min(e.wall_ns), hi.max(e.wall_ns))
-    });
-    let y_of = |index: usize, event: &LoggedEvent| -> f64 {
-        if args.physical {
-            let span = (max_wall - min_wall).max(1) as f64;
-            60.0 + (event.wall_ns - min_wall) as f64 / span * (events.len().max(10) as f64 * 14.0)
-        } else {
-            60.0 + index as f64 * 14.0
-        }
+    let options = crate::diagram::Options {
+        physical: args.physical,
     };
-    let width = 160 * lanes.len().max(1) + 260;
-    let height = 100 + events.len().max(10) * 14;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         font-family=\"monospace\" font-size=\"10\">"
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    for (id, colour) in [("arrow", "#36c"), ("inverted", "#d00")] {
-        let _ = writeln!(
-            svg,
-            "<defs><marker id=\"{id}\" viewBox=\"0 0 10 10\" refX=\"10\" refY=\"5\" \
-             markerWidth=\"6\" markerHeight=\"6\" orient=\"auto\">\
-             <path d=\"M0,0 L10,5 L0,10 z\" fill=\"{colour}\"/></marker></defs>"
-        );
-    }
-    let x_of = |key: &(String, String)| 100.0 + lanes[key] as f64 * 160.0;
-    for key in &first_seen {
-        let x = x_of(key);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x}" y1="40" x2="{x}" y2="{}" stroke="#999"/>"##,
-            height - 20
-        );
-        let label = format!("{} {}", key.0, &key.1[..key.1.len().min(6)]);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x}" y="30" text-anchor="middle">{}</text>"#,
-            xml(&label)
-        );
-    }
-    let mut sends: BTreeMap<(String, String, u64), (f64, f64, i64)> = BTreeMap::new();
-    let mut positions = Vec::with_capacity(events.len());
-    for (index, event) in events.iter().enumerate() {
-        let (x, y) = (x_of(&lifeline(event)), y_of(index, event));
-        positions.push((x, y));
-        if let Some(id) = message_of(event, EventKind::Send) {
-            sends.insert(id, (x, y, event.wall_ns));
-        }
-    }
-    let mut inverted = 0;
-    for (event, (x, y)) in events.iter().zip(&positions) {
-        if let Some(id) = message_of(event, EventKind::Recv)
-            && let Some((sx, sy, wall)) = sends.get(&id)
-        {
-            let red = event.wall_ns < *wall;
-            inverted += usize::from(red);
-            let colour = if red { "#d00" } else { "#36c" };
-            let width = if red { 2 } else { 1 };
-            let marker = if red { "inverted" } else { "arrow" };
-            let _ = writeln!(
-                svg,
-                "<line x1=\"{sx}\" y1=\"{sy}\" x2=\"{x}\" y2=\"{y}\" \
-                         stroke=\"{colour}\" stroke-width=\"{width}\" \
-                 marker-end=\"url(#{marker})\"><title>{}</title></line>",
-                xml(&event.message_type)
-            );
-        }
-        let colour = match event.kind {
-            EventKind::Send => "#36c",
-            EventKind::Recv => "#393",
-            EventKind::Local => "#555",
-        };
-        let label = if event.kind == EventKind::Local {
-            event.text.clone()
-        } else {
-            event.message_type.clone()
-        };
-        let _ = writeln!(
-            svg,
-            "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{colour}\">\
-             <title>lc {} {} {}</title></circle>",
-            event.lc,
-            event.kind,
-            xml(&label)
-        );
-        if event.kind == EventKind::Local {
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}">{}</text>"#,
-                x + 5.0,
-                y + 3.0,
-                xml(&label.chars().take(40).collect::<String>())
-            );
-        }
-    }
-    let axis = if args.physical {
-        "physical time"
+    let layout = crate::diagram::layout(&events, &ends, &options);
+    let text = if args.html {
+        let title = args
+            .logs
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        crate::diagram::html::render_page(&layout, &events, &title)
     } else {
-        "Lamport time"
+        crate::diagram::svg::render(&layout, &events)
     };
-    let _ = writeln!(
-        svg,
-        "<text x=\"10\" y=\"15\">y axis: {axis}; {} events; \
-         {inverted} arrows inverted in physical time (red)</text>",
-        events.len()
-    );
-    svg.push_str("</svg>\n");
-    std::fs::write(&args.output, svg).map_err(|e| format!("{}: {e}", args.output.display()))?;
+    std::fs::write(&args.output, text).map_err(|e| format!("{}: {e}", args.output.display()))?;
     eprintln!(
-        "wrote {} ({} events, {} lifelines)",
+        "wrote {} ({} events, {} lifelines, {} arrows, {} labels left out to avoid overprinting)",
         args.output.display(),
         events.len(),
-        lanes.len()
+        layout.lanes.len(),
+        layout.arrows.len(),
+        layout.unlabelled_count
     );
     Ok(())
 }
@@ -537,8 +461,13 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
 fn shiviz(args: &OutArgs) -> Result<(), String> {
     let mut events = read_all(&args.logs)?;
     merge(&mut events);
-    let name =
-        |event: &LoggedEvent| format!("{}/{}", event.node, &event.inc[..event.inc.len().min(6)]);
+    let name = |event: &LoggedEvent| {
+        format!(
+            "{}/{}",
+            event.node,
+            event.inc.chars().take(6).collect::<String>()
+        )
+    };
     let mut clocks: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut at_send: BTreeMap<(String, String, u64), BTreeMap<String, u64>> = BTreeMap::new();
     let mut out = String::from("(?<host>\\S*) (?<clock>{.*})\\n(?<event>.*)\n\n");
