@@ -757,7 +757,7 @@ pub fn run_stored_view_service(u: &mut Unstructured<'_>, reach: &mut Reach) -> R
     let mut service = ViewService::with_store(ViewTiming::default(), StoreSettings::new("h"));
     service.on_start(&mut ctx);
     let mut pending: Vec<(u64, StoreOp)> = Vec::new();
-    let mut take = |actions: Vec<Action<ViewServiceTimer>>,
+    let take = |actions: Vec<Action<ViewServiceTimer>>,
                     pending: &mut Vec<(u64, StoreOp)>,
                     reach: &mut Reach| {
         check_frames(&actions);
