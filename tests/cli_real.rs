@@ -8,11 +8,13 @@ use pbkv_e2e::{LatencyProxy, Node, free_port, pbkv_bin};
 
 const STARTUP: Duration = Duration::from_secs(20);
 
+/// Runs `pbkv SUBCOMMAND --vs VS REST…` for `args` = `[SUBCOMMAND, REST…]`.
 fn pbkv(vs: &str, args: &[&str]) -> Output {
     Command::new(pbkv_bin())
+        .arg(args[0])
         .arg("--vs")
         .arg(vs)
-        .args(args)
+        .args(&args[1..])
         .output()
         .expect("run pbkv")
 }
@@ -71,12 +73,49 @@ fn cluster() -> Cluster {
 fn client_commands_and_failover() {
     let c = cluster();
     let vs = c.vs.addr.as_str();
-    assert_eq!(pbkv(vs, &["put", "k", "hello"]).status.code(), Some(0));
+    let put = pbkv(vs, &["put", "k", "hello"]);
+    assert_eq!(
+        (put.status.code(), stdout(&put)),
+        (Some(0), "OK\n".to_string())
+    );
     let got = pbkv(vs, &["get", "k"]);
     assert_eq!(
         (got.status.code(), stdout(&got)),
         (Some(0), "hello\n".to_string())
     );
+    assert_eq!(stdout(&pbkv(vs, &["get", "--raw", "k"])), "hello");
+    let json = pbkv(vs, &["get", "--json", "k"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("get --json");
+    assert_eq!(
+        json,
+        serde_json::json!({"key": "k", "found": true, "value": "hello"})
+    );
+    let json = pbkv(vs, &["put", "--json", "k", "hello"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("put --json");
+    assert_eq!(json, serde_json::json!({"key": "k", "ok": true}));
+    let missing = pbkv(vs, &["get", "--json", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let missing: serde_json::Value = serde_json::from_str(&stdout(&missing)).expect("JSON");
+    assert_eq!(missing, serde_json::json!({"key": "nope", "found": false}));
+
+    // A key and a value that are not UTF-8, typed as hex; read back as hex, raw and JSON.
+    assert_eq!(
+        pbkv(vs, &["put", "--hex", "00ff", "c3280a"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(stdout(&pbkv(vs, &["get", "--hex", "00ff"])), "c3280a\n");
+    assert_eq!(
+        pbkv(vs, &["get", "--raw", "--hex", "00ff"]).stdout,
+        b"c3280a"
+    );
+    let json = pbkv(vs, &["get", "--json", "--hex", "00ff"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"key_hex": "00ff", "found": true, "value_hex": "c3280a"})
+    );
+    let bad = pbkv(vs, &["get", "--hex", "0g"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
     let missing = pbkv(vs, &["get", "nope"]);
     assert_eq!(
         (missing.status.code(), stdout(&missing)),
@@ -92,7 +131,7 @@ fn client_commands_and_failover() {
 
     // A binary value from stdin round-trips.
     let mut child = Command::new(pbkv_bin())
-        .args(["--vs", vs, "put", "bin", "-"])
+        .args(["put", "--vs", vs, "bin", "-"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -103,7 +142,7 @@ fn client_commands_and_failover() {
 
     // Refused: a value over the limit names the limit, exit 65.
     let mut child = Command::new(pbkv_bin())
-        .args(["--vs", vs, "put", "big", "-"])
+        .args(["put", "--vs", vs, "big", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,8 +162,8 @@ fn client_commands_and_failover() {
     let info: serde_json::Value = serde_json::from_str(&stdout(&info)).expect("info JSON");
     assert_eq!(info["replica"]["may_serve"], true);
     assert_eq!(
-        info["replica"]["keys"], 3,
-        "k, c and bin; the refused value is not stored"
+        info["replica"]["keys"], 4,
+        "k, c, bin and 00ff; the refused value is not stored"
     );
     let text = pbkv(vs, &["view"]);
     assert!(
@@ -160,11 +199,11 @@ fn usage_and_unreachable_errors() {
     let port = free_port();
     let nobody = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let unreachable = pbkv(&nobody, &["--timeout", "1", "get", "k"]);
+    let unreachable = pbkv(&nobody, &["get", "--timeout", "1", "k"]);
     assert_eq!(unreachable.status.code(), Some(69), "{unreachable:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("nothing was sent"));
-    let view = pbkv(&nobody, &["--timeout", "1", "view"]);
+    let view = pbkv(&nobody, &["view", "--timeout", "1"]);
     assert_eq!(view.status.code(), Some(69));
 }
 
@@ -297,7 +336,7 @@ fn bench_history(vs: &str, args: &[&str], mix: &[&str]) -> Vec<serde_json::Value
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("history.jsonl");
     let output = Command::new(pbkv_bin())
-        .args(["--vs", vs, "bench", "--keys", "3"])
+        .args(["bench", "--vs", vs, "--keys", "3"])
         .args(args)
         .args(mix)
         .arg("--history")
@@ -525,9 +564,9 @@ fn bench_exits_non_zero_when_nothing_answers() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let args = [
+        "bench",
         "--timeout",
         "1",
-        "bench",
         "--duration",
         "30",
         "--clients",

@@ -8,3 +8,4 @@ pub mod config;
 pub mod exit;
 pub mod keys;
 pub mod logging;
+pub mod output;

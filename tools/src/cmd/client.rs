@@ -1,6 +1,6 @@
 //! The client commands: `pbkv get | put | puthash | view | info`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,23 +12,19 @@ use proto::{Addr, Message};
 
 use crate::blocking::{BlockingClient, CallError};
 use crate::exit;
+use crate::output::write_stdout;
 
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The view service's address.
-    #[arg(
-        long = "vs",
-        env = "PBKV_VS",
-        global = true,
-        default_value = "127.0.0.1:7100"
-    )]
+    #[arg(long = "vs", env = "PBKV_VS", default_value = "127.0.0.1:7100")]
     pub view_service: String,
     /// Seconds to wait for an answer.
-    #[arg(long, global = true, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
     /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
-    #[arg(long, env = "PBKV_KEY_FILE", global = true)]
+    #[arg(long, env = "PBKV_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
 }
 
@@ -94,8 +90,72 @@ fn value_arg(value: &str) -> Result<Bytes, (i32, String)> {
     Ok(Bytes::from(buffer))
 }
 
+/// How a command prints what an operation returned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Print {
+    /// Keys and values as hex digits.
+    pub hex: bool,
+    /// No newline after the value (get).
+    pub raw: bool,
+    /// One JSON object.
+    pub json: bool,
+}
+
+/// A byte string in JSON: `"name": text` when it is UTF-8 (and not `hex`), otherwise
+/// `"name_hex": hex digits`.
+fn json_bytes(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    bytes: &[u8],
+    hex: bool,
+) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !hex => object.insert(name.to_string(), text.into()),
+        _ => object.insert(format!("{name}_hex"), hex::encode(bytes).into()),
+    };
+}
+
+/// What a command writes to stdout when `op` ends with `outcome` (None: the key is
+/// missing): get the value, put `OK`, puthash the previous value; or one JSON object.
+fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
+    let (key, name) = match op {
+        ClientOp::Get { key } => (key, "value"),
+        ClientOp::Put { key, .. } => (key, ""),
+        ClientOp::PutHash { key, .. } => (key, "previous"),
+    };
+    if print.json {
+        let mut object = serde_json::Map::new();
+        json_bytes(&mut object, "key", key, print.hex);
+        match (name, outcome) {
+            ("", _) => {
+                object.insert("ok".into(), true.into());
+            }
+            (name, Some(value)) => {
+                if name == "value" {
+                    object.insert("found".into(), true.into());
+                }
+                json_bytes(&mut object, name, value, print.hex);
+            }
+            (_, None) => {
+                object.insert("found".into(), false.into());
+            }
+        }
+        return format!("{}\n", serde_json::Value::Object(object)).into_bytes();
+    }
+    let mut out = match (name, outcome) {
+        ("", _) => b"OK".to_vec(),
+        (_, Some(value)) if print.hex => hex::encode(value).into_bytes(),
+        (_, Some(value)) => value.to_vec(),
+        (_, None) => return Vec::new(),
+    };
+    if !print.raw {
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Runs one key/value operation; prints what it returns; returns the exit code.
-pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
+pub fn run_op(args: &ClientArgs, op: ClientOp, print: Print) -> i32 {
     let (view_service, timeout) = match (args.view_service(), args.timeout()) {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
@@ -110,34 +170,27 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
         Err(why) => return fail(exit::UNAVAILABLE, &why),
     };
     let is_get = matches!(op, ClientOp::Get { .. });
-    let print = !matches!(op, ClientOp::Put { .. });
-    match client.call(op, timeout) {
-        Ok(Outcome::Done(value)) => {
-            if print {
-                let mut stdout = std::io::stdout().lock();
-                let written = stdout
-                    .write_all(&value)
-                    .and_then(|()| stdout.write_all(b"\n"));
-                if let Err(error) = written {
-                    return fail(exit::MISSING, &format!("writing stdout: {error}"));
-                }
-            }
-            exit::OK
-        }
-        Ok(Outcome::NoKey) if is_get => exit::MISSING,
-        Ok(Outcome::NoKey) => exit::OK,
+    let within = humantime::format_duration(timeout);
+    match client.call(op.clone(), timeout) {
+        Ok(Outcome::Done(value)) => write_stdout(&output_of(&op, Some(&value), print)),
+        Ok(Outcome::NoKey) if is_get => match write_stdout(&output_of(&op, None, print)) {
+            exit::OK => exit::MISSING,
+            code => code,
+        },
+        // A Put or PutHash of a missing key: PutHash's previous value is "".
+        Ok(Outcome::NoKey) => write_stdout(&output_of(&op, Some(&Bytes::new()), print)),
         Ok(Outcome::Refused(why)) => fail(exit::REFUSED, &format!("refused: {why}")),
         Ok(Outcome::Unknown(why)) => fail(exit::UNKNOWN, &format!("outcome unknown: {why}")),
         Err(CallError::NothingSent) => fail(
             exit::UNAVAILABLE,
             &format!(
-                "no primary reachable within {timeout:?}; nothing was sent{}",
+                "no primary reachable within {within}; nothing was sent{}",
                 args.unreachable_hint()
             ),
         ),
         Err(CallError::NoAnswer) => fail(
             exit::UNKNOWN,
-            &format!("no answer within {timeout:?}; the request may or may not have been applied"),
+            &format!("no answer within {within}; the request may or may not have been applied"),
         ),
         Err(CallError::Stopped(why)) => fail(exit::UNAVAILABLE, &why),
     }
@@ -148,6 +201,16 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
 pub struct GetArgs {
     /// The key.
     pub key: String,
+    /// Write the value exactly as stored, with no newline after it.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+    /// The key is hex digits, and the value is printed as hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: `key`, `found` and `value` (`key_hex`, `value_hex` for bytes
+    /// that are not UTF-8, or with --hex).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pbkv put KEY VALUE` and `pbkv puthash KEY VALUE`.
@@ -155,33 +218,68 @@ pub struct GetArgs {
 pub struct PutArgs {
     /// The key.
     pub key: String,
-    /// The value; `-` reads it from stdin (binary values welcome).
+    /// The value; `-` reads it from stdin (binary values welcome, read as they are even
+    /// with --hex).
     pub value: String,
+    /// KEY and VALUE are hex digits (for bytes that are not UTF-8); puthash prints the
+    /// previous value as hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: put `{"key": …, "ok": true}`, puthash the key and `previous`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A key or value argument: the text's bytes, or with `hex` the bytes its digits spell.
+fn bytes_arg(what: &str, text: &str, hex: bool) -> Result<Bytes, String> {
+    if !hex {
+        return Ok(Bytes::copy_from_slice(text.as_bytes()));
+    }
+    hex::decode(text)
+        .map(Bytes::from)
+        .map_err(|error| format!("{what} {text:?} is not hex: {error}"))
 }
 
 /// Runs `pbkv get`.
 pub fn get(args: &ClientArgs, get: &GetArgs) -> i32 {
-    run_op(
-        args,
-        ClientOp::Get {
-            key: Bytes::copy_from_slice(get.key.as_bytes()),
-        },
-    )
+    let key = match bytes_arg("KEY", &get.key, get.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    let print = Print {
+        hex: get.hex,
+        raw: get.raw,
+        json: get.json,
+    };
+    run_op(args, ClientOp::Get { key }, print)
 }
 
 /// Runs `pbkv put` (`hash` false) or `pbkv puthash` (`hash` true).
 pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
-    let value = match value_arg(&put.value) {
+    let value = if put.value == "-" {
+        value_arg(&put.value)
+    } else {
+        bytes_arg("VALUE", &put.value, put.hex).map_err(|why| (exit::USAGE, why))
+    };
+    let value = match value {
         Ok(value) => value,
         Err((code, why)) => return fail(code, &why),
     };
-    let key = Bytes::copy_from_slice(put.key.as_bytes());
+    let key = match bytes_arg("KEY", &put.key, put.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
     let op = if hash {
         ClientOp::PutHash { key, value }
     } else {
         ClientOp::Put { key, value }
     };
-    run_op(args, op)
+    let print = Print {
+        hex: put.hex,
+        raw: false,
+        json: put.json,
+    };
+    run_op(args, op, print)
 }
 
 /// Sends `request` to `to` and waits up to `timeout` for the answer.

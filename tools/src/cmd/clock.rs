@@ -29,6 +29,15 @@ pub enum ClockCommand {
     Experiment(ExperimentArgs),
 }
 
+/// The key to prove with: a time server beside other roles answers only clients that prove
+/// the client key (or the cluster key).
+#[derive(Debug, Clone, Args)]
+pub struct KeyFileArgs {
+    /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
+    #[arg(long, env = "PBKV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
 /// The skew injected into this process's clock.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct SkewArgs {
@@ -63,6 +72,8 @@ pub struct ProbeArgs {
     pub json: bool,
     #[command(flatten)]
     pub skew: SkewArgs,
+    #[command(flatten)]
+    pub key: KeyFileArgs,
 }
 
 /// `pbkv clock experiment` arguments.
@@ -113,13 +124,19 @@ pub struct ExperimentArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeyFileArgs,
 }
 
 /// Runs `pbkv clock`; returns the exit code.
-pub fn run(command: &ClockCommand, client: &crate::cmd::client::ClientArgs) -> i32 {
+pub fn run(command: &ClockCommand) -> i32 {
     // A time server that is its node's only role answers anyone; one beside other roles
     // wants the client key (`--key-file`).
-    let keys = match client.keys() {
+    let key_file = match command {
+        ClockCommand::Probe(args) => &args.key.key_file,
+        ClockCommand::Experiment(args) => &args.key.key_file,
+    };
+    let keys = match crate::keys::for_tool(key_file.as_deref()) {
         Ok(keys) => keys,
         Err(why) => return fail(exit::CONFIG, &why),
     };
