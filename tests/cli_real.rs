@@ -603,8 +603,15 @@ fn demo_and_log_tool() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("demo");
     let started = Instant::now();
+    // --port-base pins the ports: the view service on the base, s1..s3 on the next three.
+    let base = loop {
+        let port = free_port();
+        if port < 65_000 {
+            break port;
+        }
+    };
     let demo = Command::new(pbkv_bin())
-        .args(["demo", "--dir"])
+        .args(["demo", "--port-base", &base.to_string(), "--dir"])
         .arg(&out)
         .output()
         .expect("run demo");
@@ -614,6 +621,25 @@ fn demo_and_log_tool() {
     assert!(
         text.contains("20 of 20 acknowledged writes read back"),
         "{text}"
+    );
+    assert!(
+        text.contains(&format!("view service on 127.0.0.1:{base}\n")),
+        "{text}"
+    );
+    let s3 = std::fs::read_to_string(out.join("s3.toml")).expect("s3.toml");
+    assert!(
+        s3.contains(&format!("listen = \"127.0.0.1:{}\"", base + 3)),
+        "{s3}"
+    );
+    // Clean numbers: no skew is `offset_ms = 0`, not `0.0` or `-0.0`.
+    assert!(s3.contains("offset_ms = 0\n"), "{s3}");
+    // The unmatched sends are explained, and the demo's last line is "done".
+    assert!(text.contains("to processes that keep no log"), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|line| line.starts_with("done in "))
     );
     let svg = std::fs::read_to_string(out.join("diagram.svg")).expect("diagram");
     assert!(svg.starts_with("<svg") && svg.contains("<line"));

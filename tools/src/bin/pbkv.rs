@@ -125,7 +125,8 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (
         &["log", "diagram"],
-        "pbkv log diagram logs/*.jsonl -o diagram.svg\n  pbkv log diagram --nodes s1,s2 logs/*.jsonl -o -",
+        "pbkv log diagram logs/*.jsonl -o diagram.svg\n  \
+         pbkv log diagram --nodes s1,s2 logs/*.jsonl -o -",
     ),
     (
         &["log", "shiviz"],
