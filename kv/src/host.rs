@@ -66,6 +66,19 @@ pub fn route(message_type: MessageType) -> &'static [Slot] {
     }
 }
 
+/// Logs a view service's view change at info, with the old and the new view on one line
+/// (as Sentinel logs `+switch-master`), for an operator following the logs. Views change
+/// only on a ping or a tick, which is where the host calls this.
+fn log_view_change(before: &proto::viewservice::View, after: &proto::viewservice::View) {
+    if after.viewnum != before.viewnum {
+        log::info!(
+            "view change: view {} (was view {})",
+            crate::view_text(after),
+            crate::view_text(before)
+        );
+    }
+}
+
 /// The extra role of a host that needs none: it drops what it is given.
 #[derive(Debug, Default)]
 pub struct NoExtra;
@@ -264,9 +277,11 @@ impl<E: Role> Host<E> {
         match (slot, message) {
             (Slot::ViewService, message) => {
                 if let Some(role) = self.view_service.as_mut() {
+                    let before = role.view();
                     ctx.nested(HostTimer::ViewService, |c| {
                         role.on_message(c, origin, message)
                     });
+                    log_view_change(&before, &role.view());
                 }
             }
             (Slot::Replica, message) => {
@@ -357,7 +372,9 @@ impl<E: Role> Role for Host<E> {
         match timer {
             HostTimer::ViewService(timer) => {
                 if let Some(role) = self.view_service.as_mut() {
+                    let before = role.view();
                     ctx.nested(HostTimer::ViewService, |c| role.on_timer(c, timer));
+                    log_view_change(&before, &role.view());
                 }
             }
             HostTimer::Replica(timer) => {

@@ -64,6 +64,8 @@ fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
         .arg(&path)
         .current_dir(dir)
         .env("PBKV_LOG", "warn")
+        // The demo reads the nodes' "ready on" line as text.
+        .env("PBKV_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
