@@ -430,7 +430,10 @@ mod tests {
             ("roles = [\"replica\"]", "viewservice"),
             ("roles = [\"echo\"]\n[timing]\ndead_pings = 0", "dead_pings"),
             ("roles = [\"echo\"]\n[log]\nlevel = \"loud\"", "log.level"),
-            ("roles = [\"echo\"]\n[log]\nformat = \"xml\"", "unknown variant `xml`"),
+            (
+                "roles = [\"echo\"]\n[log]\nformat = \"xml\"",
+                "unknown variant `xml`",
+            ),
         ];
         for (tail, expected) in cases {
             let error = NodeConfig::parse(&format!("{base}{tail}\n")).expect_err(tail);
