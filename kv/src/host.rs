@@ -357,7 +357,7 @@ impl<E: Role> Role for Host<E> {
         let key = match message {
             Message::GetRequest(get) => &get.key,
             // A PutHash's reply holds the previous value; a Put's is empty.
-            Message::PutRequest(put) if put.hash => &put.key,
+            Message::PutRequest(put) if put.kind == proto::kv::PutKind::PutHash => &put.key,
             _ => return REPLY_LEN_HINT_DEFAULT,
         };
         let value_len = self
