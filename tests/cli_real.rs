@@ -116,6 +116,18 @@ fn client_commands_and_failover() {
     );
     let bad = pbkv(vs, &["get", "--hex", "0g"]);
     assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+
+    // Delete: 1 when the key existed, 0 when not; the key is then missing.
+    assert_eq!(pbkv(vs, &["put", "gone", "x"]).status.code(), Some(0));
+    let del = pbkv(vs, &["del", "gone"]);
+    assert_eq!(
+        (del.status.code(), stdout(&del)),
+        (Some(0), "1\n".to_string())
+    );
+    assert_eq!(pbkv(vs, &["get", "gone"]).status.code(), Some(1));
+    let del = pbkv(vs, &["del", "--json", "gone"]);
+    let del: serde_json::Value = serde_json::from_str(&stdout(&del)).expect("del --json");
+    assert_eq!(del, serde_json::json!({"key": "gone", "deleted": false}));
     let missing = pbkv(vs, &["get", "nope"]);
     assert_eq!(
         (missing.status.code(), stdout(&missing)),
@@ -256,8 +268,17 @@ fn bench_reports_json() {
     assert_eq!(bad_mix.status.code(), Some(2));
 
     // A history on few keys, checked for linearizability over real processes.
-    let mix = ["--mix", "get=40,put=40,puthash=20"];
+    let mix = ["--mix", "get=40,put=30,puthash=15,del=15"];
     let events = bench_history(&c.vs.addr, &["--clients", "8", "--requests", "2000"], &mix);
+    let deleted = |out: &str| {
+        events
+            .iter()
+            .any(|e| e["f"] == "del" && e["type"] == "ok" && e["out"] == out)
+    };
+    assert!(
+        deleted("1") && deleted("0"),
+        "deletes that found a key and some that did not"
+    );
     let history = history_operations(&events);
     let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
     assert_eq!(checked, 2000);
@@ -400,6 +421,7 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
         let kind = match event["f"].as_str() {
             Some("get") => Kind::Get,
             Some("put") => Kind::Put(bytes(&event["value"])),
+            Some("del") => Kind::Delete,
             _ => Kind::PutHash(bytes(&event["value"])),
         };
         let known = event["type"] == "ok";
@@ -410,6 +432,7 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
             }
             (Kind::Put(_), true) => Output::Done,
             (Kind::PutHash(_), true) => Output::Previous(bytes(&event["out"])),
+            (Kind::Delete, true) => Output::Deleted(event["out"] == "1"),
         };
         ops.push(Operation {
             key: bytes(&event["key"]),

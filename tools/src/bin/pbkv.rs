@@ -2,7 +2,7 @@
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pbkv_tools::cmd;
-use pbkv_tools::cmd::client::{ClientArgs, GetArgs, InfoArgs, PutArgs, ViewArgs};
+use pbkv_tools::cmd::client::{ClientArgs, DelArgs, GetArgs, InfoArgs, PutArgs, ViewArgs};
 
 /// pbkv: a primary/backup replicated key/value service.
 #[derive(Debug, Parser)]
@@ -44,6 +44,8 @@ enum Command {
     Put(WithClient<PutArgs>),
     /// Store hash(previous ++ value); print the previous value.
     Puthash(WithClient<PutArgs>),
+    /// Delete a key; print 1 if it existed, 0 if not.
+    Del(WithClient<DelArgs>),
     /// Print the current view.
     View(WithClient<ViewArgs>),
     /// Print one node's state.
@@ -101,6 +103,10 @@ const EXAMPLES: &[(&[&str], &str)] = &[
          pbkv put --hex 00ff 6869",
     ),
     (&["puthash"], "pbkv puthash --vs 127.0.0.1:7100 h 1"),
+    (
+        &["del"],
+        "pbkv del --vs 127.0.0.1:7100 user:1\n  pbkv del --hex 00ff",
+    ),
     (
         &["view"],
         "pbkv view --vs 127.0.0.1:7100\n  pbkv view --json",
@@ -195,6 +201,7 @@ fn main() {
         Command::Get(with) => cmd::client::get(&with.client, &with.args),
         Command::Put(with) => cmd::client::put(&with.client, &with.args, false),
         Command::Puthash(with) => cmd::client::put(&with.client, &with.args, true),
+        Command::Del(with) => cmd::client::del(&with.client, &with.args),
         Command::View(with) => cmd::client::view(&with.client, &with.args),
         Command::Info(with) => cmd::client::info(&with.client, &with.args),
         Command::Bench(with) => cmd::bench::run(&with.client, &with.args),
@@ -265,7 +272,7 @@ mod tests {
     /// and no command shows one flag twice (`clock probe` once showed two `--timeout`s).
     #[test]
     fn client_flags_appear_only_where_they_apply() {
-        let cluster = ["get", "put", "puthash", "view", "info", "bench"];
+        let cluster = ["get", "put", "puthash", "del", "view", "info", "bench"];
         for (path, help) in all_subcommands() {
             let client = path.len() == 1 && cluster.contains(&path[0].as_str());
             assert_eq!(help.contains("--vs <"), client, "{path:?}:\n{help}");

@@ -122,6 +122,7 @@ fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
         ClientOp::Get { key } => (key, "value"),
         ClientOp::Put { key, .. } => (key, ""),
         ClientOp::PutHash { key, .. } => (key, "previous"),
+        ClientOp::Delete { key } => (key, "deleted"),
     };
     if print.json {
         let mut object = serde_json::Map::new();
@@ -129,6 +130,10 @@ fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
         match (name, outcome) {
             ("", _) => {
                 object.insert("ok".into(), true.into());
+            }
+            ("deleted", outcome) => {
+                let deleted = outcome.is_some_and(|reply| reply.as_ref() == b"1");
+                object.insert("deleted".into(), deleted.into());
             }
             (name, Some(value)) => {
                 if name == "value" {
@@ -144,6 +149,8 @@ fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
     }
     let mut out = match (name, outcome) {
         ("", _) => b"OK".to_vec(),
+        // A Delete's reply is the count of keys it removed, `1` or `0`, as text.
+        ("deleted", Some(reply)) => reply.to_vec(),
         (_, Some(value)) if print.hex => hex::encode(value).into_bytes(),
         (_, Some(value)) => value.to_vec(),
         (_, None) => return Vec::new(),
@@ -228,6 +235,33 @@ pub struct PutArgs {
     /// Print one JSON object: put `{"key": …, "ok": true}`, puthash the key and `previous`.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `pbkv del KEY`.
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    /// The key.
+    pub key: String,
+    /// The key is hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: `{"key": …, "deleted": true}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pbkv del`: prints `1` if the key existed, `0` if not; exit 0 either way.
+pub fn del(args: &ClientArgs, del: &DelArgs) -> i32 {
+    let key = match bytes_arg("KEY", &del.key, del.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    let print = Print {
+        hex: del.hex,
+        raw: false,
+        json: del.json,
+    };
+    run_op(args, ClientOp::Delete { key }, print)
 }
 
 /// A key or value argument: the text's bytes, or with `hex` the bytes its digits spell.

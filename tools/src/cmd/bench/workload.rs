@@ -14,10 +14,11 @@ pub(crate) enum OpKind {
     Get,
     Put,
     PutHash,
+    Delete,
 }
 
 impl OpKind {
-    pub(crate) const ALL: [OpKind; 3] = [OpKind::Get, OpKind::Put, OpKind::PutHash];
+    pub(crate) const ALL: [OpKind; 4] = [OpKind::Get, OpKind::Put, OpKind::PutHash, OpKind::Delete];
 
     /// The name in `--mix`, the outputs and histories.
     pub(crate) fn name(self) -> &'static str {
@@ -25,6 +26,7 @@ impl OpKind {
             OpKind::Get => "get",
             OpKind::Put => "put",
             OpKind::PutHash => "puthash",
+            OpKind::Delete => "del",
         }
     }
 
@@ -37,6 +39,7 @@ impl OpKind {
             ClientOp::Get { .. } => OpKind::Get,
             ClientOp::Put { .. } => OpKind::Put,
             ClientOp::PutHash { .. } => OpKind::PutHash,
+            ClientOp::Delete { .. } => OpKind::Delete,
         }
     }
 }
@@ -44,13 +47,13 @@ impl OpKind {
 /// Percent of operations per kind, adding up to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mix {
-    percent: [u32; 3],
+    percent: [u32; 4],
 }
 
 impl Mix {
-    /// Parses `get=G,put=P,puthash=H`; omitted kinds are 0.
+    /// Parses `get=G,put=P,puthash=H,del=D`; omitted kinds are 0.
     pub(crate) fn parse(text: &str) -> Result<Mix, String> {
-        let mut percent = [0u32; 3];
+        let mut percent = [0u32; 4];
         for part in text.split(',').filter(|part| !part.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -61,7 +64,9 @@ impl Mix {
             let kind = OpKind::ALL
                 .into_iter()
                 .find(|kind| kind.name() == name)
-                .ok_or(format!("--mix: unknown kind {name:?} (get, put, puthash)"))?;
+                .ok_or(format!(
+                    "--mix: unknown kind {name:?} (get, put, puthash, del)"
+                ))?;
             percent[kind.index()] = value;
         }
         let total: u64 = percent.iter().map(|p| u64::from(*p)).sum();
@@ -186,8 +191,10 @@ impl Workload {
             let _ = write!(buffer, "key:{key_index}");
         });
         let kind = self.mix.pick(self.rng.random_range(0..100));
-        if kind == OpKind::Get {
-            return ClientOp::Get { key };
+        match kind {
+            OpKind::Get => return ClientOp::Get { key },
+            OpKind::Delete => return ClientOp::Delete { key },
+            OpKind::Put | OpKind::PutHash => {}
         }
         let value = self.next_value();
         match kind {
