@@ -155,7 +155,7 @@ fn blob(u: &mut Unstructured<'_>, limit: usize) -> Result<Bytes> {
 }
 
 fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
-    let op = match u.int_in_range(0..=4u8)? {
+    let op = match u.int_in_range(0..=5u8)? {
         0 => Op::Noop,
         1 => Op::Put {
             key: blob(u, KEY_LEN_MAX)?,
@@ -168,6 +168,9 @@ fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
         3 => Op::OpenSession {
             nonce: u.arbitrary()?,
         },
+        4 => Op::Delete {
+            key: blob(u, KEY_LEN_MAX)?,
+        },
         _ => {
             let count = u.int_in_range(0..=3usize)?;
             let mut sessions = Vec::with_capacity(count);
@@ -177,7 +180,7 @@ fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
             Op::ExpireSessions { sessions }
         }
     };
-    let writes = matches!(op, Op::Put { .. } | Op::PutHash { .. });
+    let writes = op.is_write();
     let (session, seq) = if writes && u.ratio(3, 4)? {
         (number(u, 1)?, number(u, 1)?)
     } else if u.ratio(7, 8)? {
@@ -270,7 +273,11 @@ fn message(u: &mut Unstructured<'_>, known: Known) -> Result<Message> {
         MessageType::PutRequest => PutRequest {
             session: number(u, 1)?,
             seq: number(u, 1)?,
-            hash: u.arbitrary()?,
+            kind: match u.int_in_range(0..=2u8)? {
+                0 => proto::kv::PutKind::Put,
+                1 => proto::kv::PutKind::PutHash,
+                _ => proto::kv::PutKind::Delete,
+            },
             key: blob(u, KEY_LEN_MAX)?,
             value: blob(u, VALUE_LEN_MAX)?,
         }

@@ -261,6 +261,32 @@ mod tests {
         assert!((6_700..7_300).contains(&gets), "{gets} gets of 10000");
     }
 
+    /// Goal: `del` is a kind of the mix like the others, and its share of operations are
+    /// Deletes of keys in the keyspace.
+    #[test]
+    fn deletes_in_the_mix() {
+        let mix = Mix::parse("get=50,del=50").expect("mix");
+        assert_eq!(
+            mix.kinds().collect::<Vec<_>>(),
+            vec![OpKind::Get, OpKind::Delete]
+        );
+        let mut load = workload("get=50,del=50", 16, false);
+        let deletes: Vec<ClientOp> = (0..10_000)
+            .map(|_| load.next_op())
+            .filter(|op| OpKind::of(op) == OpKind::Delete)
+            .collect();
+        assert!(
+            (4_700..5_300).contains(&deletes.len()),
+            "{} deletes",
+            deletes.len()
+        );
+        assert!(
+            deletes
+                .iter()
+                .all(|op| matches!(op, ClientOp::Delete { key } if key.starts_with(b"key:")))
+        );
+    }
+
     /// Goal: values have the asked size and are all different; fill writes keys in order.
     #[test]
     fn values_are_unique_and_sized() {
