@@ -20,8 +20,8 @@ pub struct ClientArgs {
     /// The view service's address.
     #[arg(long = "vs", env = "PBKV_VS", default_value = "127.0.0.1:7100")]
     pub view_service: String,
-    /// Seconds to wait for an answer.
-    #[arg(long, default_value_t = 10.0)]
+    /// How long to wait for an answer: seconds (`2.5`) or a duration (`500ms`, `1m`).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds, value_name = "DURATION")]
     pub timeout: f64,
     /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
     #[arg(long, env = "PBKV_KEY_FILE")]
@@ -63,6 +63,20 @@ impl ClientArgs {
             ))
         }
     }
+}
+
+/// A duration argument as seconds: a plain number is seconds; anything else is read as a
+/// duration with units (`500ms`, `2s`, `1m 30s`).
+///
+/// # Errors
+/// Neither a number nor a duration.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|duration| duration.as_secs_f64())
+        .map_err(|error| format!("{text:?}: {error} (seconds, or a duration such as 500ms)"))
 }
 
 fn fail(code: i32, why: &str) -> i32 {
@@ -415,5 +429,56 @@ fn print_info(value: &serde_json::Value, prefix: &str) {
             }
         }
         other => println!("{prefix}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: `--timeout` takes seconds or a duration with units, and refuses anything else.
+    #[test]
+    fn timeouts_read_seconds_or_durations() {
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        assert_eq!(parse_seconds("500ms"), Ok(0.5));
+        assert_eq!(parse_seconds("1m 30s"), Ok(90.0));
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    /// Goal: what each command prints: put `OK`, get the value (raw without the newline,
+    /// hex as digits), del the count, and JSON with `_hex` names for bytes that are not
+    /// UTF-8.
+    #[test]
+    fn outputs_per_command() {
+        let key = Bytes::from_static(b"k");
+        let get = ClientOp::Get { key: key.clone() };
+        let value = Bytes::from_static(&[0xc3, 0x28]);
+        let plain = Print::default();
+        assert_eq!(output_of(&get, Some(&value), plain), b"\xc3\x28\n");
+        let raw = Print { raw: true, ..plain };
+        assert_eq!(output_of(&get, Some(&value), raw), b"\xc3\x28");
+        let hex = Print { hex: true, ..plain };
+        assert_eq!(output_of(&get, Some(&value), hex), b"c328\n");
+        let json = Print {
+            json: true,
+            ..plain
+        };
+        let text = String::from_utf8(output_of(&get, Some(&value), json)).expect("UTF-8");
+        assert_eq!(
+            text,
+            "{\"found\":true,\"key\":\"k\",\"value_hex\":\"c328\"}\n"
+        );
+        let put = ClientOp::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        assert_eq!(output_of(&put, Some(&Bytes::new()), plain), b"OK\n");
+        let del = ClientOp::Delete { key };
+        assert_eq!(
+            output_of(&del, Some(&Bytes::from_static(b"0")), plain),
+            b"0\n"
+        );
+        let text = String::from_utf8(output_of(&del, Some(&Bytes::from_static(b"1")), json));
+        assert_eq!(text.as_deref(), Ok("{\"deleted\":true,\"key\":\"k\"}\n"));
     }
 }

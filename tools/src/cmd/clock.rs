@@ -64,8 +64,14 @@ pub struct ProbeArgs {
     /// Exchanges per poll, back to back (the later ones run warm).
     #[arg(long, default_value_t = 4)]
     pub burst: u32,
-    /// Seconds to wait for answers, beyond the polling time itself, before giving up.
-    #[arg(long, default_value_t = 3.0)]
+    /// How long to wait for answers, beyond the polling time itself, before giving up:
+    /// seconds (`0.5`) or a duration (`500ms`).
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        value_parser = crate::cmd::client::parse_seconds,
+        value_name = "DURATION"
+    )]
     pub timeout: f64,
     /// Print JSON instead of text.
     #[arg(long)]
