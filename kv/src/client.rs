@@ -98,8 +98,11 @@ pub struct Outstanding<'a> {
 /// How a client runs.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// The view service.
-    pub view_service: Addr,
+    /// The view-service nodes (one, or several in the etcd mode): a view is asked of
+    /// every one at once, and the newest of the known epoch is taken.
+    pub view_services: Vec<Addr>,
+    /// After the first answer to a view request, how long to wait for the others.
+    pub view_gather: Duration,
     /// How long to wait for an answer before re-reading the view and retrying.
     pub retry_after: Duration,
     /// Pause before retrying after an error reply or a broken link (the lab's PingInterval).
@@ -111,8 +114,14 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Defaults for the view service at `view_service`.
     pub fn new(view_service: Addr) -> ClientConfig {
+        ClientConfig::with_view_services(vec![view_service])
+    }
+
+    /// Defaults for the view-service nodes at `view_services` (an empty list asks none).
+    pub fn with_view_services(view_services: Vec<Addr>) -> ClientConfig {
         ClientConfig {
-            view_service,
+            view_services,
+            view_gather: Duration::from_millis(50),
             retry_after: Duration::from_secs(1),
             retry_pause: Duration::from_millis(100),
             lane: 0,
@@ -125,6 +134,8 @@ impl ClientConfig {
 pub enum ClientTimer {
     /// No answer in time, or a pause before retrying, is over.
     Retry,
+    /// The wait for the other view-service nodes' answers is over.
+    Gather,
 }
 
 #[derive(Debug)]
@@ -151,6 +162,14 @@ pub struct Client {
     current: Option<Current>,
     /// The correlation id of the request whose answer is awaited.
     awaiting: Option<u64>,
+    /// View requests awaiting an answer: correlation id and view-service node.
+    view_asks: Vec<(u64, Addr)>,
+    /// The newest view answered so far to the current view requests.
+    gathered: Option<View>,
+    /// The epoch of the views this client takes (the first view it took sets it).
+    epoch: Option<proto::Incarnation>,
+    /// Whether the gather timer is armed.
+    gather_armed: bool,
     completed: Vec<Completed>,
     view_requests: u64,
 }
@@ -168,6 +187,10 @@ impl Client {
             queue: VecDeque::new(),
             current: None,
             awaiting: None,
+            view_asks: Vec::new(),
+            gathered: None,
+            epoch: None,
+            gather_armed: false,
             completed: Vec::new(),
             view_requests: 0,
         }
@@ -218,6 +241,11 @@ impl Client {
     /// The correlation id of the request whose answer this client awaits.
     pub fn awaiting(&self) -> Option<u64> {
         self.awaiting
+    }
+
+    /// The view requests awaiting an answer: correlation id and view-service node.
+    pub fn awaiting_views(&self) -> &[(u64, Addr)] {
+        &self.view_asks
     }
 
     /// GetView requests sent so far (the client asks only when something failed).
@@ -316,17 +344,71 @@ impl Client {
         ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
     }
 
+    /// Asks every view-service node at once (C7).
     fn ask_view(&mut self, ctx: &mut Ctx<ClientTimer>) {
         self.view_requests += 1;
-        let corr = ctx.send(self.dest(self.config.view_service), GetViewRequest {});
-        self.awaiting = Some(corr);
+        self.awaiting = None;
+        self.gathered = None;
+        self.view_asks.clear();
+        if std::mem::take(&mut self.gather_armed) {
+            ctx.cancel_timer(ClientTimer::Gather);
+        }
+        for index in 0..self.config.view_services.len() {
+            let addr = self.config.view_services[index];
+            let corr = ctx.send(self.dest(addr), GetViewRequest {});
+            self.view_asks.push((corr, addr));
+        }
         ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+    }
+
+    /// One view-service node answered: the newest view of the known epoch is kept; once
+    /// every node answered (or the gather time after the first answer passed) it is used.
+    fn on_view_answer(&mut self, ctx: &mut Ctx<ClientTimer>, view: View) {
+        // The known epoch, or before any, that of the first answer to this request.
+        let epoch = self.epoch.or(self.gathered.map(|best| best.service));
+        if epoch.is_some_and(|epoch| epoch != view.service) {
+            log::debug!("client: ignoring a view of epoch {}", view.service);
+        } else if self.gathered.is_none_or(|best| view.viewnum > best.viewnum) {
+            self.gathered = Some(view);
+        }
+        if self.view_asks.is_empty() {
+            self.view_asks_done(ctx);
+        } else if !self.gather_armed {
+            self.gather_armed = true;
+            ctx.set_timer(ClientTimer::Gather, self.config.view_gather);
+        }
+    }
+
+    /// Every asked node answered or is out of reach.
+    fn view_asks_done(&mut self, ctx: &mut Ctx<ClientTimer>) {
+        self.view_asks.clear();
+        if std::mem::take(&mut self.gather_armed) {
+            ctx.cancel_timer(ClientTimer::Gather);
+        }
+        let Some(view) = self.gathered.take() else {
+            self.retry_later(ctx);
+            return;
+        };
+        self.epoch = Some(view.service);
+        if self
+            .view
+            .is_none_or(|cached| view.viewnum >= cached.viewnum)
+        {
+            self.view = Some(view);
+        }
+        if view.primary.is_none() {
+            self.retry_later(ctx);
+        } else {
+            self.send_current(ctx);
+        }
     }
 
     /// Something failed: forget the cached view, pause, then ask again and retry.
     fn retry_later(&mut self, ctx: &mut Ctx<ClientTimer>) {
         self.view = None;
         self.awaiting = None;
+        self.view_asks.clear();
+        self.gathered = None;
         ctx.set_timer(ClientTimer::Retry, self.config.retry_pause);
     }
 
@@ -354,19 +436,7 @@ impl Client {
 
     fn on_reply(&mut self, ctx: &mut Ctx<ClientTimer>, message: Message) {
         match message {
-            Message::GetViewReply(reply) => {
-                if self
-                    .view
-                    .is_none_or(|view| reply.view.viewnum >= view.viewnum)
-                {
-                    self.view = Some(reply.view);
-                }
-                if reply.view.primary.is_none() {
-                    self.retry_later(ctx);
-                } else {
-                    self.send_current(ctx);
-                }
-            }
+            Message::GetViewReply(reply) => self.on_view_answer(ctx, reply.view),
             Message::OpenSessionReply(reply) => self.on_open_session_reply(ctx, reply),
             Message::GetReply(reply) => self.on_get_reply(ctx, reply),
             Message::PutReply(reply) => self.on_put_reply(ctx, reply),
@@ -463,6 +533,17 @@ impl Role for Client {
     fn on_start(&mut self, _ctx: &mut Ctx<ClientTimer>) {}
 
     fn on_message(&mut self, ctx: &mut Ctx<ClientTimer>, origin: &Origin, message: Message) {
+        if let Some(at) = self
+            .view_asks
+            .iter()
+            .position(|(corr, _)| *corr == origin.corr)
+        {
+            self.view_asks.swap_remove(at);
+            if let Message::GetViewReply(reply) = message {
+                self.on_view_answer(ctx, reply.view);
+            }
+            return;
+        }
         if self.awaiting != Some(origin.corr) {
             return; // An answer to a request this client already gave up on.
         }
@@ -474,14 +555,31 @@ impl Role for Client {
             ClientTimer::Retry => {
                 if self.current.is_some() {
                     self.view = None;
+                    self.view_asks.clear();
                     self.send_current(ctx);
+                }
+            }
+            ClientTimer::Gather => {
+                self.gather_armed = false;
+                if !self.view_asks.is_empty() {
+                    self.view_asks_done(ctx);
                 }
             }
         }
     }
 
     fn on_link(&mut self, ctx: &mut Ctx<ClientTimer>, to: Dest, link: Link) {
-        if link == Link::Down && to.lane == self.config.lane && self.awaiting.is_some() {
+        if link != Link::Down || to.lane != self.config.lane {
+            return;
+        }
+        let asked = self.view_asks.len();
+        self.view_asks.retain(|(_, addr)| *addr != to.addr);
+        if self.view_asks.len() != asked {
+            // A view-service node that cannot be reached counts as answered with nothing.
+            if self.view_asks.is_empty() {
+                self.view_asks_done(ctx);
+            }
+        } else if self.awaiting.is_some() {
             self.retry_later(ctx);
         }
     }

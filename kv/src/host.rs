@@ -19,6 +19,7 @@ use proto::kv::InfoReply;
 use proto::{Message, MessageType};
 use runtime::echo::{EchoRole, EchoTimer};
 use runtime::role::REPLY_LEN_HINT_DEFAULT;
+use runtime::store::StoreResult;
 use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
 
 use crate::client::{Client, ClientTimer};
@@ -47,7 +48,9 @@ pub enum Slot {
 pub fn route(message_type: MessageType) -> &'static [Slot] {
     use MessageType as T;
     match message_type {
-        T::PingRequest | T::GetViewRequest => &[Slot::ViewService],
+        T::PingRequest | T::GetViewRequest | T::PingRelayRequest | T::PingRelayReply => {
+            &[Slot::ViewService]
+        }
         T::PingReply => &[Slot::Replica],
         // Clients ask for views; a replica adopts any view it is handed.
         T::GetViewReply => &[Slot::Client, Slot::Replica],
@@ -405,6 +408,17 @@ impl<E: Role> Role for Host<E> {
 
     fn on_closed(&mut self, ctx: &mut Ctx<Self::Timer>, conn: ConnId) {
         each_role!(self, ctx, |role, inner| role.on_closed(inner, conn));
+    }
+
+    /// Only the view service uses the store (in its etcd mode).
+    fn on_store(&mut self, ctx: &mut Ctx<Self::Timer>, id: u64, result: StoreResult) {
+        match self.view_service.as_mut() {
+            Some(role) => ctx.nested(HostTimer::ViewService, |c| role.on_store(c, id, result)),
+            None => {
+                let extra = &mut self.extra;
+                ctx.nested(HostTimer::Extra, |c| extra.on_store(c, id, result));
+            }
+        }
     }
 
     fn on_turn_end(&mut self, ctx: &mut Ctx<Self::Timer>) {

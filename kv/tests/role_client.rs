@@ -405,3 +405,83 @@ fn err_full_ends_the_operation_as_refused() {
     assert!(why.contains("store is full"), "{why}");
     assert!(ck.role.outstanding().is_none(), "not retried");
 }
+
+/// C7: with several view-service nodes the client asks every one at once and takes the
+/// newest view of the epoch it knows, once all answered (or the gather time passed); a view
+/// of another epoch is ignored.
+#[test]
+fn c7_a_client_takes_the_newest_view_of_its_epoch() {
+    let s2 = member(7102, 12);
+    let nodes = vec![addr(7000), addr(7001), addr(7002)];
+    let mut ctx = Ctx::for_test("ck", Incarnation(0xc1), ms(0), 3);
+    let mut role = Client::new(ClientConfig::with_view_services(nodes.clone()));
+    role.on_start(&mut ctx);
+    role.submit(&mut ctx, get("k"));
+    let asked: Vec<(Addr, u64)> = ctx
+        .take_actions()
+        .into_iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                corr,
+                message: Message::GetViewRequest(_),
+            } => Some((to.addr, corr)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        asked.iter().map(|(to, _)| *to).collect::<Vec<_>>(),
+        nodes,
+        "every node asked at once"
+    );
+    let old = view(3, Some(s1()), None);
+    let newer = view(4, Some(s2), None);
+    let mut foreign = view(9, Some(s1()), None);
+    foreign.service = Incarnation(0xbad);
+    // A stale node answers first: the client waits for the others (the gather timer).
+    role.on_message(
+        &mut ctx,
+        &answer_origin(asked[0].1),
+        GetViewReply { view: old }.into(),
+    );
+    let first = ctx.take_actions();
+    assert_eq!(
+        first,
+        vec![Action::SetTimer {
+            timer: ClientTimer::Gather,
+            at: ms(50),
+        }]
+    );
+    role.on_message(
+        &mut ctx,
+        &answer_origin(asked[1].1),
+        GetViewReply { view: newer }.into(),
+    );
+    assert!(
+        ctx.take_actions().is_empty(),
+        "one node has not answered yet"
+    );
+    // The last answer is of another epoch: ignored; the newest of the known epoch wins.
+    role.on_message(
+        &mut ctx,
+        &answer_origin(asked[2].1),
+        GetViewReply { view: foreign }.into(),
+    );
+    let sent = ctx.take_actions();
+    let to: Vec<Addr> = sent
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send {
+                to,
+                message: Message::GetRequest(_),
+                ..
+            } => Some(to.addr),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        to,
+        vec![s2.addr],
+        "the Get goes to view 4's primary: {sent:?}"
+    );
+}

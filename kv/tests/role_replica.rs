@@ -560,8 +560,9 @@ fn r9_a_view_from_another_view_service_is_refused() {
     let mut foreign = view(2, Some(s1()), None);
     foreign.service = Incarnation(0xbad);
     let why = format!(
-        "the view service restarted (incarnation {}, was {}): it keeps no state, so its \
-         views could name an empty server; restart the cluster",
+        "a view of another epoch ({}, was {}): the embedded view service restarted (it \
+         keeps no state) or the cluster was made again in etcd, so its views could name an \
+         empty server; restart the cluster",
         Incarnation(0xbad),
         VS_INC
     );

@@ -22,12 +22,13 @@ use kv::testkit::sim::{Cluster, timing};
 use proto::Addr;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use runtime::sim::{NodeIndex, SimConfig};
+use runtime::sim::{NodeIndex, SimConfig, StoreFaults};
 
 const SERVERS: usize = 3;
 const CLIENTS: usize = 3;
 const RUN: Duration = Duration::from_secs(12);
 const STEP: Duration = Duration::from_millis(5);
+const VIEW_SERVICES: usize = 3;
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Events {
@@ -43,6 +44,10 @@ struct Events {
     ops_unknown: u64,
     /// Runs that ended stalled by the accepted limit (no liveness check possible).
     stalls_accepted: u64,
+    /// etcd mode: leaderships taken (by nodes alive at the end).
+    leaderships: u64,
+    /// etcd mode: view writes the store refused or that failed (outcome unknown).
+    refused_view_writes: u64,
 }
 
 impl Events {
@@ -69,17 +74,24 @@ impl Events {
         self.stalls_accepted += other.stalls_accepted;
         self.ops_ok += other.ops_ok;
         self.ops_unknown += other.ops_unknown;
+        self.leaderships += other.leaderships;
+        self.refused_view_writes += other.refused_view_writes;
     }
 }
 
 struct Run {
     c: Cluster,
+    /// The etcd mode: three view-service nodes over the simulated store, with their own
+    /// faults (crashes, pauses, store faults, lost quorum).
+    etcd: bool,
     rng: StdRng,
     clerks: Vec<NodeIndex>,
     /// Each clerk's idle-until time (virtual ns).
     idle_until: Vec<u64>,
     next_value: u64,
     events: Events,
+    /// View-service nodes stopped (etcd mode).
+    paused: Vec<NodeIndex>,
 }
 
 fn replay(seed: u64) -> String {
@@ -87,7 +99,7 @@ fn replay(seed: u64) -> String {
 }
 
 impl Run {
-    fn new(seed: u64) -> Run {
+    fn new(seed: u64, etcd: bool) -> Run {
         let config = SimConfig {
             drop_rate: 0.0,
             latency_tail_rate: 0.02,
@@ -96,7 +108,16 @@ impl Run {
         };
         // Odd seeds run a keyed cluster (every connection through the full handshake), even
         // seeds one in protected mode.
-        let mut c = if seed % 2 == 1 {
+        let mut c = if etcd {
+            let mut c = Cluster::with_etcd(seed, config, VIEW_SERVICES);
+            c.sim.set_store_faults(StoreFaults {
+                request_loss_rate: 0.02,
+                reply_loss_rate: 0.02,
+                op_timeout: Duration::from_millis(500),
+                ..StoreFaults::default()
+            });
+            c
+        } else if seed % 2 == 1 {
             let (member, client) = kv::testkit::sim::sim_keys(seed);
             Cluster::with_keys(seed, config, member, client)
         } else {
@@ -120,11 +141,13 @@ impl Run {
         let clerks: Vec<NodeIndex> = (0..CLIENTS).map(|_| c.clerk()).collect();
         Run {
             c,
+            etcd,
             rng,
             clerks,
             idle_until: vec![0; CLIENTS],
             next_value: 1,
             events: Events::default(),
+            paused: Vec::new(),
         }
     }
 
@@ -164,6 +187,10 @@ impl Run {
     }
 
     fn fault(&mut self) {
+        if self.etcd && self.rng.random_bool(0.4) {
+            self.view_service_fault();
+            return;
+        }
         let server = self.rng.random_range(0..SERVERS);
         let node = self.c.servers[server].0;
         match self.rng.random_range(0..13) {
@@ -178,9 +205,15 @@ impl Run {
                 }
             }
             5 => {
-                // The primary (or any server) cut off from the view service only.
-                let vs = self.c.vs;
-                self.c.sim.partition(&[node], &[vs]);
+                // The primary (or any server) cut off from the view service only (in the
+                // etcd mode from some of its nodes: its pings reach only the others).
+                let count = self.c.view_services.len();
+                let cut = self.rng.random_range(1..=count);
+                let first = self.rng.random_range(0..count);
+                let nodes: Vec<NodeIndex> = (0..cut)
+                    .map(|i| self.c.view_services[(first + i) % count].0)
+                    .collect();
+                self.c.sim.partition(&[node], &nodes);
             }
             6 => {
                 let other = self.c.servers[(server + 1) % SERVERS].0;
@@ -214,7 +247,60 @@ impl Run {
         }
     }
 
+    /// A fault of the view service's own (etcd mode): a node crashes, restarts, stops for a
+    /// while (SIGSTOP), is cut off from the store; the store loses its quorum or regains it.
+    fn view_service_fault(&mut self) {
+        let index = self.rng.random_range(0..self.c.view_services.len());
+        let (node, addr) = self.c.view_services[index];
+        match self.rng.random_range(0..8) {
+            0 => self.c.sim.crash(node),
+            1 | 2 => {
+                if !self.c.sim.is_up(node) {
+                    let host = self.c.view_service_host(addr);
+                    self.c.sim.restart(node, host);
+                }
+            }
+            3 => {
+                self.c.sim.pause(node, true);
+                self.paused.push(node);
+            }
+            4 => {
+                for node in std::mem::take(&mut self.paused) {
+                    self.c.sim.pause(node, false);
+                }
+            }
+            5 => self.c.sim.cut_from_store(node, true),
+            6 => {
+                let lost = self.rng.random_bool(0.5);
+                self.c.sim.set_store_quorum_lost(lost);
+            }
+            _ => {
+                for (node, _) in self.c.view_services.clone() {
+                    self.c.sim.cut_from_store(node, false);
+                }
+            }
+        }
+    }
+
+    /// Ends every view-service fault: nodes resume and restart, the store is whole.
+    fn heal_view_service(&mut self) {
+        for node in std::mem::take(&mut self.paused) {
+            self.c.sim.pause(node, false);
+        }
+        self.c.sim.set_store_quorum_lost(false);
+        for (node, addr) in self.c.view_services.clone() {
+            self.c.sim.cut_from_store(node, false);
+            if !self.c.sim.is_up(node) {
+                let host = self.c.view_service_host(addr);
+                self.c.sim.restart(node, host);
+            }
+        }
+    }
+
     fn check_invariants(&self, seed: u64) {
+        if self.etcd {
+            check_view_chain(&self.c, seed);
+        }
         let mut serving: BTreeMap<u64, Addr> = BTreeMap::new();
         let replicas: Vec<_> = self
             .c
@@ -260,12 +346,15 @@ impl Run {
     /// forever, as the lab accepts.
     fn stalled_by_the_accepted_limit(&self) -> bool {
         let view = self.c.view();
-        let acked = self
-            .c
-            .sim
-            .role(self.c.vs)
-            .and_then(Host::view_service)
-            .is_some_and(|vs| vs.acked());
+        let acked = match self.c.stored_view() {
+            Some((_, acked)) => acked,
+            None => self
+                .c
+                .sim
+                .role(self.c.vs)
+                .and_then(Host::view_service)
+                .is_some_and(|vs| vs.acked()),
+        };
         let Some(primary) = view.primary else {
             return false;
         };
@@ -459,7 +548,11 @@ fn failing_prefix_tail(history: &[Operation], key: &Bytes) -> String {
 }
 
 fn run_seed(seed: u64) -> Events {
-    let mut run = Run::new(seed);
+    run_seed_in(seed, false)
+}
+
+fn run_seed_in(seed: u64, etcd: bool) -> Events {
+    let mut run = Run::new(seed, etcd);
     run.c.poll(DEAD_PINGS * 2, |c| {
         c.primary().is_some() && c.backup().is_some()
     });
@@ -479,6 +572,11 @@ fn run_seed(seed: u64) -> Events {
     // servers restart.
     run.c.sim.heal();
     run.c.sim.set_drop_rate(0.0);
+    if etcd {
+        run.heal_view_service();
+        // Store faults end too: the healed store answers every request.
+        run.c.sim.set_store_faults(StoreFaults::default());
+    }
     for server in 0..SERVERS {
         let node = run.c.servers[server].0;
         run.c.sim.set_unreliable(node, false);
@@ -504,6 +602,14 @@ fn run_seed(seed: u64) -> Events {
     for (node, _) in &run.c.servers {
         if let Some(replica) = run.c.sim.role(*node).and_then(Host::replica) {
             run.events.add(replica.stats());
+        }
+    }
+    for (node, _) in &run.c.view_services {
+        if let Some(service) = run.c.sim.role(*node).and_then(Host::view_service) {
+            let info = service.info();
+            let count = |field: &str| info["store"][field].as_u64().unwrap_or(0);
+            run.events.leaderships += count("leaderships");
+            run.events.refused_view_writes += count("failed_writes");
         }
     }
     // Stats of crashed incarnations are lost with them; count what survives.
@@ -565,6 +671,136 @@ fn random_faults_keep_histories_linearizable() {
             assert!(
                 count > 0,
                 "no {name} in the whole sweep: the schedule does not exercise it"
+            );
+        }
+    }
+}
+
+/// The etcd mode's invariants, from the simulated store's record of every write of the view
+/// key and from every view any view-service node answered with:
+/// - one view per number and one epoch: the stored values form a chain in which the number
+///   rises by one at each change, and every answered view is a view of that chain;
+/// - a view is made only after its predecessor was acknowledged: each change is written over
+///   a value with `acked = true` (view 0 excepted).
+fn check_view_chain(c: &Cluster, seed: u64) {
+    let Some(settings) = &c.etcd else {
+        return;
+    };
+    let mut chain: BTreeMap<u64, proto::viewservice::View> = BTreeMap::new();
+    let mut previous: Option<(proto::viewservice::View, bool)> = None;
+    for (revision, value) in c.sim.store().history(&settings.view_key()) {
+        let value = value.unwrap_or_else(|| panic!("seed {seed}: the view key was deleted"));
+        let (view, acked) = kv::viewservice::StoredRecord::parse(&value)
+            .unwrap_or_else(|e| panic!("seed {seed}: revision {revision}: {e}"));
+        if let Some((before, before_acked)) = previous {
+            assert_eq!(
+                view.service,
+                before.service,
+                "seed {seed}: two epochs; {}",
+                replay(seed)
+            );
+            if view.viewnum == before.viewnum {
+                assert!(
+                    view == before && acked && !before_acked,
+                    "seed {seed}: view {} rewritten other than by its ack; {}",
+                    view.viewnum,
+                    replay(seed)
+                );
+            } else {
+                assert_eq!(
+                    view.viewnum,
+                    before.viewnum + 1,
+                    "seed {seed}: the view number jumped; {}",
+                    replay(seed)
+                );
+                assert!(
+                    before_acked || before.viewnum == 0,
+                    "seed {seed}: view {} made before view {} was acknowledged; {}",
+                    view.viewnum,
+                    before.viewnum,
+                    replay(seed)
+                );
+                assert!(
+                    !acked,
+                    "seed {seed}: a new view stored acknowledged; {}",
+                    replay(seed)
+                );
+            }
+        }
+        chain.insert(view.viewnum, view);
+        previous = Some((view, acked));
+    }
+    for (node, addr) in &c.view_services {
+        let Some(service) = c.sim.role(*node).and_then(Host::view_service) else {
+            continue;
+        };
+        let conflicts = service.info()["store"]["answer_conflicts"].as_u64();
+        assert_eq!(
+            conflicts,
+            Some(0),
+            "seed {seed}: view-service node {addr} answered two views under one number; {}",
+            replay(seed)
+        );
+        for view in service.answered_views() {
+            assert_eq!(
+                chain.get(&view.viewnum),
+                Some(&view),
+                "seed {seed}: view-service node {addr} answered view {} that is not the one \
+                 stored under that number; {}",
+                kv::view_text(&view),
+                replay(seed)
+            );
+        }
+    }
+}
+
+/// Goal: the same safety and liveness with the view service in the etcd mode: three nodes,
+/// their crashes, restarts and pauses, pings reaching only some nodes, store replies lost
+/// (some after the write committed), nodes cut off from the store, and the store losing its
+/// quorum. Also checked after every step: one view per number and epoch, each made after its
+/// predecessor's acknowledgement. Method: seeds split over two threads.
+#[test]
+fn random_faults_with_the_view_service_in_etcd() {
+    let all: Vec<u64> = seeds(200).collect();
+    let halves: Vec<Vec<u64>> = all
+        .chunks(all.len().div_ceil(2).max(1))
+        .map(<[u64]>::to_vec)
+        .collect();
+    let threads: Vec<_> = halves
+        .into_iter()
+        .map(|part| {
+            std::thread::spawn(move || {
+                let mut events = Events::default();
+                for seed in part {
+                    events.merge(run_seed_in(seed, true));
+                }
+                events
+            })
+        })
+        .collect();
+    let mut events = Events::default();
+    for thread in threads {
+        events.merge(thread.join().expect("a seed failed: see its message above"));
+    }
+    println!(
+        "etcd mode, rare events over {} seeds: {events:?}",
+        all.len()
+    );
+    assert!(
+        events.stalls_accepted * 2 < all.len() as u64 || all.len() < 20,
+        "{} of {} runs ended stalled: the liveness check checked too little",
+        events.stalls_accepted,
+        all.len()
+    );
+    if all.len() >= 100 {
+        for (name, count) in [
+            ("failover", events.failovers),
+            ("leadership taken", events.leaderships),
+            ("view write refused or failed", events.refused_view_writes),
+        ] {
+            assert!(
+                count > 0,
+                "no {name} in the whole sweep: the schedule misses it"
             );
         }
     }

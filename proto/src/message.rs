@@ -13,7 +13,9 @@ use crate::kv::{
     OpenSessionRequest, PutReply, PutRequest, TransferReply, TransferRequest,
 };
 use crate::types::{Auth, Hello};
-use crate::viewservice::{GetViewReply, GetViewRequest, PingReply, PingRequest};
+use crate::viewservice::{
+    GetViewReply, GetViewRequest, PingRelayReply, PingRelayRequest, PingReply, PingRequest,
+};
 
 macro_rules! messages {
     ($($code:literal => $name:ident,)*) => {
@@ -107,6 +109,8 @@ messages! {
     11 => PingReply,
     12 => GetViewRequest,
     13 => GetViewReply,
+    14 => PingRelayRequest,
+    15 => PingRelayReply,
     20 => OpenSessionRequest,
     21 => OpenSessionReply,
     22 => GetRequest,
@@ -132,6 +136,7 @@ impl MessageType {
             T::EchoRequest => T::EchoReply,
             T::PingRequest => T::PingReply,
             T::GetViewRequest => T::GetViewReply,
+            T::PingRelayRequest => T::PingRelayReply,
             T::OpenSessionRequest => T::OpenSessionReply,
             T::GetRequest => T::GetReply,
             T::PutRequest => T::PutReply,
@@ -144,6 +149,7 @@ impl MessageType {
             | T::EchoReply
             | T::PingReply
             | T::GetViewReply
+            | T::PingRelayReply
             | T::OpenSessionReply
             | T::GetReply
             | T::PutReply

@@ -184,3 +184,65 @@ impl Decode for GetViewRequest {
         Ok(GetViewRequest {})
     }
 }
+
+/// Entries one [`PingRelayRequest`] carries, at most; a relay is refused past it.
+pub const PING_RELAY_ENTRIES_MAX: usize = 1024;
+
+/// One server's latest ping as a view-service node heard it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeardPing {
+    /// The pinging server (its address and incarnation, as its authenticated link said).
+    pub server: Member,
+    /// How long ago the ping arrived, in milliseconds.
+    pub age_ms: u32,
+}
+
+/// A view-service node's relay of the pings it heard to the leader (etcd mode), so that
+/// the leader knows a server is alive even if the server's pings reach only other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PingRelayRequest {
+    /// The servers heard lately, at most [`PING_RELAY_ENTRIES_MAX`].
+    pub heard: Vec<HeardPing>,
+}
+
+/// The leader's acknowledgement of a relay (empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingRelayReply {}
+
+impl Encode for PingRelayRequest {
+    fn encode(&self, out: &mut BytesMut) {
+        crate::codec::put_count(out, self.heard.len());
+        for heard in &self.heard {
+            heard.server.encode(out);
+            out.put_u32(heard.age_ms);
+        }
+    }
+}
+
+impl Decode for PingRelayRequest {
+    fn decode(reader: &mut Reader) -> Result<PingRelayRequest, DecodeError> {
+        // Smallest entry: an IPv4 address (1 + 4 + 2), an incarnation (8) and the age (4).
+        let count = reader.count("heard", 19)?;
+        if count > PING_RELAY_ENTRIES_MAX {
+            return Err(DecodeError::InvalidField("heard (more than 1024 entries)"));
+        }
+        let mut heard = Vec::with_capacity(count);
+        for _ in 0..count {
+            heard.push(HeardPing {
+                server: Member::decode(reader)?,
+                age_ms: reader.u32()?,
+            });
+        }
+        Ok(PingRelayRequest { heard })
+    }
+}
+
+impl Encode for PingRelayReply {
+    fn encode(&self, _out: &mut BytesMut) {}
+}
+
+impl Decode for PingRelayReply {
+    fn decode(_reader: &mut Reader) -> Result<PingRelayReply, DecodeError> {
+        Ok(PingRelayReply {})
+    }
+}

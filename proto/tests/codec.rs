@@ -10,7 +10,10 @@ use proto::kv::{
     OpenSessionReply, OpenSessionRequest, Outcome, PutKind, PutReply, PutRequest, SessionRecord,
     Status, TransferReply, TransferRequest,
 };
-use proto::viewservice::{GetViewReply, GetViewRequest, Member, PingReply, PingRequest, View};
+use proto::viewservice::{
+    GetViewReply, GetViewRequest, HeardPing, Member, PingRelayReply, PingRelayRequest, PingReply,
+    PingRequest, View,
+};
 use proto::{
     Addr, Auth, DecodeError, FRAME_LEN_MAX_DEFAULT, FrameDecoder, FrameHeader, HEADER_LEN, Hello,
     Incarnation, Message, MessageType, NodeId, encode_frame,
@@ -159,6 +162,22 @@ fn golden() -> Vec<(Message, &'static str)> {
             }),
             "00000035 02 00 000d 0000000000000005 0000000000000009 \
              0000000000000001 01 047f000001 1bbd 0000000000000011 00 0000000000000099",
+        ),
+        // One heard ping: count 4 + member 15 + age 4 = 23. len 43.
+        (
+            Message::PingRelayRequest(PingRelayRequest {
+                heard: vec![HeardPing {
+                    server: m1(),
+                    age_ms: 0x2a,
+                }],
+            }),
+            "0000002b 02 00 000e 0000000000000005 0000000000000009 \
+             00000001 047f000001 1bbd 0000000000000011 0000002a",
+        ),
+        // Empty payload. len 20.
+        (
+            Message::PingRelayReply(PingRelayReply {}),
+            "00000014 02 00 000f 0000000000000005 0000000000000009",
         ),
         // Payload 8. len 28.
         (

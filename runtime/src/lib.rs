@@ -30,6 +30,7 @@ pub mod net;
 pub mod node;
 pub mod role;
 pub mod sim;
+pub mod store;
 pub mod timers;
 pub mod warn;
 

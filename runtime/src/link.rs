@@ -201,7 +201,9 @@ pub fn admitted(class: PeerClass, message_type: MessageType) -> bool {
         return false;
     };
     match message_type {
-        T::PingRequest | T::ForwardRequest | T::TransferRequest => class == PeerClass::Member,
+        T::PingRequest | T::PingRelayRequest | T::ForwardRequest | T::TransferRequest => {
+            class == PeerClass::Member
+        }
         T::EchoRequest
         | T::GetViewRequest
         | T::OpenSessionRequest

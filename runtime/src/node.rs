@@ -24,6 +24,7 @@ use crate::clock::ClockSkew;
 use crate::event_log::{EventKind, EventLog, EventRecord, EventSink, MessageId};
 use crate::lamport::LamportClock;
 use crate::role::{Action, ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
+use crate::store::{StoreOp, StoreResult};
 use crate::timers::TimerTable;
 
 /// The software version carried in hellos.
@@ -120,6 +121,9 @@ pub(crate) trait Transport {
     fn reply(&mut self, conn: ConnId, frame: &[u8], corr: u64);
     /// Closes `conn` (reported to the other end as a break).
     fn close(&mut self, conn: ConnId);
+    /// Starts store operation `op` for request `id`; the driver later feeds its result to
+    /// [`NodeCore::store_result`] (within its timeout, as `Failed` if nothing answered).
+    fn store(&mut self, id: u64, op: StoreOp);
 }
 
 /// A role with its clock, timers, log and faults.
@@ -138,6 +142,8 @@ pub struct NodeCore<R: Role> {
     muted: Vec<ConnId>,
     scratch: BytesMut,
     stop_requested: bool,
+    /// Store operations refused by the contract's bounds, answered after the call.
+    pending_store: Vec<(u64, StoreResult)>,
 }
 
 impl<R: Role> NodeCore<R> {
@@ -168,6 +174,7 @@ impl<R: Role> NodeCore<R> {
             muted: Vec::new(),
             scratch: BytesMut::with_capacity(4096),
             stop_requested: false,
+            pending_store: Vec::new(),
         }
     }
 
@@ -299,6 +306,17 @@ impl<R: Role> NodeCore<R> {
         self.after_call(transport);
     }
 
+    /// Delivers the result of store request `id`.
+    pub(crate) fn store_result(
+        &mut self,
+        transport: &mut dyn Transport,
+        id: u64,
+        result: StoreResult,
+    ) {
+        self.role.on_store(&mut self.ctx, id, result);
+        self.after_call(transport);
+    }
+
     /// Reports that inbound connection `conn` closed.
     pub(crate) fn closed(&mut self, transport: &mut dyn Transport, conn: ConnId) {
         self.role.on_closed(&mut self.ctx, conn);
@@ -370,6 +388,12 @@ impl<R: Role> NodeCore<R> {
         if cfg!(debug_assertions) {
             self.role.check_invariants();
         }
+        // Store operations the contract refused are answered now, each as a call of its own.
+        if !self.pending_store.is_empty() {
+            let (id, result) = self.pending_store.remove(0);
+            self.role.on_store(&mut self.ctx, id, result);
+            self.after_call(transport);
+        }
     }
 
     fn execute(&mut self, transport: &mut dyn Transport, action: Action<R::Timer>) {
@@ -404,6 +428,15 @@ impl<R: Role> NodeCore<R> {
             Action::Event(text) => self.driver_event(&text),
             Action::Close(conn) => transport.close(conn),
             Action::Stop => self.stop_requested = true,
+            Action::Store { id, op } => {
+                if crate::store::keys_within_bounds(&op) {
+                    transport.store(id, op);
+                } else {
+                    let reason = "a key longer than the store contract's limit".to_string();
+                    self.pending_store
+                        .push((id, StoreResult::Failed { reason }));
+                }
+            }
         }
     }
 

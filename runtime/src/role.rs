@@ -160,6 +160,14 @@ pub enum Action<T> {
     Close(ConnId),
     /// Ask the driver to stop this node.
     Stop,
+    /// Run `op` against the store; its result comes back through [`Role::on_store`] with
+    /// `id`.
+    Store {
+        /// The request id the result will carry.
+        id: u64,
+        /// The operation.
+        op: crate::store::StoreOp,
+    },
 }
 
 /// What a role sees of the world during one call, and where it records actions.
@@ -282,6 +290,7 @@ impl<T> Ctx<T> {
                 Action::Event(text) => Action::Event(text),
                 Action::Close(conn) => Action::Close(conn),
                 Action::Stop => Action::Stop,
+                Action::Store { id, op } => Action::Store { id, op },
             }));
         result
     }
@@ -330,6 +339,15 @@ impl<T> Ctx<T> {
         self.actions.push(Action::Close(conn));
     }
 
+    /// Asks the store (docs in [`crate::store`]) to run `op`; returns the id its result
+    /// will carry in [`Role::on_store`].
+    pub fn store(&mut self, op: crate::store::StoreOp) -> u64 {
+        let id = self.next_corr;
+        self.next_corr += 1;
+        self.actions.push(Action::Store { id, op });
+        id
+    }
+
     /// Asks the driver to stop this node after the current turn.
     pub fn stop(&mut self) {
         self.actions.push(Action::Stop);
@@ -359,6 +377,16 @@ pub trait Role {
 
     /// An inbound connection closed.
     fn on_closed(&mut self, _ctx: &mut Ctx<Self::Timer>, _conn: ConnId) {}
+
+    /// The store answered the operation [`Ctx::store`] returned `id` for. A driver without
+    /// a store answers every operation [`crate::store::StoreResult::Failed`].
+    fn on_store(
+        &mut self,
+        _ctx: &mut Ctx<Self::Timer>,
+        _id: u64,
+        _result: crate::store::StoreResult,
+    ) {
+    }
 
     /// About how many bytes the reply to `message` (a request) will take. A driver counts
     /// it against the request's connection until the reply is made, so a connection's

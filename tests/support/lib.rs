@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: find the `pbkv` binary, start node daemons from
 //! configuration text, wait for their `ready` line, and stop them.
 
+pub mod etcd;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

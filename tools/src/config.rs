@@ -198,6 +198,129 @@ impl Default for Limits {
     }
 }
 
+/// `viewservice`: an address, a list of addresses, or a section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ViewServiceSetting {
+    /// One address (`host:port`).
+    One(String),
+    /// Several view-service nodes (the etcd mode).
+    Many(Vec<String>),
+    /// A `[viewservice]` section.
+    Section(ViewServiceSection),
+}
+
+/// `[viewservice]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewServiceSection {
+    /// The view-service nodes' addresses (for a replica).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// etcd's client endpoints: the view service keeps its views there (the etcd mode).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<String>,
+    /// The cluster's name in etcd (keys under `/pbkv/NAME/`), made by `pbkv init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The election lease's time to live, in milliseconds (whole seconds; etcd's minimum
+    /// applies).
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How long one etcd operation may take before it counts as failed, in milliseconds.
+    #[serde(default = "default_store_timeout_ms")]
+    pub store_timeout_ms: u64,
+    /// A view-service node whose last successful read of the view is older than this
+    /// answers nothing, in milliseconds.
+    #[serde(default = "default_stale_after_ms")]
+    pub stale_after_ms: u64,
+}
+
+fn default_stale_after_ms() -> u64 {
+    1000
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    2000
+}
+
+fn default_store_timeout_ms() -> u64 {
+    500
+}
+
+/// The etcd mode's settings, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdMode {
+    /// etcd's client endpoints.
+    pub endpoints: Vec<String>,
+    /// The cluster's name.
+    pub cluster: String,
+    /// The election lease's time to live.
+    pub lease_ttl: std::time::Duration,
+    /// One operation's timeout.
+    pub store_timeout: std::time::Duration,
+    /// The staleness bound.
+    pub stale_after: std::time::Duration,
+}
+
+/// Whether `name` can name a cluster: 1 to 64 of letters, digits, `-`, `_`, `.`.
+pub fn valid_cluster_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Resolves `host:port` (a hostname or an IP address) to its first address.
+///
+/// # Errors
+/// A message naming the text when it does not resolve.
+pub fn resolve(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not host:port ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+impl ViewServiceSetting {
+    /// The view-service addresses as written.
+    pub fn addresses(&self) -> Vec<String> {
+        match self {
+            ViewServiceSetting::One(one) => vec![one.clone()],
+            ViewServiceSetting::Many(many) => many.clone(),
+            ViewServiceSetting::Section(section) => section.addresses.clone(),
+        }
+    }
+
+    /// The view-service addresses, resolved.
+    ///
+    /// # Errors
+    /// The first that does not resolve.
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, String> {
+        self.addresses().iter().map(|text| resolve(text)).collect()
+    }
+
+    /// The etcd mode's settings, if the section names etcd endpoints.
+    pub fn etcd(&self) -> Option<EtcdMode> {
+        let ViewServiceSetting::Section(section) = self else {
+            return None;
+        };
+        if section.etcd_endpoints.is_empty() {
+            return None;
+        }
+        Some(EtcdMode {
+            endpoints: section.etcd_endpoints.clone(),
+            cluster: section.cluster.clone().unwrap_or_default(),
+            lease_ttl: std::time::Duration::from_millis(section.lease_ttl_ms),
+            store_timeout: std::time::Duration::from_millis(section.store_timeout_ms),
+            stale_after: std::time::Duration::from_millis(section.stale_after_ms),
+        })
+    }
+}
+
 /// A whole node configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -211,9 +334,11 @@ pub struct NodeConfig {
     pub advertise: Option<SocketAddr>,
     /// Roles hosted.
     pub roles: Vec<RoleName>,
-    /// Where replicas find the view service.
+    /// Where replicas find the view service: one address, a list (the etcd mode's
+    /// view-service nodes), or a `[viewservice]` section (addresses, and for a
+    /// view-service node the etcd settings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub viewservice: Option<SocketAddr>,
+    pub viewservice: Option<ViewServiceSetting>,
     /// The cluster key (or, during a rotation, the new and the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_key_file: Option<KeyFiles>,
@@ -268,8 +393,50 @@ impl NodeConfig {
         if sorted.len() != self.roles.len() {
             return Err("roles: a role is listed twice".into());
         }
-        if self.roles.contains(&RoleName::Replica) && self.viewservice.is_none() {
+        let addresses = self
+            .viewservice
+            .as_ref()
+            .map(ViewServiceSetting::addresses)
+            .unwrap_or_default();
+        if self.roles.contains(&RoleName::Replica) && addresses.is_empty() {
             return Err("viewservice: a replica needs the view service's address".into());
+        }
+        if addresses.len() > 16 {
+            return Err("viewservice: at most 16 view-service addresses".into());
+        }
+        for address in &addresses {
+            resolve(address).map_err(|e| format!("viewservice: {e}"))?;
+        }
+        if let Some(ViewServiceSetting::Section(section)) = &self.viewservice {
+            let cluster = section.cluster.as_deref();
+            if section.etcd_endpoints.is_empty() != cluster.is_none() {
+                return Err(
+                    "viewservice: etcd_endpoints and cluster go together (the etcd mode)".into(),
+                );
+            }
+            if let Some(cluster) = cluster
+                && !valid_cluster_name(cluster)
+            {
+                return Err("viewservice.cluster: 1 to 64 letters, digits, '-', '_' or '.'".into());
+            }
+            if section.lease_ttl_ms < 1000 || section.lease_ttl_ms % 1000 != 0 {
+                return Err(
+                    "viewservice.lease_ttl_ms: whole seconds, at least 1000 (etcd's leases \
+                     count seconds)"
+                        .into(),
+                );
+            }
+            if section.store_timeout_ms == 0 || section.store_timeout_ms * 3 > section.lease_ttl_ms
+            {
+                return Err(
+                    "viewservice.store_timeout_ms: at least 1 and at most a third of \
+                     lease_ttl_ms (a keep-alive must fit between two renewals)"
+                        .into(),
+                );
+            }
+            if section.stale_after_ms == 0 {
+                return Err("viewservice.stale_after_ms: must be at least 1".into());
+            }
         }
         let advertised = self.advertise.unwrap_or(self.listen);
         if self.roles.contains(&RoleName::Replica) && advertised.port() == 0 {

@@ -57,8 +57,9 @@ use primary::{ClientRequest, Primary};
 pub struct ReplicaConfig {
     /// This server's address (its identity in views).
     pub me: Addr,
-    /// The view service's address.
-    pub view_service: Addr,
+    /// The view-service nodes' addresses (one, or several in the etcd mode): pings go to
+    /// every one, and a view reply counts only from one of them.
+    pub view_services: Vec<Addr>,
     /// Ping interval (and dead-ping count, for reference).
     pub timing: ViewTiming,
     /// Forwards in flight to the backup at once.
@@ -100,7 +101,7 @@ impl ReplicaConfig {
     pub fn new(me: Addr, view_service: Addr) -> ReplicaConfig {
         ReplicaConfig {
             me,
-            view_service,
+            view_services: vec![view_service],
             timing: ViewTiming::default(),
             forward_in_flight_max: 8,
             forward_batch_len_max: 1024 * 1024,
@@ -330,7 +331,11 @@ impl Replica {
             incarnation: self.me.incarnation,
             viewnum: self.view.viewnum,
         };
-        ctx.send(self.config.view_service, ping);
+        // Every view-service node hears every ping, so whichever is the leader (or records
+        // the acknowledgement) has it (V17).
+        for index in 0..self.config.view_services.len() {
+            ctx.send(self.config.view_services[index], ping);
+        }
     }
 
     /// Refuses a peer's message: logged with the reason, counted, never applied.
@@ -355,7 +360,10 @@ impl Replica {
     /// key): it is the only source of views that may make this server refuse service (R9).
     fn on_view_reply(&mut self, ctx: &mut Ctx<ReplicaTimer>, origin: &Origin, view: View) {
         let what = MessageType::PingReply;
-        if origin.link != Some(Dest::from(self.config.view_service)) {
+        let from_view_service = origin
+            .link
+            .is_some_and(|link| link.lane == 0 && self.config.view_services.contains(&link.addr));
+        if !from_view_service {
             self.refuse(
                 ctx.now(),
                 origin,
@@ -449,9 +457,12 @@ impl Replica {
         if self.refused.is_some() {
             return;
         }
+        // The epoch is the embedded view service's incarnation, or the etcd cluster's
+        // stored epoch: either way a view of another epoch may name an empty server.
         let why = format!(
-            "the view service restarted (incarnation {now}, was {was}): it keeps no state, so \
-             its views could name an empty server; restart the cluster"
+            "a view of another epoch ({now}, was {was}): the embedded view service restarted \
+             (it keeps no state) or the cluster was made again in etcd, so its views could \
+             name an empty server; restart the cluster"
         );
         log::error!("{why}");
         ctx.event(why.clone());

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use proto::Addr;
 use proto::viewservice::View;
+use proto::{Addr, Incarnation};
 use runtime::sim::{NodeIndex, NodeSpec, Sim, SimConfig};
 use runtime::{Key, Keys, MonoTime, PeerClass};
 
@@ -14,7 +14,7 @@ use super::lab::{DEAD_PINGS, LabCluster, PING_INTERVAL};
 use crate::client::{Client, ClientConfig, ClientOp, Completed, Outcome};
 use crate::host::Host;
 use crate::replica::{Replica, ReplicaConfig};
-use crate::viewservice::{ViewService, ViewTiming};
+use crate::viewservice::{StoreSettings, StoredRecord, ViewService, ViewTiming};
 
 /// The lab's timing: 100 ms pings, dead after 5.
 pub fn timing() -> ViewTiming {
@@ -53,6 +53,22 @@ pub struct Cluster {
     pub client_keys: Keys,
     /// Delayed links to release: (when, clerk, server node).
     releases: Vec<(MonoTime, NodeIndex, NodeIndex)>,
+    /// The view-service nodes (one, or several in the etcd mode), with their addresses.
+    pub view_services: Vec<(NodeIndex, Addr)>,
+    /// The etcd mode's settings; `None`: one embedded view service.
+    pub etcd: Option<StoreSettings>,
+}
+
+/// The etcd mode's settings in simulation: cluster "sim", a 1 s lease.
+pub fn sim_store_settings() -> StoreSettings {
+    let mut settings = StoreSettings::new("sim");
+    settings.lease_ttl = Duration::from_secs(1);
+    settings
+}
+
+/// The epoch `pbkv init` would have stored for seed `seed`'s cluster.
+pub fn sim_epoch(seed: u64) -> Incarnation {
+    Incarnation(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
 
 /// Keys for a simulated cluster, derived from `seed`: a cluster key and a client key.
@@ -128,7 +144,76 @@ impl Cluster {
             member_keys: node_keys,
             client_keys,
             releases: Vec::new(),
+            view_services: vec![(vs, vs_addr)],
+            etcd: None,
         }
+    }
+
+    /// A cluster whose view service is `nodes` view-service nodes at 127.0.0.1:7000 and up,
+    /// in the etcd mode over the simulated store, already made by `pbkv init` (view 0 with
+    /// [`sim_epoch`]), without keys.
+    pub fn with_etcd(seed: u64, config: SimConfig, nodes: usize) -> Cluster {
+        let settings = sim_store_settings();
+        let mut sim = Sim::new(seed, config);
+        let record = StoredRecord::initial(sim_epoch(seed));
+        sim.store_mut().put(&settings.view_key(), record.to_bytes());
+        let mut view_services = Vec::new();
+        for index in 0..nodes {
+            let port = 7000 + u16::try_from(index).expect("few view-service nodes");
+            let addr = Addr::v4(127, 0, 0, 1, port);
+            let mut node_settings = settings.clone();
+            node_settings.advertise = Some(addr);
+            let service = ViewService::with_store(timing(), node_settings);
+            let host = Host::new().with_view_service(service);
+            let node = sim.add_node(NodeSpec::server(&format!("vs{}", index + 1), addr), host);
+            view_services.push((node, addr));
+        }
+        let (vs, vs_addr) = view_services[0];
+        Cluster {
+            sim,
+            seed,
+            vs,
+            vs_addr,
+            servers: Vec::new(),
+            clerks: Vec::new(),
+            replica_config: Box::new(|me, vs| {
+                let mut config = ReplicaConfig::new(me, vs);
+                config.timing = timing();
+                config
+            }),
+            client_retry_after: Duration::from_secs(1),
+            replay: format!("seed {seed}"),
+            member_keys: Keys::keyless(),
+            client_keys: Keys::keyless(),
+            releases: Vec::new(),
+            view_services,
+            etcd: Some(settings),
+        }
+    }
+
+    /// The view-service nodes' addresses.
+    pub fn view_service_addrs(&self) -> Vec<Addr> {
+        self.view_services.iter().map(|(_, addr)| *addr).collect()
+    }
+
+    /// A view-service host for the node at `addr` (a restart).
+    pub fn view_service_host(&self, addr: Addr) -> Host {
+        let service = match &self.etcd {
+            Some(settings) => {
+                let mut settings = settings.clone();
+                settings.advertise = Some(addr);
+                ViewService::with_store(timing(), settings)
+            }
+            None => ViewService::new(timing()),
+        };
+        Host::new().with_view_service(service)
+    }
+
+    /// The view as stored in the simulated etcd (etcd mode), if readable.
+    pub fn stored_view(&self) -> Option<(View, bool)> {
+        let settings = self.etcd.as_ref()?;
+        let kv = self.sim.store().get(&settings.view_key())?;
+        StoredRecord::parse(&kv.value).ok()
     }
 
     /// Names how to replay this seed in failure messages.
@@ -139,7 +224,11 @@ impl Cluster {
 
     /// A replica host for the server at `me`.
     pub fn replica(&self, me: Addr) -> Host {
-        Host::new().with_replica(Replica::new((self.replica_config)(me, self.vs_addr)))
+        let mut config = (self.replica_config)(me, self.vs_addr);
+        if self.etcd.is_some() {
+            config.view_services = self.view_service_addrs();
+        }
+        Host::new().with_replica(Replica::new(config))
     }
 
     /// The clerk's client, if it is up.
@@ -167,7 +256,7 @@ impl Cluster {
 
     fn make_clerk(&mut self, retry_after: Duration) -> NodeIndex {
         let name = format!("ck{}", self.clerks.len() + 1);
-        let mut config = ClientConfig::new(self.vs_addr);
+        let mut config = ClientConfig::with_view_services(self.view_service_addrs());
         config.retry_after = retry_after;
         let host = Host::new().with_client(Client::new(config));
         let spec = NodeSpec::client(&name).with_keys(self.client_keys.clone());
@@ -209,6 +298,9 @@ impl LabCluster for Cluster {
 
     /// Read directly: no side effects, like the lab's `Get` of the view.
     fn view(&self) -> View {
+        if self.etcd.is_some() {
+            return self.stored_view().expect("the stored view is readable").0;
+        }
         self.sim
             .role(self.vs)
             .and_then(Host::view_service)
@@ -255,8 +347,9 @@ impl LabCluster for Cluster {
     }
 
     fn cut_from_view_service(&mut self, server: usize) {
-        let (node, vs) = (self.servers[server].0, self.vs);
-        self.sim.partition(&[node], &[vs]);
+        let node = self.servers[server].0;
+        let view_services: Vec<NodeIndex> = self.view_services.iter().map(|(n, _)| *n).collect();
+        self.sim.partition(&[node], &view_services);
     }
 
     fn delay_requests_to(&mut self, server: usize, clerk: NodeIndex, delay: Duration) {

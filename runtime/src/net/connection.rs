@@ -131,6 +131,10 @@ pub(super) struct Io {
     /// This turn's monotonic time.
     pub(super) now: MonoTime,
     pub(super) clock: PhysicalClock,
+    /// The etcd thread, when the node has a store.
+    pub(super) store: Option<super::etcd::StoreThread>,
+    /// Store results made without the thread (no store configured, or it is gone).
+    pub(super) store_local: Vec<(u64, crate::store::StoreResult)>,
 }
 
 impl Io {

@@ -61,6 +61,8 @@ pub struct NetOptions {
     pub shutdown_grace: Duration,
     /// Stop cleanly on SIGTERM/SIGINT (a second signal exits at once).
     pub handle_signals: bool,
+    /// The etcd cluster store operations go to; `None`: every store operation fails.
+    pub store: Option<super::etcd::EtcdSettings>,
 }
 
 impl NetOptions {
@@ -83,6 +85,7 @@ impl NetOptions {
             user_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(3),
             handle_signals: false,
+            store: None,
         }
     }
 }
@@ -211,6 +214,10 @@ impl<R: Role> NetDriver<R> {
             events: options.events,
         };
         let core = NodeCore::new(role, node_options, incarnation, rand::rng().random());
+        let store = options
+            .store
+            .map(|settings| super::etcd::StoreThread::spawn(settings, Arc::clone(&waker)))
+            .transpose()?;
         let start = Instant::now();
         let io = Io {
             poll,
@@ -244,6 +251,8 @@ impl<R: Role> NetDriver<R> {
                 skew: options.skew,
                 start_true_ns: true_now_ns(),
             },
+            store,
+            store_local: Vec::new(),
         };
         Ok(NetDriver {
             core,
@@ -331,6 +340,7 @@ impl<R: Role> NetDriver<R> {
             self.read_deferred();
             self.io.check_deadlines();
             self.deliver_reports();
+            self.deliver_store_results();
             self.end_turn()?;
             if self.stop_requested() && stopping_since.is_none() {
                 stopping_since = Some(Instant::now());
@@ -429,6 +439,9 @@ impl<R: Role> NetDriver<R> {
                 (a, b) => a.or(b),
             };
         }
+        if !self.io.store_local.is_empty() {
+            return Some(Duration::ZERO);
+        }
         if !self.io.reports.is_empty() || self.stop_flag.load(Ordering::SeqCst) {
             return Some(Duration::from_millis(1));
         }
@@ -465,6 +478,25 @@ impl<R: Role> NetDriver<R> {
         }
         if readable {
             self.read_conn(key);
+        }
+    }
+
+    /// Feeds the role every store result that came back (or was made locally).
+    fn deliver_store_results(&mut self) {
+        loop {
+            let next = if self.io.store_local.is_empty() {
+                self.io
+                    .store
+                    .as_ref()
+                    .and_then(|store| store.results.try_recv().ok())
+            } else {
+                Some(self.io.store_local.remove(0))
+            };
+            let Some((id, result)) = next else {
+                return;
+            };
+            self.core.store_result(&mut self.io, id, result);
+            self.deliver_reports();
         }
     }
 

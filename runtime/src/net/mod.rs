@@ -32,6 +32,7 @@
 //! too.
 
 mod connection;
+pub mod etcd;
 mod event_loop;
 mod read;
 mod stamped;

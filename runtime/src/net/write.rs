@@ -87,6 +87,23 @@ fn queue_frame(conn: &mut Conn, frame: &[u8]) {
 }
 
 impl Transport for Io {
+    fn store(&mut self, id: u64, op: crate::store::StoreOp) {
+        let submitted = self
+            .store
+            .as_ref()
+            .is_some_and(|store| store.submit(id, op));
+        if !submitted {
+            let reason = if self.store.is_some() {
+                "the store thread is gone"
+            } else {
+                "this node has no store configured"
+            };
+            let reason = reason.to_string();
+            self.store_local
+                .push((id, crate::store::StoreResult::Failed { reason }));
+        }
+    }
+
     fn send(&mut self, to: Dest, frame: &[u8], corr: u64, message_type: MessageType) {
         let key = match self.links.get(&to) {
             Some(&key) => key,

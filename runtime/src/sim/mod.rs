@@ -20,6 +20,9 @@
 //! event logs included, byte for byte.
 
 mod net;
+mod store;
+
+pub use store::{SimStore, StoreFaults};
 
 use std::time::Duration;
 
@@ -442,6 +445,44 @@ impl<R: Role> Sim<R> {
         }
     }
 
+    /// Stops a node's turns (`true`), as SIGSTOP does, or resumes them: while stopped,
+    /// frames and store results wait for it and its timers do not fire; on resuming it
+    /// runs a turn at once with everything that arrived.
+    pub fn pause(&mut self, node: NodeIndex, paused: bool) {
+        self.net.set_paused(node.0, paused);
+    }
+
+    /// The simulated store (to inspect, or to write as an operator's tool would).
+    pub fn store(&self) -> &SimStore {
+        &self.net.store
+    }
+
+    /// The simulated store, to write as an operator's tool would (`pbkv init`, say).
+    pub fn store_mut(&mut self) -> &mut SimStore {
+        &mut self.net.store
+    }
+
+    /// Sets the store's latencies, loss rates, timeout and minimum TTL.
+    pub fn set_store_faults(&mut self, faults: StoreFaults) {
+        self.net.store.faults = faults;
+    }
+
+    /// Makes the store lose (`true`) or regain its quorum: unreachable for every node, no
+    /// lease expiring meanwhile, every lease's TTL restarted on regaining it.
+    pub fn set_store_quorum_lost(&mut self, lost: bool) {
+        let now = self.net.now;
+        self.net.store.set_quorum_lost(lost, now);
+    }
+
+    /// Cuts `node` off from the store (`true`), or reconnects it.
+    pub fn cut_from_store(&mut self, node: NodeIndex, cut: bool) {
+        if cut {
+            self.net.store.cut.insert(node.0);
+        } else {
+            self.net.store.cut.remove(&node.0);
+        }
+    }
+
     /// Makes a node stop reading its sockets (`false`), as a process that never reads its
     /// replies, or read again (`true`). Frames for it wait unread, filling their windows.
     pub fn set_reading(&mut self, node: NodeIndex, reading: bool) {
@@ -550,6 +591,7 @@ impl<R: Role> Sim<R> {
                 }
                 Input::Link { to, link } => core.link(&mut transport, to, link),
                 Input::Closed { conn } => core.closed(&mut transport, conn),
+                Input::Store { id, result } => core.store_result(&mut transport, id, result),
             }
         }
         if let Err(error) = core.end_turn(&mut transport) {

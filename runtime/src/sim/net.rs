@@ -19,11 +19,13 @@ use proto::Addr;
 use rand::RngExt;
 use rand::rngs::StdRng;
 
+use super::store::SimStore;
 use super::{SimConfig, SimStats};
 use crate::auth::Keys;
 use crate::link::{self, Backoffs, DropInjector, LinkEnd};
 use crate::node::Transport;
 use crate::role::{ConnId, Dest, Link, MonoTime};
+use crate::store::{StoreOp, StoreResult};
 use proto::{Hello, MessageType};
 
 /// Bytes of unread frames a resumed reader takes per go, like one read call of the real
@@ -44,6 +46,11 @@ pub(super) enum Input {
     },
     Closed {
         conn: ConnId,
+    },
+    /// The result of a store operation.
+    Store {
+        id: u64,
+        result: StoreResult,
     },
 }
 
@@ -95,6 +102,22 @@ enum Event {
         node: usize,
         epoch: u64,
         input: NotifyInput,
+    },
+    /// A store request reaches the store.
+    StoreArrive {
+        node: usize,
+        epoch: u64,
+        id: u64,
+        op: StoreOp,
+        /// When the node gives up waiting.
+        deadline: u64,
+    },
+    /// A store result (or the node's timeout) reaches the node.
+    StoreDeliver {
+        node: usize,
+        epoch: u64,
+        id: u64,
+        result: StoreResult,
     },
 }
 
@@ -177,6 +200,8 @@ pub(super) struct Endpoint {
     backoffs: Backoffs,
     /// The longest write queue any of its connections had.
     queued_len_high: usize,
+    /// While true the node runs no turn (a stopped process): input waits in its inbox.
+    paused: bool,
 }
 
 pub(super) struct Net {
@@ -196,6 +221,8 @@ pub(super) struct Net {
     extra_latency: BTreeMap<(usize, usize), u64>,
     /// Directions with unread frames, to resume when their readers may read again.
     unread: BTreeSet<(u64, usize)>,
+    /// The store nodes' store operations go to.
+    pub(super) store: SimStore,
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -220,7 +247,62 @@ impl Net {
             blocked: BTreeSet::new(),
             extra_latency: BTreeMap::new(),
             unread: BTreeSet::new(),
+            store: SimStore::default(),
         }
+    }
+
+    fn store_latency(&mut self) -> u64 {
+        let min = nanos(self.store.faults.latency_min);
+        let max = nanos(self.store.faults.latency_max).max(min);
+        self.rng.random_range(min..=max)
+    }
+
+    /// Sends store operation `op` of `node`'s request `id` on its way.
+    fn submit_store(&mut self, node: usize, id: u64, op: StoreOp) {
+        let epoch = self.endpoints[node].epoch;
+        let deadline = self.now.saturating_add(nanos(self.store.faults.op_timeout));
+        let at = self.now + self.store_latency();
+        let event = Event::StoreArrive {
+            node,
+            epoch,
+            id,
+            op,
+            deadline,
+        };
+        self.schedule(at, event);
+    }
+
+    fn store_arrive(&mut self, node: usize, epoch: u64, id: u64, op: StoreOp, deadline: u64) {
+        let timeout = Event::StoreDeliver {
+            node,
+            epoch,
+            id,
+            result: StoreResult::Failed {
+                reason: "store timeout".to_string(),
+            },
+        };
+        let unreachable = self.store.quorum_lost || self.store.cut.contains(&node);
+        let request_lost = self.store.faults.request_loss_rate > 0.0
+            && self.rng.random_bool(self.store.faults.request_loss_rate);
+        if unreachable || request_lost {
+            self.schedule(deadline.max(self.now), timeout);
+            return;
+        }
+        let result = self.store.apply(op, self.now);
+        let reply_lost = self.store.faults.reply_loss_rate > 0.0
+            && self.rng.random_bool(self.store.faults.reply_loss_rate);
+        let at = self.now + self.store_latency();
+        if reply_lost || at > deadline {
+            self.schedule(deadline.max(self.now), timeout);
+            return;
+        }
+        let deliver = Event::StoreDeliver {
+            node,
+            epoch,
+            id,
+            result,
+        };
+        self.schedule(at, deliver);
     }
 
     pub(super) fn set_drop_rate(&mut self, rate: f64) {
@@ -245,6 +327,7 @@ impl Net {
             inbound: BTreeSet::new(),
             backoffs,
             queued_len_high: 0,
+            paused: false,
         });
     }
 
@@ -253,6 +336,7 @@ impl Net {
         let endpoint = &mut self.endpoints[index];
         endpoint.alive = true;
         endpoint.reading = true;
+        endpoint.paused = false;
         endpoint.epoch += 1;
         endpoint.presence = Some(presence);
         endpoint.inbox.clear();
@@ -278,6 +362,15 @@ impl Net {
         self.endpoints[index].reading = reading;
         if reading {
             self.resume_readers();
+        }
+    }
+
+    /// Stops (`true`) or resumes a node's turns, as SIGSTOP and SIGCONT would.
+    pub(super) fn set_paused(&mut self, index: usize, paused: bool) {
+        self.endpoints[index].paused = paused;
+        if !paused {
+            let now = self.now;
+            self.schedule_turn(index, now);
         }
     }
 
@@ -351,6 +444,10 @@ impl Net {
                 if endpoint.epoch != epoch || endpoint.next_turn != Some(scheduled.at) {
                     return Some(Due::Handled); // superseded, or the node crashed
                 }
+                if endpoint.paused {
+                    endpoint.next_turn = None; // Run when it resumes.
+                    return Some(Due::Handled);
+                }
                 endpoint.next_turn = None;
                 return Some(Due::Turn(node));
             }
@@ -367,6 +464,23 @@ impl Net {
                     .is_some_and(|c| !c.flows[direction].held.is_empty());
                 if still_held {
                     self.break_conn(conn);
+                }
+            }
+            Event::StoreArrive {
+                node,
+                epoch,
+                id,
+                op,
+                deadline,
+            } => self.store_arrive(node, epoch, id, op, deadline),
+            Event::StoreDeliver {
+                node,
+                epoch,
+                id,
+                result,
+            } => {
+                if self.endpoints[node].epoch == epoch {
+                    self.push_input(node, Input::Store { id, result });
                 }
             }
             Event::Notify { node, epoch, input } => {
@@ -983,5 +1097,9 @@ impl Transport for SimTransport<'_> {
 
     fn close(&mut self, conn: ConnId) {
         self.net.break_conn(conn.0);
+    }
+
+    fn store(&mut self, id: u64, op: StoreOp) {
+        self.net.submit_store(self.node, id, op);
     }
 }

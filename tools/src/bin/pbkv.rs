@@ -38,6 +38,9 @@ enum Command {
     /// Create a key file (32 random bytes and an id, mode 0600) for cluster_key_file,
     /// client_key_file or --key-file.
     Keygen(KeygenArgs),
+    /// Make a cluster in etcd (view 0, a fresh epoch), for view-service nodes in the etcd
+    /// mode; refused if it exists.
+    Init(cmd::init::InitArgs),
     /// Print a key's value (exit 1 if it does not exist).
     Get(WithClient<GetArgs>),
     /// Store a value; print OK.
@@ -198,6 +201,7 @@ fn main() {
     let code = match &cli.command {
         Command::Node(args) => cmd::node::run(args),
         Command::Keygen(args) => pbkv_tools::keys::keygen(&args.file, args.client),
+        Command::Init(args) => cmd::init::run(args),
         Command::Get(with) => cmd::client::get(&with.client, &with.args),
         Command::Put(with) => cmd::client::put(&with.client, &with.args, false),
         Command::Puthash(with) => cmd::client::put(&with.client, &with.args, true),
@@ -277,7 +281,7 @@ mod tests {
             let client = path.len() == 1 && cluster.contains(&path[0].as_str());
             assert_eq!(help.contains("--vs <"), client, "{path:?}:\n{help}");
             let timeouts = help.matches("--timeout <").count();
-            let wanted = usize::from(client || path == ["clock", "probe"]);
+            let wanted = usize::from(client || path == ["clock", "probe"] || path == ["init"]);
             assert_eq!(timeouts, wanted, "{path:?}:\n{help}");
         }
         let clock = ["clock", "probe", "experiment"];

@@ -17,7 +17,8 @@ use crate::output::write_stdout;
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The view service's address.
+    /// The view service's address, or a comma-separated list of the view-service nodes
+    /// (HOST:PORT, hostnames allowed): every one is asked, the newest view taken.
     #[arg(long = "vs", env = "PBKV_VS", default_value = "127.0.0.1:7100")]
     pub view_service: String,
     /// How long to wait for an answer: seconds (`2.5`) or a duration (`500ms`, `1m`).
@@ -47,10 +48,12 @@ impl ClientArgs {
         crate::keys::for_tool(self.key_file.as_deref())
     }
 
-    fn view_service(&self) -> Result<Addr, String> {
-        self.view_service
-            .parse()
-            .map_err(|error| format!("--vs {:?}: {error} (expected HOST:PORT)", self.view_service))
+    /// The view-service addresses `--vs` names, resolved.
+    ///
+    /// # Errors
+    /// An empty list, or an entry that is not HOST:PORT or does not resolve.
+    pub fn view_services(&self) -> Result<Vec<Addr>, String> {
+        parse_view_services(&self.view_service)
     }
 
     fn timeout(&self) -> Result<Duration, String> {
@@ -77,6 +80,31 @@ pub fn parse_seconds(text: &str) -> Result<f64, String> {
     humantime::parse_duration(text)
         .map(|duration| duration.as_secs_f64())
         .map_err(|error| format!("{text:?}: {error} (seconds, or a duration such as 500ms)"))
+}
+
+/// Parses `--vs`: one HOST:PORT or a comma-separated list (hostnames resolve to their first
+/// address).
+///
+/// # Errors
+/// An empty list, or an entry that is not HOST:PORT or does not resolve.
+pub fn parse_view_services(text: &str) -> Result<Vec<Addr>, String> {
+    let addrs: Result<Vec<Addr>, String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            crate::config::resolve(entry)
+                .map(Addr)
+                .map_err(|why| format!("--vs: {why} (expected HOST:PORT[,HOST:PORT…])"))
+        })
+        .collect();
+    let addrs = addrs?;
+    if addrs.is_empty() {
+        return Err(format!(
+            "--vs {text:?}: no address (expected HOST:PORT[,HOST:PORT…])"
+        ));
+    }
+    Ok(addrs)
 }
 
 fn fail(code: i32, why: &str) -> i32 {
@@ -177,7 +205,7 @@ fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
 
 /// Runs one key/value operation; prints what it returns; returns the exit code.
 pub fn run_op(args: &ClientArgs, op: ClientOp, print: Print) -> i32 {
-    let (view_service, timeout) = match (args.view_service(), args.timeout()) {
+    let (view_services, timeout) = match (args.view_services(), args.timeout()) {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
     };
@@ -186,7 +214,8 @@ pub fn run_op(args: &ClientArgs, op: ClientOp, print: Print) -> i32 {
         Err(why) => return fail(exit::CONFIG, &why),
     };
     let name = format!("cli-{}", std::process::id());
-    let client = match BlockingClient::start(view_service, &name, keys) {
+    let config = kv::client::ClientConfig::with_view_services(view_services);
+    let client = match BlockingClient::start_with(config, &name, keys) {
         Ok(client) => client,
         Err(why) => return fail(exit::UNAVAILABLE, &why),
     };
@@ -341,6 +370,42 @@ fn ask(args: &ClientArgs, to: Addr, request: Message, timeout: Duration) -> Resu
     })
 }
 
+/// Asks every view-service node at once; the newest view answered wins (C7). A node that
+/// answers nothing within the timeout does not hold the others up longer than that.
+fn ask_newest_view(args: &ClientArgs, to: &[Addr], timeout: Duration) -> Result<Message, i32> {
+    let keys = args.keys().map_err(|why| fail(exit::CONFIG, &why))?;
+    let asks: Vec<_> = to
+        .iter()
+        .map(|addr| {
+            let (addr, keys) = (*addr, keys.clone());
+            std::thread::spawn(move || {
+                crate::blocking::request(addr, GetViewRequest {}.into(), timeout, keys)
+            })
+        })
+        .collect();
+    let mut newest: Option<proto::viewservice::View> = None;
+    let mut errors = Vec::new();
+    for ask in asks {
+        match ask.join() {
+            Ok(Ok(Message::GetViewReply(reply))) => {
+                if newest.is_none_or(|view| reply.view.viewnum > view.viewnum) {
+                    newest = Some(reply.view);
+                }
+            }
+            Ok(Ok(other)) => errors.push(format!("unexpected answer {}", other.message_type())),
+            Ok(Err(why)) => errors.push(why),
+            Err(_) => errors.push("a request thread failed".to_string()),
+        }
+    }
+    match newest {
+        Some(view) => Ok(proto::viewservice::GetViewReply { view }.into()),
+        None => Err(fail(
+            exit::UNAVAILABLE,
+            &format!("{}{}", errors.join("; "), args.unreachable_hint()),
+        )),
+    }
+}
+
 /// `pbkv view`.
 #[derive(Debug, Args)]
 pub struct ViewArgs {
@@ -351,11 +416,11 @@ pub struct ViewArgs {
 
 /// Runs `pbkv view`.
 pub fn view(args: &ClientArgs, view: &ViewArgs) -> i32 {
-    let (view_service, timeout) = match (args.view_service(), args.timeout()) {
+    let (view_services, timeout) = match (args.view_services(), args.timeout()) {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
     };
-    match ask(args, view_service, GetViewRequest {}.into(), timeout) {
+    match ask_newest_view(args, &view_services, timeout) {
         Ok(Message::GetViewReply(reply)) => {
             if view.json {
                 println!("{}", kv::view_json(&reply.view));

@@ -33,14 +33,24 @@ pub struct DemoArgs {
     pub skew_ms: f64,
     /// Listen on fixed ports: the view service on this one, s1, s2 and s3 on the next three
     /// (default: free ports the system picks).
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65532))]
+    #[arg(
+        long,
+        value_name = "PORT",
+        value_parser = clap::value_parser!(u16).range(1..=65532),
+        conflicts_with = "etcd"
+    )]
     pub port_base: Option<u16>,
+    /// Run the view service in etcd instead: a 3-member etcd cluster (Debian's
+    /// etcd-server, /usr/bin/etcd), two view-service nodes; the leader is killed, then the
+    /// primary, and every acknowledged write is read back.
+    #[arg(long)]
+    pub etcd: bool,
 }
 
-struct Daemon {
-    name: String,
-    child: Child,
-    addr: String,
+pub(super) struct Daemon {
+    pub(super) name: String,
+    pub(super) child: Child,
+    pub(super) addr: String,
 }
 
 impl Drop for Daemon {
@@ -50,12 +60,12 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
-fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
+pub(super) fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, String> {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -115,7 +125,12 @@ fn view(view_service: Addr, keys: &runtime::Keys) -> Result<View, String> {
 
 /// Runs `pbkv demo`.
 pub fn run(args: &DemoArgs) -> i32 {
-    match demo(args) {
+    let result = if args.etcd {
+        super::demo_etcd::demo(&args.dir, args.keys)
+    } else {
+        demo(args)
+    };
+    match result {
         Ok(()) => exit::OK,
         Err(why) => {
             eprintln!("error: {why}");

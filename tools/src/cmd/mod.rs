@@ -4,5 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod demo;
+mod demo_etcd;
+pub mod init;
 pub mod log;
 pub mod node;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use clockd::server::{ServerConfig, TimeServer};
 use kv::host::Host;
 use kv::replica::{Replica, ReplicaConfig};
-use kv::viewservice::{ViewService, ViewTiming};
+use kv::viewservice::{StoreSettings, ViewService, ViewTiming};
 use proto::NodeId;
 use runtime::ClockSkew;
 use runtime::Keys;
 use runtime::echo::{EchoConfig, EchoRole};
 use runtime::event_log::FileSink;
+use runtime::net::etcd::EtcdSettings;
 use runtime::net::{ConnectionLimits, NetDriver, NetOptions};
 
 use crate::config::{NodeConfig, RoleName};
@@ -31,21 +32,42 @@ pub struct NodeArgs {
 }
 
 /// The roles `config` names, composed into one host.
-pub fn host_from_config(config: &NodeConfig) -> Host {
+///
+/// # Errors
+/// A view-service address that does not resolve.
+pub fn host_from_config(config: &NodeConfig) -> Result<Host, String> {
     let timing = ViewTiming {
         ping_interval: Duration::from_millis(config.timing.ping_interval_ms),
         dead_pings: config.timing.dead_pings,
     };
     let mut host = Host::new();
+    let etcd = config.viewservice.as_ref().and_then(|vs| vs.etcd());
     if config.roles.contains(&RoleName::Viewservice) {
-        host = host.with_view_service(ViewService::new(timing));
+        let service = match &etcd {
+            Some(etcd) => {
+                let mut settings = StoreSettings::new(&etcd.cluster);
+                settings.lease_ttl = etcd.lease_ttl;
+                settings.stale_after = etcd.stale_after;
+                // Followers relay pings to the leader at the address servers use.
+                let advertise = config.advertise.unwrap_or(config.listen);
+                settings.advertise = (advertise.port() != 0).then_some(proto::Addr(advertise));
+                ViewService::with_store(timing, settings)
+            }
+            None => ViewService::new(timing),
+        };
+        host = host.with_view_service(service);
     }
-    if let (true, Some(view_service)) = (
+    let view_services = match &config.viewservice {
+        Some(setting) => setting.resolve().map_err(|e| format!("viewservice: {e}"))?,
+        None => Vec::new(),
+    };
+    if let (true, Some(first)) = (
         config.roles.contains(&RoleName::Replica),
-        config.viewservice,
+        view_services.first(),
     ) {
         let me = proto::Addr(config.advertise.unwrap_or(config.listen));
-        let mut replica_config = ReplicaConfig::new(me, proto::Addr(view_service));
+        let mut replica_config = ReplicaConfig::new(me, proto::Addr(*first));
+        replica_config.view_services = view_services.iter().copied().map(proto::Addr).collect();
         replica_config.timing = timing;
         let limits = &config.limits;
         replica_config.state_bytes_max = limits.state_mib.saturating_mul(1 << 20);
@@ -69,7 +91,7 @@ pub fn host_from_config(config: &NodeConfig) -> Host {
     if config.roles.contains(&RoleName::Timeserver) {
         host = host.with_time_server(TimeServer::new(ServerConfig::default()));
     }
-    host
+    Ok(host)
 }
 
 /// Loads and validates a configuration file.
@@ -209,7 +231,20 @@ fn serve(
             .map_err(|e| format!("log.events {}: {e}", path.display()))?;
         options.events = Some(Box::new(sink));
     }
-    let driver = NetDriver::new(host_from_config(config), options)
+    if config.roles.contains(&RoleName::Viewservice)
+        && let Some(etcd) = config.viewservice.as_ref().and_then(|vs| vs.etcd())
+    {
+        log::info!(
+            "view service in etcd: cluster {:?} at {}",
+            etcd.cluster,
+            etcd.endpoints.join(",")
+        );
+        let mut settings = EtcdSettings::new(etcd.endpoints.clone());
+        settings.op_timeout = etcd.store_timeout;
+        options.store = Some(settings);
+    }
+    let host = host_from_config(config)?;
+    let driver = NetDriver::new(host, options)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let bound = driver
         .local_addr()

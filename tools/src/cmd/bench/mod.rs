@@ -119,6 +119,8 @@ struct Session {
     client: Client,
     /// The correlation id this session is registered under in `BenchHost::owners`.
     awaiting: Option<u64>,
+    /// The view requests it is registered under too (one per view-service node).
+    view_asks: Vec<u64>,
     /// When its current operation was due (open loop) or started (closed loop).
     intended_at: MonoTime,
     busy: bool,
@@ -234,6 +236,20 @@ impl BenchHost {
                 owners.insert(new, index);
             }
             session.awaiting = awaiting;
+        }
+        let asks = session.client.awaiting_views();
+        if !asks
+            .iter()
+            .map(|(corr, _)| *corr)
+            .eq(session.view_asks.iter().copied())
+        {
+            for old in session.view_asks.drain(..) {
+                owners.remove(&old);
+            }
+            for (corr, _) in asks {
+                owners.insert(*corr, index);
+                session.view_asks.push(*corr);
+            }
         }
         for done in session.client.drain_completed() {
             if let Some(history) = history.as_mut() {
@@ -434,17 +450,14 @@ impl Role for BenchHost {
 
 /// Validated arguments.
 struct Plan {
-    view_service: Addr,
+    view_services: Vec<Addr>,
     mix: Mix,
     duration: Option<Duration>,
     answer_timeout: Duration,
 }
 
 fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
-    let view_service: Addr = client_args
-        .view_service
-        .parse()
-        .map_err(|e| format!("--vs {:?}: {e}", client_args.view_service))?;
+    let view_services = client_args.view_services()?;
     let mix = Mix::parse(&args.mix)?;
     if args.clients == 0 || args.keys == 0 || args.requests == Some(0) {
         return Err("--clients, --keys and --requests must be at least 1".into());
@@ -487,7 +500,7 @@ fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
         (None, None) => Some(Duration::from_secs(10)),
     };
     Ok(Plan {
-        view_service,
+        view_services,
         mix,
         duration,
         answer_timeout: Duration::from_secs_f64(timeout),
@@ -498,11 +511,12 @@ fn host(args: &BenchArgs, plan: &Plan) -> BenchHost {
     let session_count = args.clients * args.pipeline;
     let sessions = (0..session_count)
         .map(|index| {
-            let mut config = ClientConfig::new(plan.view_service);
+            let mut config = ClientConfig::with_view_services(plan.view_services.clone());
             config.lane = index / args.pipeline;
             Session {
                 client: Client::new(config),
                 awaiting: None,
+                view_asks: Vec::new(),
                 intended_at: MonoTime(0),
                 busy: false,
             }
