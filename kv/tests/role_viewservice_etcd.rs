@@ -284,9 +284,7 @@ fn v15_a_follower_records_an_acknowledgement() {
 fn drive(vs: &mut Vs, mut actions: Actions, stored: View) -> Option<Txn> {
     for _ in 0..20 {
         let ops = store_ops(&actions);
-        let Some((id, op)) = ops.into_iter().next() else {
-            return None;
-        };
+        let (id, op) = ops.into_iter().next()?;
         actions = match op {
             StoreOp::Txn(txn)
                 if txn.success.iter().any(
