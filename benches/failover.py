@@ -60,7 +60,7 @@ class Run:
         )
 
     def info(self, addr):
-        out = self.cli("--timeout", "1", "info", "--node", addr, "--json", timeout=1)
+        out = self.cli("info", "--timeout", "1", "--node", addr, "--json", timeout=1)
         try:
             return json.loads(out.stdout)
         except ValueError:
@@ -136,10 +136,10 @@ def round_once(pbkv, mode, endpoints, cluster, dir):
             time.sleep(0.02)
         if not view:
             raise RuntimeError(f"{mode}: no acknowledged view with a backup")
-        assert run.cli("--vs", vs, "put", "k", "before").returncode == 0
+        assert run.cli("put", "k", "before", "--vs", vs).returncode == 0
         run.kill(servers[view["primary"]])
         killed = time.monotonic()
-        while run.cli("--vs", vs, "--timeout", "2", "put", "k", "after", timeout=2).returncode != 0:
+        while run.cli("put", "k", "after", "--vs", vs, "--timeout", "2", timeout=2).returncode != 0:
             if time.monotonic() - killed > 20:
                 raise RuntimeError(f"{mode}: no failover")
         figures["primary_failover_s"] = time.monotonic() - killed

@@ -129,16 +129,9 @@ impl Cluster {
     /// Starts `pbkv bench` against the cluster, with the client key, for `seconds`.
     fn bench(&self, seconds: u32) -> Child {
         Command::new(pbkv_bin())
-            .args(["--vs", &self.vs.addr, "--key-file"])
+            .args(["bench", "--vs", &self.vs.addr, "--key-file"])
             .arg(self.dir.path().join("client.key"))
-            .args([
-                "bench",
-                "--json",
-                "--clients",
-                "4",
-                "--mix",
-                "get=50,put=50",
-            ])
+            .args(["--json", "--clients", "4", "--mix", "get=50,put=50"])
             .args(["--keys", "500", "--duration", &seconds.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

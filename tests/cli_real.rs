@@ -8,11 +8,13 @@ use pbkv_e2e::{LatencyProxy, Node, free_port, pbkv_bin};
 
 const STARTUP: Duration = Duration::from_secs(20);
 
+/// Runs `pbkv SUBCOMMAND --vs VS REST…` for `args` = `[SUBCOMMAND, REST…]`.
 fn pbkv(vs: &str, args: &[&str]) -> Output {
     Command::new(pbkv_bin())
+        .arg(args[0])
         .arg("--vs")
         .arg(vs)
-        .args(args)
+        .args(&args[1..])
         .output()
         .expect("run pbkv")
 }
@@ -71,12 +73,61 @@ fn cluster() -> Cluster {
 fn client_commands_and_failover() {
     let c = cluster();
     let vs = c.vs.addr.as_str();
-    assert_eq!(pbkv(vs, &["put", "k", "hello"]).status.code(), Some(0));
+    let put = pbkv(vs, &["put", "k", "hello"]);
+    assert_eq!(
+        (put.status.code(), stdout(&put)),
+        (Some(0), "OK\n".to_string())
+    );
     let got = pbkv(vs, &["get", "k"]);
     assert_eq!(
         (got.status.code(), stdout(&got)),
         (Some(0), "hello\n".to_string())
     );
+    assert_eq!(stdout(&pbkv(vs, &["get", "--raw", "k"])), "hello");
+    let json = pbkv(vs, &["get", "--json", "k"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("get --json");
+    assert_eq!(
+        json,
+        serde_json::json!({"key": "k", "found": true, "value": "hello"})
+    );
+    let json = pbkv(vs, &["put", "--json", "k", "hello"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("put --json");
+    assert_eq!(json, serde_json::json!({"key": "k", "ok": true}));
+    let missing = pbkv(vs, &["get", "--json", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let missing: serde_json::Value = serde_json::from_str(&stdout(&missing)).expect("JSON");
+    assert_eq!(missing, serde_json::json!({"key": "nope", "found": false}));
+
+    // A key and a value that are not UTF-8, typed as hex; read back as hex, raw and JSON.
+    assert_eq!(
+        pbkv(vs, &["put", "--hex", "00ff", "c3280a"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(stdout(&pbkv(vs, &["get", "--hex", "00ff"])), "c3280a\n");
+    assert_eq!(
+        pbkv(vs, &["get", "--raw", "--hex", "00ff"]).stdout,
+        b"c3280a"
+    );
+    let json = pbkv(vs, &["get", "--json", "--hex", "00ff"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&json)).expect("JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"key_hex": "00ff", "found": true, "value_hex": "c3280a"})
+    );
+    let bad = pbkv(vs, &["get", "--hex", "0g"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+
+    // Delete: 1 when the key existed, 0 when not; the key is then missing.
+    assert_eq!(pbkv(vs, &["put", "gone", "x"]).status.code(), Some(0));
+    let del = pbkv(vs, &["del", "gone"]);
+    assert_eq!(
+        (del.status.code(), stdout(&del)),
+        (Some(0), "1\n".to_string())
+    );
+    assert_eq!(pbkv(vs, &["get", "gone"]).status.code(), Some(1));
+    let del = pbkv(vs, &["del", "--json", "gone"]);
+    let del: serde_json::Value = serde_json::from_str(&stdout(&del)).expect("del --json");
+    assert_eq!(del, serde_json::json!({"key": "gone", "deleted": false}));
     let missing = pbkv(vs, &["get", "nope"]);
     assert_eq!(
         (missing.status.code(), stdout(&missing)),
@@ -92,7 +143,7 @@ fn client_commands_and_failover() {
 
     // A binary value from stdin round-trips.
     let mut child = Command::new(pbkv_bin())
-        .args(["--vs", vs, "put", "bin", "-"])
+        .args(["put", "--vs", vs, "bin", "-"])
         .stdin(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -103,7 +154,7 @@ fn client_commands_and_failover() {
 
     // Refused: a value over the limit names the limit, exit 65.
     let mut child = Command::new(pbkv_bin())
-        .args(["--vs", vs, "put", "big", "-"])
+        .args(["put", "--vs", vs, "big", "-"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,8 +174,8 @@ fn client_commands_and_failover() {
     let info: serde_json::Value = serde_json::from_str(&stdout(&info)).expect("info JSON");
     assert_eq!(info["replica"]["may_serve"], true);
     assert_eq!(
-        info["replica"]["keys"], 3,
-        "k, c and bin; the refused value is not stored"
+        info["replica"]["keys"], 4,
+        "k, c, bin and 00ff; the refused value is not stored"
     );
     let text = pbkv(vs, &["view"]);
     assert!(
@@ -160,11 +211,11 @@ fn usage_and_unreachable_errors() {
     let port = free_port();
     let nobody = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let unreachable = pbkv(&nobody, &["--timeout", "1", "get", "k"]);
+    let unreachable = pbkv(&nobody, &["get", "--timeout", "1", "k"]);
     assert_eq!(unreachable.status.code(), Some(69), "{unreachable:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("nothing was sent"));
-    let view = pbkv(&nobody, &["--timeout", "1", "view"]);
+    let view = pbkv(&nobody, &["view", "--timeout", "1"]);
     assert_eq!(view.status.code(), Some(69));
 }
 
@@ -217,8 +268,17 @@ fn bench_reports_json() {
     assert_eq!(bad_mix.status.code(), Some(2));
 
     // A history on few keys, checked for linearizability over real processes.
-    let mix = ["--mix", "get=40,put=40,puthash=20"];
+    let mix = ["--mix", "get=40,put=30,puthash=15,del=15"];
     let events = bench_history(&c.vs.addr, &["--clients", "8", "--requests", "2000"], &mix);
+    let deleted = |out: &str| {
+        events
+            .iter()
+            .any(|e| e["f"] == "del" && e["type"] == "ok" && e["out"] == out)
+    };
+    assert!(
+        deleted("1") && deleted("0"),
+        "deletes that found a key and some that did not"
+    );
     let history = history_operations(&events);
     let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
     assert_eq!(checked, 2000);
@@ -297,7 +357,7 @@ fn bench_history(vs: &str, args: &[&str], mix: &[&str]) -> Vec<serde_json::Value
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("history.jsonl");
     let output = Command::new(pbkv_bin())
-        .args(["--vs", vs, "bench", "--keys", "3"])
+        .args(["bench", "--vs", vs, "--keys", "3"])
         .args(args)
         .args(mix)
         .arg("--history")
@@ -361,6 +421,7 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
         let kind = match event["f"].as_str() {
             Some("get") => Kind::Get,
             Some("put") => Kind::Put(bytes(&event["value"])),
+            Some("del") => Kind::Delete,
             _ => Kind::PutHash(bytes(&event["value"])),
         };
         let known = event["type"] == "ok";
@@ -371,6 +432,7 @@ fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operati
             }
             (Kind::Put(_), true) => Output::Done,
             (Kind::PutHash(_), true) => Output::Previous(bytes(&event["out"])),
+            (Kind::Delete, true) => Output::Deleted(event["out"] == "1"),
         };
         ops.push(Operation {
             key: bytes(&event["key"]),
@@ -527,9 +589,9 @@ fn bench_exits_non_zero_when_nothing_answers() {
     let _ = pbkv_bin();
     let started = Instant::now();
     let args = [
+        "bench",
         "--timeout",
         "1",
-        "bench",
         "--duration",
         "30",
         "--clients",
@@ -566,8 +628,15 @@ fn demo_and_log_tool() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("demo");
     let started = Instant::now();
+    // --port-base pins the ports: the view service on the base, s1..s3 on the next three.
+    let base = loop {
+        let port = free_port();
+        if port < 65_000 {
+            break port;
+        }
+    };
     let demo = Command::new(pbkv_bin())
-        .args(["demo", "--dir"])
+        .args(["demo", "--port-base", &base.to_string(), "--dir"])
         .arg(&out)
         .output()
         .expect("run demo");
@@ -577,6 +646,25 @@ fn demo_and_log_tool() {
     assert!(
         text.contains("20 of 20 acknowledged writes read back"),
         "{text}"
+    );
+    assert!(
+        text.contains(&format!("view service on 127.0.0.1:{base}\n")),
+        "{text}"
+    );
+    let s3 = std::fs::read_to_string(out.join("s3.toml")).expect("s3.toml");
+    assert!(
+        s3.contains(&format!("listen = \"127.0.0.1:{}\"", base + 3)),
+        "{s3}"
+    );
+    // Clean numbers: no skew is `offset_ms = 0`, not `0.0` or `-0.0`.
+    assert!(s3.contains("offset_ms = 0\n"), "{s3}");
+    // The unmatched sends are explained, and the demo's last line is "done".
+    assert!(text.contains("to processes that keep no log"), "{text}");
+    assert!(
+        text.trim_end()
+            .lines()
+            .last()
+            .is_some_and(|line| line.starts_with("done in "))
     );
     let svg = std::fs::read_to_string(out.join("diagram.svg")).expect("diagram");
     assert!(svg.starts_with("<svg") && svg.contains("<line"));

@@ -123,8 +123,9 @@ impl Cluster {
 
     fn cli(&self, args: &[&str]) -> Output {
         let vs = self.vs_list();
-        let mut all = vec!["--vs", vs.as_str(), "--timeout", "5"];
-        all.extend_from_slice(args);
+        // The client options come after the subcommand's name.
+        let mut all = vec![args[0], "--vs", vs.as_str(), "--timeout", "5"];
+        all.extend_from_slice(&args[1..]);
         pbkv(self.dir.path(), &all)
     }
 
@@ -144,7 +145,7 @@ impl Cluster {
         let vs = self.vs_list();
         let out = pbkv(
             self.dir.path(),
-            &["--vs", &vs, "--timeout", "1", "view", "--json"],
+            &["view", "--vs", &vs, "--timeout", "1", "--json"],
         );
         if out.status.code() != Some(0) {
             return None;
@@ -215,7 +216,7 @@ fn init_is_refused_on_an_existing_cluster_and_a_wrong_cluster_waits() {
     let port = free_port();
     let node = c.start_vs(port, "tset");
     let vs = format!("127.0.0.1:{port}");
-    let view = pbkv(c.dir.path(), &["--vs", &vs, "--timeout", "1", "view"]);
+    let view = pbkv(c.dir.path(), &["view", "--vs", &vs, "--timeout", "1"]);
     assert_eq!(
         view.status.code(),
         Some(69),

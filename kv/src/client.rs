@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use proto::kv::{
-    GetReply, GetRequest, KEY_LEN_MAX, OpenSessionReply, OpenSessionRequest, PutReply, PutRequest,
-    Status, VALUE_LEN_MAX,
+    GetReply, GetRequest, KEY_LEN_MAX, OpenSessionReply, OpenSessionRequest, PutKind, PutReply,
+    PutRequest, Status, VALUE_LEN_MAX,
 };
 use proto::viewservice::{GetViewRequest, View};
 use proto::{Addr, Message};
@@ -43,12 +43,17 @@ pub enum ClientOp {
         /// Value.
         value: Bytes,
     },
+    /// Delete a key: returns `1` if it existed, `0` if not. Applied at most once, as a Put.
+    Delete {
+        /// Key.
+        key: Bytes,
+    },
 }
 
 /// How an operation ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Get: the value. Put: empty. PutHash: the previous value.
+    /// Get: the value. Put: empty. PutHash: the previous value. Delete: `1` or `0`.
     Done(Bytes),
     /// Get: the key does not exist.
     NoKey,
@@ -300,7 +305,9 @@ impl Client {
         };
         let corr = match &current.op {
             ClientOp::Get { key } => ctx.send(to, GetRequest { key: key.clone() }),
-            ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => {
+            ClientOp::Put { key, .. }
+            | ClientOp::PutHash { key, .. }
+            | ClientOp::Delete { key } => {
                 let Some(session) = self.session else {
                     let nonce = *self
                         .opening
@@ -315,13 +322,19 @@ impl Client {
                     self.next_seq += 1;
                     seq
                 });
-                let hash = matches!(current.op, ClientOp::PutHash { .. });
+                let (kind, value) = match &current.op {
+                    ClientOp::PutHash { value, .. } => (PutKind::PutHash, value.clone()),
+                    ClientOp::Delete { .. } => (PutKind::Delete, Bytes::new()),
+                    ClientOp::Put { value, .. } => (PutKind::Put, value.clone()),
+                    // A Get took the arm above; nothing is sent as a Put for it.
+                    ClientOp::Get { .. } => return,
+                };
                 let request = PutRequest {
                     session,
                     seq,
-                    hash,
+                    kind,
                     key: key.clone(),
-                    value: value.clone(),
+                    value,
                 };
                 ctx.send(to, request)
             }
@@ -497,6 +510,7 @@ fn oversized(op: &ClientOp) -> Option<String> {
     let (key, value) = match op {
         ClientOp::Get { key } => (key, None),
         ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => (key, Some(value)),
+        ClientOp::Delete { key } => (key, None),
     };
     if key.len() > KEY_LEN_MAX {
         return Some(format!(

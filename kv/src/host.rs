@@ -69,6 +69,19 @@ pub fn route(message_type: MessageType) -> &'static [Slot] {
     }
 }
 
+/// Logs a view service's view change at info, with the old and the new view on one line
+/// (as Sentinel logs `+switch-master`), for an operator following the logs. Views change
+/// only on a ping or a tick, which is where the host calls this.
+fn log_view_change(before: &proto::viewservice::View, after: &proto::viewservice::View) {
+    if after.viewnum != before.viewnum {
+        log::info!(
+            "view change: view {} (was view {})",
+            crate::view_text(after),
+            crate::view_text(before)
+        );
+    }
+}
+
 /// The extra role of a host that needs none: it drops what it is given.
 #[derive(Debug, Default)]
 pub struct NoExtra;
@@ -267,9 +280,11 @@ impl<E: Role> Host<E> {
         match (slot, message) {
             (Slot::ViewService, message) => {
                 if let Some(role) = self.view_service.as_mut() {
+                    let before = role.view();
                     ctx.nested(HostTimer::ViewService, |c| {
                         role.on_message(c, origin, message)
                     });
+                    log_view_change(&before, &role.view());
                 }
             }
             (Slot::Replica, message) => {
@@ -345,7 +360,7 @@ impl<E: Role> Role for Host<E> {
         let key = match message {
             Message::GetRequest(get) => &get.key,
             // A PutHash's reply holds the previous value; a Put's is empty.
-            Message::PutRequest(put) if put.hash => &put.key,
+            Message::PutRequest(put) if put.kind == proto::kv::PutKind::PutHash => &put.key,
             _ => return REPLY_LEN_HINT_DEFAULT,
         };
         let value_len = self
@@ -360,7 +375,9 @@ impl<E: Role> Role for Host<E> {
         match timer {
             HostTimer::ViewService(timer) => {
                 if let Some(role) = self.view_service.as_mut() {
+                    let before = role.view();
                     ctx.nested(HostTimer::ViewService, |c| role.on_timer(c, timer));
+                    log_view_change(&before, &role.view());
                 }
             }
             HostTimer::Replica(timer) => {

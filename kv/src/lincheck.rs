@@ -3,7 +3,8 @@
 //!
 //! Each key is a register that starts missing. Get returns its value (or "missing", distinct
 //! from empty), Put sets it, PutHash sets it to `puthash_value(previous or "", value)` and
-//! returns the previous value ("" when missing). An operation with an unknown outcome may or
+//! returns the previous value ("" when missing), Delete makes it missing and returns whether
+//! it was present. An operation with an unknown outcome may or
 //! may not have taken effect, at any time after its invocation; its output is not checked.
 //!
 //! The search places operations one at a time in an order consistent with real time: an
@@ -16,7 +17,8 @@
 //! Two prunings keep unknown outcomes cheap, and both are sound: an unknown Get has no
 //! effect, and an unknown Put whose value no completed operation ever observed (values are
 //! unique in the histories we check) can be left out — unless the key has a PutHash of
-//! unknown outcome, which could have hashed that value into one that was observed.
+//! unknown outcome, which could have hashed that value into one that was observed, or a
+//! Delete that found the key present, which could have found that value.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +35,8 @@ pub enum Kind {
     Put(Bytes),
     /// PutHash with `value`.
     PutHash(Bytes),
+    /// Delete.
+    Delete,
 }
 
 /// What it returned.
@@ -44,6 +48,8 @@ pub enum Output {
     Done,
     /// PutHash: the previous value.
     Previous(Bytes),
+    /// Delete: whether the key was present.
+    Deleted(bool),
     /// Unknown outcome: may or may not have happened.
     Unknown,
 }
@@ -96,9 +102,13 @@ fn check_key(key: &Bytes, ops: Vec<&Operation>) -> Result<(), Violation> {
         })
         .collect();
     // An unknown PutHash hides what it hashed: then no unknown Put may be pruned.
-    let hidden_chain = ops
-        .iter()
-        .any(|op| matches!((&op.kind, &op.output), (Kind::PutHash(_), Output::Unknown)));
+    // So does a Delete that found the key: the unknown Put may be what it found.
+    let hidden_chain = ops.iter().any(|op| {
+        matches!(
+            (&op.kind, &op.output),
+            (Kind::PutHash(_), Output::Unknown) | (Kind::Delete, Output::Deleted(true))
+        )
+    });
     let mut ops: Vec<&Operation> = ops
         .into_iter()
         .filter(|op| match (&op.kind, &op.output) {
@@ -181,6 +191,8 @@ fn apply(op: &Operation, state: &Option<Bytes>) -> Option<Option<Bytes>> {
     match (&op.kind, &op.output) {
         (Kind::Get, Output::Value(value)) => (value == state).then(|| state.clone()),
         (Kind::Put(value), Output::Done | Output::Unknown) => Some(Some(value.clone())),
+        (Kind::Delete, Output::Deleted(present)) => (*present == state.is_some()).then_some(None),
+        (Kind::Delete, Output::Unknown) => Some(None),
         (Kind::PutHash(value), output) => {
             let previous = state.clone().unwrap_or_default();
             match output {
@@ -201,6 +213,69 @@ mod tests {
 
     fn b(text: &str) -> Bytes {
         Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    fn delete(present: bool, invoked: u64, completed: Option<u64>) -> Operation {
+        let output = match completed {
+            Some(_) => Output::Deleted(present),
+            None => Output::Unknown,
+        };
+        op(Kind::Delete, output, invoked, completed)
+    }
+
+    /// Goal: Delete makes the key missing and reports whether it was there; a Get after it
+    /// must see "missing", and a Delete that claims a key it could not have found is a
+    /// violation.
+    #[test]
+    fn delete_removes_and_reports_presence() {
+        let history = [
+            put("v", 0, Some(1)),
+            delete(true, 2, Some(3)),
+            get(None, 4, 5),
+            delete(false, 6, Some(7)),
+        ];
+        assert!(check(&history).is_ok());
+        let stale = [
+            put("v", 0, Some(1)),
+            delete(true, 2, Some(3)),
+            get(Some("v"), 4, 5),
+        ];
+        assert!(
+            check(&stale).is_err(),
+            "a Get after the Delete saw the value"
+        );
+        let phantom = [delete(true, 0, Some(1))];
+        assert!(check(&phantom).is_err(), "nothing was there to delete");
+        let twice = [
+            put("v", 0, Some(1)),
+            delete(true, 2, Some(3)),
+            delete(true, 4, Some(5)),
+        ];
+        assert!(
+            check(&twice).is_err(),
+            "the second Delete cannot find the key"
+        );
+    }
+
+    /// Goal: an unknown Put that no Get observed may still be what a Delete found, so it is
+    /// not pruned when a Delete found the key; an unknown Delete may or may not have
+    /// happened.
+    #[test]
+    fn unknown_outcomes_around_delete() {
+        let found = [put("v", 0, None), delete(true, 2, Some(3))];
+        assert!(check(&found).is_ok(), "the unknown Put explains the Delete");
+        let maybe = [
+            put("v", 0, Some(1)),
+            delete(false, 2, None),
+            get(Some("v"), 4, 5),
+        ];
+        assert!(check(&maybe).is_ok(), "the unknown Delete did not happen");
+        let gone = [
+            put("v", 0, Some(1)),
+            delete(false, 2, None),
+            get(None, 4, 5),
+        ];
+        assert!(check(&gone).is_ok(), "the unknown Delete happened");
     }
 
     fn op(kind: Kind, output: Output, invoked: u64, completed: Option<u64>) -> Operation {

@@ -105,6 +105,7 @@ impl State {
                 let stored = puthash_value(&previous, value);
                 (key.len() + stored.len(), item_len(key))
             }
+            Op::Delete { key } => (0, item_len(key)),
             Op::OpenSession { .. } => (SESSION_RECORD_FIXED_LEN, 0),
             Op::ExpireSessions { sessions } => {
                 let mut seen = std::collections::BTreeSet::new();
@@ -126,6 +127,10 @@ impl State {
                     SESSION_RECORD_FIXED_LEN + previous_len,
                     old_record(entry.session),
                 )
+            }
+            // The kept reply is one byte, `1` or `0`.
+            Op::Delete { .. } if entry.session != 0 => {
+                (SESSION_RECORD_FIXED_LEN + 1, old_record(entry.session))
             }
             _ => (0, 0),
         };
@@ -151,7 +156,8 @@ impl State {
     }
 
     /// Applies `entry` as index `applied + 1` and returns its reply (PutHash: the previous
-    /// value; OpenSession: nothing, the session id is the index).
+    /// value; Delete: `1` if the key existed, else `0`; OpenSession: nothing, the session
+    /// id is the index).
     pub fn apply(&mut self, entry: &Entry) -> Bytes {
         self.len = self.len_after(entry);
         let index = self.applied + 1;
@@ -168,6 +174,10 @@ impl State {
                     .insert(key.clone(), puthash_value(&previous, value));
                 previous
             }
+            Op::Delete { key } => match self.store.remove(key) {
+                Some(_) => Bytes::from_static(b"1"),
+                None => Bytes::from_static(b"0"),
+            },
             Op::OpenSession { .. } => {
                 let record = SessionRecord {
                     session: index,
@@ -185,7 +195,7 @@ impl State {
                 Bytes::new()
             }
         };
-        if entry.session != 0 && matches!(entry.op, Op::Put { .. } | Op::PutHash { .. }) {
+        if entry.session != 0 && entry.op.is_write() {
             let record = SessionRecord {
                 session: entry.session,
                 last_seq: entry.seq,

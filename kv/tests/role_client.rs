@@ -123,7 +123,7 @@ fn put_request(session: u64, seq: u64, key: &str, value: &str) -> PutRequest {
     PutRequest {
         session,
         seq,
-        hash: false,
+        kind: proto::kv::PutKind::Put,
         key: Bytes::copy_from_slice(key.as_bytes()),
         value: Bytes::copy_from_slice(value.as_bytes()),
     }

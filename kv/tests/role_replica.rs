@@ -209,7 +209,7 @@ fn put(session: u64, seq: u64, key: &str, value: &str) -> PutRequest {
     PutRequest {
         session,
         seq,
-        hash: false,
+        kind: proto::kv::PutKind::Put,
         key: bytes(key),
         value: bytes(value),
     }
@@ -621,6 +621,40 @@ fn r10_a_retry_gets_the_original_reply_and_old_requests_are_refused() {
         applied + 2,
         "two sync no-ops, no writes"
     );
+}
+
+/// R10 for Delete: a Delete is a write like a Put, applied at most once. It answers `1` when
+/// the key existed and `0` when not; a retry of it gets the original `1`, although the key
+/// is gone by then, and deletes nothing more.
+#[test]
+fn r10_a_retried_delete_gets_its_original_reply() {
+    let mut s = Node::start(s1());
+    s.adopt(view(1, Some(s1()), None));
+    let client = from_client(40, 5);
+    s.deliver(&client, OpenSessionRequest { nonce: 8 });
+    s.turn_end();
+    let delete = |seq: u64, key: &str| PutRequest {
+        session: 1,
+        seq,
+        kind: proto::kv::PutKind::Delete,
+        key: bytes(key),
+        value: Bytes::new(),
+    };
+    s.deliver(&client, put(1, 1, "k", "a"));
+    assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))]);
+    s.deliver(&client, delete(2, "k"));
+    assert_eq!(s.turn_end(), vec![reply(&client, put_ok("1"))]);
+    assert_eq!(s.role.state().store.get(&bytes("k")), None);
+    let applied = s.role.state().applied;
+    assert_eq!(
+        s.deliver(&client, delete(2, "k")),
+        vec![reply(&client, put_ok("1"))],
+        "the retry gets the original reply, not a fresh 0"
+    );
+    assert_eq!(s.role.state().applied, applied, "nothing applied");
+    s.deliver(&client, delete(3, "k"));
+    assert_eq!(s.turn_end(), vec![reply(&client, put_ok("0"))]);
+    assert_eq!(s.role.state().len(), s.role.state().counted_len());
 }
 
 /// R11: sessions idle longer than `session_idle_max` expire, decided by the primary on its

@@ -155,10 +155,11 @@ impl Run {
         let key = Bytes::from(format!("k{}", self.rng.random_range(0..3)));
         let value = Bytes::from(format!("v{}", self.next_value));
         self.next_value += 1;
-        match self.rng.random_range(0..10) {
-            0..=3 => ClientOp::Get { key },
-            4..=7 => ClientOp::Put { key, value },
-            _ => ClientOp::PutHash { key, value },
+        match self.rng.random_range(0..20) {
+            0..=7 => ClientOp::Get { key },
+            8..=14 => ClientOp::Put { key, value },
+            15..=17 => ClientOp::PutHash { key, value },
+            _ => ClientOp::Delete { key },
         }
     }
 
@@ -494,6 +495,7 @@ fn kind_of(op: &ClientOp) -> (Bytes, Kind) {
         ClientOp::Get { key } => (key.clone(), Kind::Get),
         ClientOp::Put { key, value } => (key.clone(), Kind::Put(value.clone())),
         ClientOp::PutHash { key, value } => (key.clone(), Kind::PutHash(value.clone())),
+        ClientOp::Delete { key } => (key.clone(), Kind::Delete),
     }
 }
 
@@ -505,6 +507,7 @@ fn history_op(done: &Completed) -> Option<Operation> {
         (Outcome::NoKey, Kind::Get) => (at, Output::Value(None)),
         (Outcome::Done(_), Kind::Put(_)) => (at, Output::Done),
         (Outcome::Done(previous), Kind::PutHash(_)) => (at, Output::Previous(previous.clone())),
+        (Outcome::Done(reply), Kind::Delete) => (at, Output::Deleted(reply.as_ref() == b"1")),
         (Outcome::Refused(_), _) => return None,
         _ => (None, Output::Unknown),
     };

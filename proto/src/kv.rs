@@ -165,14 +165,27 @@ pub struct GetReply {
     pub value: Bytes,
 }
 
-/// Put or PutHash, at most once per (session, seq).
+/// What a [`PutRequest`] asks for. On the wire a u8: 0 and 1 are the `false` and `true`
+/// of the `hash` flag that came before Delete, so Put and PutHash keep their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PutKind {
+    /// Store the value.
+    Put = 0,
+    /// Store hash(previous ++ value); answer the previous value.
+    PutHash = 1,
+    /// Remove the key (the value is empty); answer `1` if it existed, else `0`.
+    Delete = 2,
+}
+
+/// Put, PutHash or Delete, at most once per (session, seq).
 ///
 /// ```text
 /// session  u64
 /// seq      u64    the session's request number, from 1
-/// hash     bool   true = PutHash
+/// kind     u8     0 Put | 1 PutHash | 2 Delete
 /// key      bytes
-/// value    bytes
+/// value    bytes  empty for Delete
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutRequest {
@@ -180,8 +193,8 @@ pub struct PutRequest {
     pub session: u64,
     /// The request's number within the session.
     pub seq: u64,
-    /// PutHash rather than Put.
-    pub hash: bool,
+    /// Put, PutHash or Delete.
+    pub kind: PutKind,
     /// The key.
     pub key: Bytes,
     /// The value (PutHash: the value hashed after the previous one).
@@ -192,7 +205,8 @@ pub struct PutRequest {
 ///
 /// ```text
 /// status    u8
-/// previous  bytes   PutHash: the previous value ("" for a missing key)
+/// previous  bytes   PutHash: the previous value ("" for a missing key);
+///                   Delete: "1" if the key existed, "0" if not
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutReply {
@@ -221,6 +235,11 @@ pub enum Op {
         /// Value.
         value: Bytes,
     },
+    /// Remove `key`.
+    Delete {
+        /// Key.
+        key: Bytes,
+    },
     /// Create a session whose id is this entry's index.
     OpenSession {
         /// The client's nonce.
@@ -240,6 +259,7 @@ pub enum Op {
 /// seq      u64
 /// op       u8 tag: 0 Noop | 1 Put key value | 2 PutHash key value
 ///                | 3 OpenSession nonce:u64 | 4 ExpireSessions count:u32 ids:u64...
+///                | 5 Delete key
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -251,11 +271,23 @@ pub struct Entry {
     pub op: Op,
 }
 
+impl Op {
+    /// Whether this is a client's write (Put, PutHash, Delete): it belongs to a session and
+    /// its reply is kept for retries.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Op::Put { .. } | Op::PutHash { .. } | Op::Delete { .. }
+        )
+    }
+}
+
 impl Entry {
     /// Approximate encoded size, for batching.
     pub fn len_hint(&self) -> usize {
         24 + match &self.op {
             Op::Put { key, value } | Op::PutHash { key, value } => 8 + key.len() + value.len(),
+            Op::Delete { key } => 4 + key.len(),
             Op::ExpireSessions { sessions } => 4 + 8 * sessions.len(),
             Op::Noop | Op::OpenSession { .. } => 8,
         }
@@ -289,6 +321,10 @@ impl Encode for Entry {
                     out.put_u64(*session);
                 }
             }
+            Op::Delete { key } => {
+                out.put_u8(5);
+                put_bytes(out, key);
+            }
         }
     }
 }
@@ -318,6 +354,7 @@ impl Decode for Entry {
                 }
                 Op::ExpireSessions { sessions }
             }
+            5 => Op::Delete { key: key(reader)? },
             _ => return Err(DecodeError::InvalidField("op")),
         };
         Ok(Entry { session, seq, op })
@@ -545,7 +582,7 @@ impl Encode for PutRequest {
     fn encode(&self, out: &mut BytesMut) {
         out.put_u64(self.session);
         out.put_u64(self.seq);
-        out.put_u8(u8::from(self.hash));
+        out.put_u8(self.kind as u8);
         put_bytes(out, &self.key);
         put_bytes(out, &self.value);
     }
@@ -553,12 +590,25 @@ impl Encode for PutRequest {
 
 impl Decode for PutRequest {
     fn decode(reader: &mut Reader) -> Result<PutRequest, DecodeError> {
+        let session = reader.u64()?;
+        let seq = reader.u64()?;
+        let kind = match reader.u8()? {
+            0 => PutKind::Put,
+            1 => PutKind::PutHash,
+            2 => PutKind::Delete,
+            _ => return Err(DecodeError::InvalidField("kind")),
+        };
+        let key = key(reader)?;
+        let value = value(reader, "value")?;
+        if kind == PutKind::Delete && !value.is_empty() {
+            return Err(DecodeError::InvalidField("value"));
+        }
         Ok(PutRequest {
-            session: reader.u64()?,
-            seq: reader.u64()?,
-            hash: reader.bool("hash")?,
-            key: key(reader)?,
-            value: value(reader, "value")?,
+            session,
+            seq,
+            kind,
+            key,
+            value,
         })
     }
 }

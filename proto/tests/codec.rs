@@ -7,8 +7,8 @@ use proto::clock::{TimeReply, TimeRequest};
 use proto::echo::{EchoReply, EchoRequest};
 use proto::kv::{
     Entry, ForwardReply, ForwardRequest, GetReply, GetRequest, InfoReply, InfoRequest, Op,
-    OpenSessionReply, OpenSessionRequest, Outcome, PutReply, PutRequest, SessionRecord, Status,
-    TransferReply, TransferRequest,
+    OpenSessionReply, OpenSessionRequest, Outcome, PutKind, PutReply, PutRequest, SessionRecord,
+    Status, TransferReply, TransferRequest,
 };
 use proto::viewservice::{
     GetViewReply, GetViewRequest, HeardPing, Member, PingRelayReply, PingRelayRequest, PingReply,
@@ -215,7 +215,7 @@ fn golden() -> Vec<(Message, &'static str)> {
             Message::PutRequest(PutRequest {
                 session: 7,
                 seq: 1,
-                hash: true,
+                kind: PutKind::PutHash,
                 key: k(),
                 value: v(),
             }),
@@ -231,7 +231,7 @@ fn golden() -> Vec<(Message, &'static str)> {
             "00000019 02 00 0019 0000000000000005 0000000000000009 \
              05 00000000",
         ),
-        // Payload 48 + 8 + 4 + entries (17 + 27 + 27 + 25 + 37 = 133) = 193. len 213.
+        // Payload 48 + 8 + 4 + entries (17 + 27 + 27 + 25 + 37 + 22 = 155) = 215. len 235.
         (
             Message::ForwardRequest(ForwardRequest {
                 view: view2(),
@@ -270,19 +270,25 @@ fn golden() -> Vec<(Message, &'static str)> {
                             sessions: vec![7, 8],
                         },
                     },
+                    Entry {
+                        session: 7,
+                        seq: 3,
+                        op: Op::Delete { key: k() },
+                    },
                 ],
             }),
-            "000000d5 02 00 001e 0000000000000005 0000000000000009 \
+            "000000eb 02 00 001e 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
              01 047f000001 1bbe 0000000000000022 \
              0000000000000099 \
-             000000000000000a 00000005 \
+             000000000000000a 00000006 \
              0000000000000000 0000000000000000 00 \
              0000000000000007 0000000000000001 01 00000001 6b 00000001 76 \
              0000000000000007 0000000000000002 02 00000001 6b 00000001 76 \
              0000000000000000 0000000000000000 03 0000000000000042 \
-             0000000000000000 0000000000000000 04 00000002 0000000000000007 0000000000000008",
+             0000000000000000 0000000000000000 04 00000002 0000000000000007 0000000000000008 \
+             0000000000000007 0000000000000003 05 00000001 6b",
         ),
         // Payload 48 + 8 + 1 + 8 = 65. len 85.
         (
@@ -501,6 +507,7 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Noop),
         (blob(), blob()).prop_map(|(key, value)| Op::Put { key, value }),
         (blob(), blob()).prop_map(|(key, value)| Op::PutHash { key, value }),
+        blob().prop_map(|key| Op::Delete { key }),
         any::<u64>().prop_map(|nonce| Op::OpenSession { nonce }),
         proptest::collection::vec(any::<u64>(), 0..8)
             .prop_map(|sessions| Op::ExpireSessions { sessions }),
@@ -552,15 +559,25 @@ fn client_message() -> impl Strategy<Value = Message> {
             .prop_map(|(status, value)| Message::GetReply(GetReply { status, value })),
         (any::<u64>(), any::<u64>(), any::<bool>(), blob(), blob()).prop_map(
             |(session, seq, hash, key, value)| {
+                let kind = if hash { PutKind::PutHash } else { PutKind::Put };
                 Message::PutRequest(PutRequest {
                     session,
                     seq,
-                    hash,
+                    kind,
                     key,
                     value,
                 })
             }
         ),
+        (any::<u64>(), any::<u64>(), blob()).prop_map(|(session, seq, key)| {
+            Message::PutRequest(PutRequest {
+                session,
+                seq,
+                kind: PutKind::Delete,
+                key,
+                value: Bytes::new(),
+            })
+        }),
         (status(), blob())
             .prop_map(|(status, previous)| Message::PutReply(PutReply { status, previous })),
     ]
@@ -926,5 +943,45 @@ fn time_message_rules_and_transmit_stamp_offsets() {
     assert_eq!(
         proto::clock::frame_transmit_stamp_offset(&request[..20]),
         None
+    );
+}
+
+/// Goal: a Delete's bytes are a PutRequest of kind 2 with an empty value; a Delete with a
+/// value, or a kind past 2, is refused by the decoder, not guessed at.
+#[test]
+fn delete_requests_carry_no_value_and_unknown_kinds_are_refused() {
+    let delete = Message::PutRequest(PutRequest {
+        session: 7,
+        seq: 2,
+        kind: PutKind::Delete,
+        key: Bytes::from_static(b"k"),
+        value: Bytes::new(),
+    });
+    // Payload 8 + 8 + 1 + 5 + 4 = 26. len 46.
+    let expected = unhex(
+        "0000002e 02 00 0018 0000000000000005 0000000000000009 \
+         0000000000000007 0000000000000002 02 00000001 6b 00000000",
+    );
+    assert_eq!(hex(&frame_bytes(&delete, 5, 9)), hex(&expected));
+    assert_eq!(
+        decode(&expected).map(|f| f.map(|f| f.message)),
+        Ok(Some(delete))
+    );
+    let mut with_value = expected.clone();
+    // The value's length (last 4 bytes) becomes 1, and one value byte follows.
+    let at = with_value.len() - 1;
+    with_value[at] = 1;
+    with_value.push(b'v');
+    with_value[3] += 1;
+    assert_eq!(
+        decode(&with_value).map(|_| ()),
+        Err(DecodeError::InvalidField("value"))
+    );
+    // The kind follows the 24-byte header, the session and the seq.
+    let mut kind_3 = expected.clone();
+    kind_3[24 + 16] = 3;
+    assert_eq!(
+        decode(&kind_3).map(|_| ()),
+        Err(DecodeError::InvalidField("kind"))
     );
 }

@@ -45,6 +45,8 @@ impl Default for Timing {
 pub struct LogConfig {
     /// stderr log level.
     pub level: String,
+    /// stderr log format: `text` or `json` (else `PBKV_LOG_FORMAT`).
+    pub format: crate::logging::Format,
     /// Event-log file; absent = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<PathBuf>,
@@ -61,6 +63,7 @@ impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
             level: "info".into(),
+            format: crate::logging::Format::Text,
             events: None,
             run: None,
             events_len_max_mib: 256,
@@ -594,6 +597,10 @@ mod tests {
             ("roles = [\"replica\"]", "viewservice"),
             ("roles = [\"echo\"]\n[timing]\ndead_pings = 0", "dead_pings"),
             ("roles = [\"echo\"]\n[log]\nlevel = \"loud\"", "log.level"),
+            (
+                "roles = [\"echo\"]\n[log]\nformat = \"xml\"",
+                "unknown variant `xml`",
+            ),
         ];
         for (tail, expected) in cases {
             let error = NodeConfig::parse(&format!("{base}{tail}\n")).expect_err(tail);

@@ -235,7 +235,7 @@ fn a_bad_line_names_its_file_and_line() {
         .args(files(dir.path(), &logs))
         .output()
         .expect("run pbkv");
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(output.status.code(), Some(66), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("echo.jsonl:3: EOF while parsing"),

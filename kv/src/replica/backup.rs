@@ -159,6 +159,12 @@ impl Replica {
             return;
         };
         if request.chunk == 0 {
+            log::info!(
+                "state transfer {:016x} started: receiving a snapshot at index {} from {}",
+                request.transfer_id,
+                request.snapshot_index,
+                origin.node
+            );
             backup.receiving = Some(Receiving {
                 id: request.transfer_id,
                 next_chunk: 0,
@@ -210,6 +216,12 @@ impl Replica {
             "installed snapshot at index {}",
             done.snapshot_index
         ));
+        log::info!(
+            "state transfer {:016x} ended: installed snapshot at index {} in view {}",
+            done.id,
+            done.snapshot_index,
+            crate::view_text(&self.view)
+        );
     }
 
     /// A transfer whose next chunk has not come for `transfer_idle_max` is abandoned, so a

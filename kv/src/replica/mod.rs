@@ -412,9 +412,19 @@ impl Replica {
         let may_serve = named && (view.viewnum == 1 || continues);
         self.view = view;
         ctx.event(format!("adopt view {}", crate::view_text(&view)));
+        log::info!(
+            "adopt view {} (was view {})",
+            crate::view_text(&view),
+            crate::view_text(&previous)
+        );
         if named && !may_serve {
             self.stats.promotions_refused += 1;
             ctx.event("named primary but may not serve: not synced in the previous view");
+            log::warn!(
+                "refusing to serve as primary of view {}: not synced in view {}",
+                crate::view_text(&view),
+                crate::view_text(&previous)
+            );
         }
         if !may_serve {
             // R2: adopting any other view clears `synced_view` (a new, unsynced backup).
@@ -429,6 +439,11 @@ impl Replica {
             Standing::Idle | Standing::Backup(_) => {
                 if view.viewnum > 1 {
                     self.stats.promotions += 1;
+                    log::info!(
+                        "promoted to primary of view {} (was view {})",
+                        crate::view_text(&view),
+                        crate::view_text(&previous)
+                    );
                 }
                 // Idle time restarts at promotion, on this server's own clock.
                 Box::new(Primary::new(&self.state, ctx.now()))

@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use proto::kv::{
     Entry, FORWARD_ENTRIES_MAX, ForwardReply, ForwardRequest, GetReply, GetRequest, INDEX_MAX,
-    KEY_LEN_MAX, Op, OpenSessionReply, Outcome, PutReply, PutRequest, Status, VALUE_LEN_MAX,
+    KEY_LEN_MAX, Op, OpenSessionReply, Outcome, PutKind, PutReply, PutRequest, Status,
+    VALUE_LEN_MAX,
 };
 use proto::viewservice::View;
 use proto::{Message, MessageType};
@@ -572,14 +573,14 @@ impl Replica {
         let PutRequest {
             session,
             seq,
-            hash,
+            kind,
             key,
             value,
         } = request;
-        let op = if hash {
-            Op::PutHash { key, value }
-        } else {
-            Op::Put { key, value }
+        let op = match kind {
+            PutKind::Put => Op::Put { key, value },
+            PutKind::PutHash => Op::PutHash { key, value },
+            PutKind::Delete => Op::Delete { key },
         };
         let entry = Entry { session, seq, op };
         if !self.state.admits(&entry, self.config.state_limits()) {

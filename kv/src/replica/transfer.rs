@@ -193,6 +193,16 @@ impl Replica {
             last_sent: false,
         });
         primary.clear_unacked(self.state.applied);
+        log::info!(
+            "state transfer {id:016x} started in view {}: snapshot at index {}, {} keys, to \
+             backup {}",
+            crate::view_text(&self.view),
+            self.state.applied,
+            self.state.store.len(),
+            self.view
+                .backup
+                .map_or_else(|| "none".to_string(), |m| m.addr.to_string())
+        );
     }
 
     /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window. Until the
@@ -273,6 +283,10 @@ impl Replica {
             primary.backup_synced = true;
             primary.sent = snapshot_index;
             ctx.event(format!("backup synced at index {snapshot_index}"));
+            log::info!(
+                "state transfer ended: backup synced at index {snapshot_index} in view {}",
+                crate::view_text(&self.view)
+            );
             // R7: the new backup's ack of its snapshot commits what waited.
             self.acknowledged(ctx, snapshot_index);
         }

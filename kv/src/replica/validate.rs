@@ -4,6 +4,7 @@
 //! its link carries. Each check returns the reason it failed; the caller logs it, counts it
 //! (`ReplicaStats::refused`) and drops the message whole, never a part of it, never a panic.
 
+use bytes::Bytes;
 use proto::Incarnation;
 use proto::kv::{
     EXPIRE_SESSIONS_MAX, Entry, FORWARD_AHEAD_MAX, FORWARD_ENTRIES_MAX, INDEX_MAX, KEY_LEN_MAX, Op,
@@ -59,6 +60,12 @@ fn validate_entry_shape(entry: &Entry) -> Result<(), String> {
     match &entry.op {
         Op::Put { key, value } | Op::PutHash { key, value } => {
             validate_item(key, value)?;
+            if entry.session == 0 || entry.seq == 0 {
+                return Err("a write outside a session".to_string());
+            }
+        }
+        Op::Delete { key } => {
+            validate_item(key, &Bytes::new())?;
             if entry.session == 0 || entry.seq == 0 {
                 return Err("a write outside a session".to_string());
             }
@@ -152,7 +159,7 @@ impl Replica {
     /// names a live session and a newer seq, as the primary's session check required, and
     /// the entry passes the state bounds the primary applied (`State::admits`).
     pub(super) fn validate_next_entry(&self, state: &State, entry: &Entry) -> Result<(), String> {
-        if matches!(entry.op, Op::Put { .. } | Op::PutHash { .. }) {
+        if entry.op.is_write() {
             let Some(record) = state.sessions.get(&entry.session) else {
                 return Err(format!("a write in unknown session {}", entry.session));
             };

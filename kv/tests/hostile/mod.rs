@@ -163,7 +163,7 @@ fn blob(u: &mut Unstructured<'_>, limit: usize) -> Result<Bytes> {
 }
 
 fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
-    let op = match u.int_in_range(0..=4u8)? {
+    let op = match u.int_in_range(0..=5u8)? {
         0 => Op::Noop,
         1 => Op::Put {
             key: blob(u, KEY_LEN_MAX)?,
@@ -176,6 +176,9 @@ fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
         3 => Op::OpenSession {
             nonce: u.arbitrary()?,
         },
+        4 => Op::Delete {
+            key: blob(u, KEY_LEN_MAX)?,
+        },
         _ => {
             let count = u.int_in_range(0..=3usize)?;
             let mut sessions = Vec::with_capacity(count);
@@ -185,7 +188,7 @@ fn entry(u: &mut Unstructured<'_>) -> Result<Entry> {
             Op::ExpireSessions { sessions }
         }
     };
-    let writes = matches!(op, Op::Put { .. } | Op::PutHash { .. });
+    let writes = op.is_write();
     let (session, seq) = if writes && u.ratio(3, 4)? {
         (number(u, 1)?, number(u, 1)?)
     } else if u.ratio(7, 8)? {
@@ -278,7 +281,11 @@ fn message(u: &mut Unstructured<'_>, known: Known) -> Result<Message> {
         MessageType::PutRequest => PutRequest {
             session: number(u, 1)?,
             seq: number(u, 1)?,
-            hash: u.arbitrary()?,
+            kind: match u.int_in_range(0..=2u8)? {
+                0 => proto::kv::PutKind::Put,
+                1 => proto::kv::PutKind::PutHash,
+                _ => proto::kv::PutKind::Delete,
+            },
             key: blob(u, KEY_LEN_MAX)?,
             value: blob(u, VALUE_LEN_MAX)?,
         }
@@ -758,8 +765,8 @@ pub fn run_stored_view_service(u: &mut Unstructured<'_>, reach: &mut Reach) -> R
     service.on_start(&mut ctx);
     let mut pending: Vec<(u64, StoreOp)> = Vec::new();
     let take = |actions: Vec<Action<ViewServiceTimer>>,
-                    pending: &mut Vec<(u64, StoreOp)>,
-                    reach: &mut Reach| {
+                pending: &mut Vec<(u64, StoreOp)>,
+                reach: &mut Reach| {
         check_frames(&actions);
         for action in actions {
             match action {

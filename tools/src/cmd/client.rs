@@ -1,6 +1,6 @@
 //! The client commands: `pbkv get | put | puthash | view | info`.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,24 +12,20 @@ use proto::{Addr, Message};
 
 use crate::blocking::{BlockingClient, CallError};
 use crate::exit;
+use crate::output::write_stdout;
 
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The view service's address, or a comma-separated list of the view-service nodes
     /// (HOST:PORT, hostnames allowed): every one is asked, the newest view taken.
-    #[arg(
-        long = "vs",
-        env = "PBKV_VS",
-        global = true,
-        default_value = "127.0.0.1:7100"
-    )]
+    #[arg(long = "vs", env = "PBKV_VS", default_value = "127.0.0.1:7100")]
     pub view_service: String,
-    /// Seconds to wait for an answer.
-    #[arg(long, global = true, default_value_t = 10.0)]
+    /// How long to wait for an answer: seconds (`2.5`) or a duration (`500ms`, `1m`).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_seconds, value_name = "DURATION")]
     pub timeout: f64,
     /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
-    #[arg(long, env = "PBKV_KEY_FILE", global = true)]
+    #[arg(long, env = "PBKV_KEY_FILE")]
     pub key_file: Option<std::path::PathBuf>,
 }
 
@@ -70,6 +66,20 @@ impl ClientArgs {
             ))
         }
     }
+}
+
+/// A duration argument as seconds: a plain number is seconds; anything else is read as a
+/// duration with units (`500ms`, `2s`, `1m 30s`).
+///
+/// # Errors
+/// Neither a number nor a duration.
+pub fn parse_seconds(text: &str) -> Result<f64, String> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|duration| duration.as_secs_f64())
+        .map_err(|error| format!("{text:?}: {error} (seconds, or a duration such as 500ms)"))
 }
 
 /// Parses `--vs`: one HOST:PORT or a comma-separated list (hostnames resolve to their first
@@ -122,8 +132,79 @@ fn value_arg(value: &str) -> Result<Bytes, (i32, String)> {
     Ok(Bytes::from(buffer))
 }
 
+/// How a command prints what an operation returned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Print {
+    /// Keys and values as hex digits.
+    pub hex: bool,
+    /// No newline after the value (get).
+    pub raw: bool,
+    /// One JSON object.
+    pub json: bool,
+}
+
+/// A byte string in JSON: `"name": text` when it is UTF-8 (and not `hex`), otherwise
+/// `"name_hex": hex digits`.
+fn json_bytes(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    bytes: &[u8],
+    hex: bool,
+) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !hex => object.insert(name.to_string(), text.into()),
+        _ => object.insert(format!("{name}_hex"), hex::encode(bytes).into()),
+    };
+}
+
+/// What a command writes to stdout when `op` ends with `outcome` (None: the key is
+/// missing): get the value, put `OK`, puthash the previous value; or one JSON object.
+fn output_of(op: &ClientOp, outcome: Option<&Bytes>, print: Print) -> Vec<u8> {
+    let (key, name) = match op {
+        ClientOp::Get { key } => (key, "value"),
+        ClientOp::Put { key, .. } => (key, ""),
+        ClientOp::PutHash { key, .. } => (key, "previous"),
+        ClientOp::Delete { key } => (key, "deleted"),
+    };
+    if print.json {
+        let mut object = serde_json::Map::new();
+        json_bytes(&mut object, "key", key, print.hex);
+        match (name, outcome) {
+            ("", _) => {
+                object.insert("ok".into(), true.into());
+            }
+            ("deleted", outcome) => {
+                let deleted = outcome.is_some_and(|reply| reply.as_ref() == b"1");
+                object.insert("deleted".into(), deleted.into());
+            }
+            (name, Some(value)) => {
+                if name == "value" {
+                    object.insert("found".into(), true.into());
+                }
+                json_bytes(&mut object, name, value, print.hex);
+            }
+            (_, None) => {
+                object.insert("found".into(), false.into());
+            }
+        }
+        return format!("{}\n", serde_json::Value::Object(object)).into_bytes();
+    }
+    let mut out = match (name, outcome) {
+        ("", _) => b"OK".to_vec(),
+        // A Delete's reply is the count of keys it removed, `1` or `0`, as text.
+        ("deleted", Some(reply)) => reply.to_vec(),
+        (_, Some(value)) if print.hex => hex::encode(value).into_bytes(),
+        (_, Some(value)) => value.to_vec(),
+        (_, None) => return Vec::new(),
+    };
+    if !print.raw {
+        out.push(b'\n');
+    }
+    out
+}
+
 /// Runs one key/value operation; prints what it returns; returns the exit code.
-pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
+pub fn run_op(args: &ClientArgs, op: ClientOp, print: Print) -> i32 {
     let (view_services, timeout) = match (args.view_services(), args.timeout()) {
         (Ok(vs), Ok(timeout)) => (vs, timeout),
         (Err(why), _) | (_, Err(why)) => return fail(exit::USAGE, &why),
@@ -139,34 +220,27 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
         Err(why) => return fail(exit::UNAVAILABLE, &why),
     };
     let is_get = matches!(op, ClientOp::Get { .. });
-    let print = !matches!(op, ClientOp::Put { .. });
-    match client.call(op, timeout) {
-        Ok(Outcome::Done(value)) => {
-            if print {
-                let mut stdout = std::io::stdout().lock();
-                let written = stdout
-                    .write_all(&value)
-                    .and_then(|()| stdout.write_all(b"\n"));
-                if let Err(error) = written {
-                    return fail(exit::MISSING, &format!("writing stdout: {error}"));
-                }
-            }
-            exit::OK
-        }
-        Ok(Outcome::NoKey) if is_get => exit::MISSING,
-        Ok(Outcome::NoKey) => exit::OK,
+    let within = humantime::format_duration(timeout);
+    match client.call(op.clone(), timeout) {
+        Ok(Outcome::Done(value)) => write_stdout(&output_of(&op, Some(&value), print)),
+        Ok(Outcome::NoKey) if is_get => match write_stdout(&output_of(&op, None, print)) {
+            exit::OK => exit::MISSING,
+            code => code,
+        },
+        // A Put or PutHash of a missing key: PutHash's previous value is "".
+        Ok(Outcome::NoKey) => write_stdout(&output_of(&op, Some(&Bytes::new()), print)),
         Ok(Outcome::Refused(why)) => fail(exit::REFUSED, &format!("refused: {why}")),
         Ok(Outcome::Unknown(why)) => fail(exit::UNKNOWN, &format!("outcome unknown: {why}")),
         Err(CallError::NothingSent) => fail(
             exit::UNAVAILABLE,
             &format!(
-                "no primary reachable within {timeout:?}; nothing was sent{}",
+                "no primary reachable within {within}; nothing was sent{}",
                 args.unreachable_hint()
             ),
         ),
         Err(CallError::NoAnswer) => fail(
             exit::UNKNOWN,
-            &format!("no answer within {timeout:?}; the request may or may not have been applied"),
+            &format!("no answer within {within}; the request may or may not have been applied"),
         ),
         Err(CallError::Stopped(why)) => fail(exit::UNAVAILABLE, &why),
     }
@@ -177,6 +251,16 @@ pub fn run_op(args: &ClientArgs, op: ClientOp) -> i32 {
 pub struct GetArgs {
     /// The key.
     pub key: String,
+    /// Write the value exactly as stored, with no newline after it.
+    #[arg(long, conflicts_with = "json")]
+    pub raw: bool,
+    /// The key is hex digits, and the value is printed as hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: `key`, `found` and `value` (`key_hex`, `value_hex` for bytes
+    /// that are not UTF-8, or with --hex).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pbkv put KEY VALUE` and `pbkv puthash KEY VALUE`.
@@ -184,33 +268,95 @@ pub struct GetArgs {
 pub struct PutArgs {
     /// The key.
     pub key: String,
-    /// The value; `-` reads it from stdin (binary values welcome).
+    /// The value; `-` reads it from stdin (binary values welcome, read as they are even
+    /// with --hex).
     pub value: String,
+    /// KEY and VALUE are hex digits (for bytes that are not UTF-8); puthash prints the
+    /// previous value as hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: put `{"key": …, "ok": true}`, puthash the key and `previous`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pbkv del KEY`.
+#[derive(Debug, Args)]
+pub struct DelArgs {
+    /// The key.
+    pub key: String,
+    /// The key is hex digits.
+    #[arg(long)]
+    pub hex: bool,
+    /// Print one JSON object: `{"key": …, "deleted": true}`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pbkv del`: prints `1` if the key existed, `0` if not; exit 0 either way.
+pub fn del(args: &ClientArgs, del: &DelArgs) -> i32 {
+    let key = match bytes_arg("KEY", &del.key, del.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    let print = Print {
+        hex: del.hex,
+        raw: false,
+        json: del.json,
+    };
+    run_op(args, ClientOp::Delete { key }, print)
+}
+
+/// A key or value argument: the text's bytes, or with `hex` the bytes its digits spell.
+fn bytes_arg(what: &str, text: &str, hex: bool) -> Result<Bytes, String> {
+    if !hex {
+        return Ok(Bytes::copy_from_slice(text.as_bytes()));
+    }
+    hex::decode(text)
+        .map(Bytes::from)
+        .map_err(|error| format!("{what} {text:?} is not hex: {error}"))
 }
 
 /// Runs `pbkv get`.
 pub fn get(args: &ClientArgs, get: &GetArgs) -> i32 {
-    run_op(
-        args,
-        ClientOp::Get {
-            key: Bytes::copy_from_slice(get.key.as_bytes()),
-        },
-    )
+    let key = match bytes_arg("KEY", &get.key, get.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
+    let print = Print {
+        hex: get.hex,
+        raw: get.raw,
+        json: get.json,
+    };
+    run_op(args, ClientOp::Get { key }, print)
 }
 
 /// Runs `pbkv put` (`hash` false) or `pbkv puthash` (`hash` true).
 pub fn put(args: &ClientArgs, put: &PutArgs, hash: bool) -> i32 {
-    let value = match value_arg(&put.value) {
+    let value = if put.value == "-" {
+        value_arg(&put.value)
+    } else {
+        bytes_arg("VALUE", &put.value, put.hex).map_err(|why| (exit::USAGE, why))
+    };
+    let value = match value {
         Ok(value) => value,
         Err((code, why)) => return fail(code, &why),
     };
-    let key = Bytes::copy_from_slice(put.key.as_bytes());
+    let key = match bytes_arg("KEY", &put.key, put.hex) {
+        Ok(key) => key,
+        Err(why) => return fail(exit::USAGE, &why),
+    };
     let op = if hash {
         ClientOp::PutHash { key, value }
     } else {
         ClientOp::Put { key, value }
     };
-    run_op(args, op)
+    let print = Print {
+        hex: put.hex,
+        raw: false,
+        json: put.json,
+    };
+    run_op(args, op, print)
 }
 
 /// Sends `request` to `to` and waits up to `timeout` for the answer.
@@ -348,5 +494,56 @@ fn print_info(value: &serde_json::Value, prefix: &str) {
             }
         }
         other => println!("{prefix}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: `--timeout` takes seconds or a duration with units, and refuses anything else.
+    #[test]
+    fn timeouts_read_seconds_or_durations() {
+        assert_eq!(parse_seconds("2.5"), Ok(2.5));
+        assert_eq!(parse_seconds("500ms"), Ok(0.5));
+        assert_eq!(parse_seconds("1m 30s"), Ok(90.0));
+        assert!(parse_seconds("soon").is_err());
+    }
+
+    /// Goal: what each command prints: put `OK`, get the value (raw without the newline,
+    /// hex as digits), del the count, and JSON with `_hex` names for bytes that are not
+    /// UTF-8.
+    #[test]
+    fn outputs_per_command() {
+        let key = Bytes::from_static(b"k");
+        let get = ClientOp::Get { key: key.clone() };
+        let value = Bytes::from_static(&[0xc3, 0x28]);
+        let plain = Print::default();
+        assert_eq!(output_of(&get, Some(&value), plain), b"\xc3\x28\n");
+        let raw = Print { raw: true, ..plain };
+        assert_eq!(output_of(&get, Some(&value), raw), b"\xc3\x28");
+        let hex = Print { hex: true, ..plain };
+        assert_eq!(output_of(&get, Some(&value), hex), b"c328\n");
+        let json = Print {
+            json: true,
+            ..plain
+        };
+        let text = String::from_utf8(output_of(&get, Some(&value), json)).expect("UTF-8");
+        assert_eq!(
+            text,
+            "{\"found\":true,\"key\":\"k\",\"value_hex\":\"c328\"}\n"
+        );
+        let put = ClientOp::Put {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        assert_eq!(output_of(&put, Some(&Bytes::new()), plain), b"OK\n");
+        let del = ClientOp::Delete { key };
+        assert_eq!(
+            output_of(&del, Some(&Bytes::from_static(b"0")), plain),
+            b"0\n"
+        );
+        let text = String::from_utf8(output_of(&del, Some(&Bytes::from_static(b"1")), json));
+        assert_eq!(text.as_deref(), Ok("{\"deleted\":true,\"key\":\"k\"}\n"));
     }
 }

@@ -29,6 +29,15 @@ pub enum ClockCommand {
     Experiment(ExperimentArgs),
 }
 
+/// The key to prove with: a time server beside other roles answers only clients that prove
+/// the client key (or the cluster key).
+#[derive(Debug, Clone, Args)]
+pub struct KeyFileArgs {
+    /// The key to prove with (a client key, or the cluster key), made by `pbkv keygen`.
+    #[arg(long, env = "PBKV_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
 /// The skew injected into this process's clock.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct SkewArgs {
@@ -55,14 +64,22 @@ pub struct ProbeArgs {
     /// Exchanges per poll, back to back (the later ones run warm).
     #[arg(long, default_value_t = 4)]
     pub burst: u32,
-    /// Seconds to wait for answers, beyond the polling time itself, before giving up.
-    #[arg(long, default_value_t = 3.0)]
+    /// How long to wait for answers, beyond the polling time itself, before giving up:
+    /// seconds (`0.5`) or a duration (`500ms`).
+    #[arg(
+        long,
+        default_value_t = 3.0,
+        value_parser = crate::cmd::client::parse_seconds,
+        value_name = "DURATION"
+    )]
     pub timeout: f64,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub skew: SkewArgs,
+    #[command(flatten)]
+    pub key: KeyFileArgs,
 }
 
 /// `pbkv clock experiment` arguments.
@@ -113,13 +130,19 @@ pub struct ExperimentArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub key: KeyFileArgs,
 }
 
 /// Runs `pbkv clock`; returns the exit code.
-pub fn run(command: &ClockCommand, client: &crate::cmd::client::ClientArgs) -> i32 {
+pub fn run(command: &ClockCommand) -> i32 {
     // A time server that is its node's only role answers anyone; one beside other roles
     // wants the client key (`--key-file`).
-    let keys = match client.keys() {
+    let key_file = match command {
+        ClockCommand::Probe(args) => &args.key.key_file,
+        ClockCommand::Experiment(args) => &args.key.key_file,
+    };
+    let keys = match crate::keys::for_tool(key_file.as_deref()) {
         Ok(keys) => keys,
         Err(why) => return fail(exit::CONFIG, &why),
     };
@@ -752,48 +775,71 @@ fn write_outputs(
     Ok(files)
 }
 
+/// The columns of samples.csv.
+const SAMPLES_HEADER: [&str; 21] = [
+    "seq",
+    "elapsed_s",
+    "t1",
+    "t2",
+    "t3",
+    "t4",
+    "theta_ns",
+    "delta_ns",
+    "bound_ns",
+    "verdict",
+    "true_theta_ns",
+    "raw_err_ns",
+    "est_offset_ns",
+    "est_bound_ns",
+    "est_age_ns",
+    "true_theta_now_ns",
+    "est_err_ns",
+    "drift_ppm",
+    "drift_ci95_ppm",
+    "drift_lo_ppm",
+    "drift_hi_ppm",
+];
+
 /// Every sample: the stamps, θ̂, δ, the bound, the truth and the errors.
 pub fn samples_csv(rows: &[Row]) -> String {
-    let mut csv = String::from(
-        "seq,elapsed_s,t1,t2,t3,t4,theta_ns,delta_ns,bound_ns,verdict,true_theta_ns,\
-         raw_err_ns,est_offset_ns,est_bound_ns,est_age_ns,true_theta_now_ns,est_err_ns,\
-         drift_ppm,drift_ci95_ppm,drift_lo_ppm,drift_hi_ppm\n",
-    );
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    // Writing into memory cannot fail; a failed record would only shorten the table.
+    let _ = writer.write_record(SAMPLES_HEADER);
     let opt = |value: Option<f64>| value.map_or_else(String::new, |v| format!("{v:.6}"));
+    let tenth = |value: f64| format!("{value:.1}");
     for row in rows {
         let record = &row.record;
         let sample = &record.sample;
         let stamps = &sample.stamps;
-        let _ = writeln!(
-            csv,
-            "{},{:.9},{},{},{},{},{:.1},{},{:.1},{},{:.1},{:.1},{:.1},{:.1},{},{:.1},{:.1},\
-             {},{},{:.6},{:.6}",
-            sample.seq,
-            row.elapsed_ns as f64 * 1e-9,
-            stamps.t1,
-            stamps.t2,
-            stamps.t3,
-            stamps.t4,
-            sample.offset_ns,
-            sample.delay_ns,
-            sample.bound_ns,
-            match record.verdict {
-                clockd::estimator::Verdict::Kept => "kept",
-                clockd::estimator::Verdict::NotBest => "not_best",
-                clockd::estimator::Verdict::Outlier => "outlier",
-            },
-            row.true_offset_ns,
-            row.raw_error_ns,
-            record.estimate.offset_ns,
-            record.estimate.bound_ns,
-            record.estimate.age_ns,
-            row.true_offset_now_ns,
-            row.error_ns,
+        let verdict = match record.verdict {
+            clockd::estimator::Verdict::Kept => "kept",
+            clockd::estimator::Verdict::NotBest => "not_best",
+            clockd::estimator::Verdict::Outlier => "outlier",
+        };
+        let _ = writer.write_record([
+            sample.seq.to_string(),
+            format!("{:.9}", row.elapsed_ns as f64 * 1e-9),
+            stamps.t1.to_string(),
+            stamps.t2.to_string(),
+            stamps.t3.to_string(),
+            stamps.t4.to_string(),
+            tenth(sample.offset_ns),
+            sample.delay_ns.to_string(),
+            tenth(sample.bound_ns),
+            verdict.to_string(),
+            tenth(row.true_offset_ns),
+            tenth(row.raw_error_ns),
+            tenth(record.estimate.offset_ns),
+            tenth(record.estimate.bound_ns),
+            record.estimate.age_ns.to_string(),
+            tenth(row.true_offset_now_ns),
+            tenth(row.error_ns),
             opt(record.drift.map(|d| d.ppm)),
             opt(record.drift.and_then(|d| d.ci95_ppm)),
-            record.interval.lo_ppm,
-            record.interval.hi_ppm,
-        );
+            format!("{:.6}", record.interval.lo_ppm),
+            format!("{:.6}", record.interval.hi_ppm),
+        ]);
     }
-    csv
+    let bytes = writer.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -31,6 +31,15 @@ pub struct DemoArgs {
     /// draws them in red. Lamport order is unaffected.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub skew_ms: f64,
+    /// Listen on fixed ports: the view service on this one, s1, s2 and s3 on the next three
+    /// (default: free ports the system picks).
+    #[arg(
+        long,
+        value_name = "PORT",
+        value_parser = clap::value_parser!(u16).range(1..=65532),
+        conflicts_with = "etcd"
+    )]
+    pub port_base: Option<u16>,
     /// Run the view service in etcd instead: a 3-member etcd cluster (Debian's
     /// etcd-server, /usr/bin/etcd), two view-service nodes; the leader is killed, then the
     /// primary, and every acknowledged write is read back.
@@ -65,6 +74,8 @@ pub(super) fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, Stri
         .arg(&path)
         .current_dir(dir)
         .env("PBKV_LOG", "warn")
+        // The demo reads the nodes' "ready on" line as text.
+        .env("PBKV_LOG_FORMAT", "text")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,7 +165,12 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         keys.push(key);
     }
     let client_keys = runtime::Keys::new(keys.split_off(1)).map_err(|e| e.to_string())?;
-    let vs_port = free_port()?;
+    // The view service's port, then s1's, s2's and s3's.
+    let port = |index: u16| match args.port_base {
+        Some(base) => Ok(base + index),
+        None => free_port(),
+    };
+    let vs_port = port(0)?;
     let events = |name: &str| {
         format!(
             "cluster_key_file = \"cluster.key\"\nclient_key_file = \"client.key\"\n\
@@ -175,16 +191,16 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     if !args.skew_ms.is_finite() || args.skew_ms.abs() > 1e6 {
         return Err(format!("--skew-ms {}: out of range", args.skew_ms));
     }
-    for index in 1..=3 {
+    for index in 1..=3u16 {
         let name = format!("s{index}");
-        // `+ 0.0` turns -0.0 into 0.0, so the config reads cleanly.
-        let offset_ms = args.skew_ms * [1.0, -1.0, 0.5][index - 1] + 0.0;
+        let offset_ms = args.skew_ms * [1.0, -1.0, 0.5][usize::from(index - 1)];
         let config = format!(
             "node_id = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nroles = [\"replica\"]\n\
-             viewservice = \"{}\"\n{}[clock]\noffset_ms = {offset_ms:?}\n",
-            free_port()?,
+             viewservice = \"{}\"\n{}[clock]\noffset_ms = {}\n",
+            port(index)?,
             vs.addr,
-            events(&name)
+            events(&name),
+            toml_number(offset_ms)
         );
         servers.push(Some(spawn(dir, &name, &config)?));
         std::thread::sleep(Duration::from_millis(300));
@@ -282,8 +298,12 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         output: Some(merged.clone()),
     });
     crate::cmd::log::run(&command);
-    let check =
-        crate::cmd::log::LogCommand::Check(crate::cmd::log::FilesArgs { logs: logs.clone() });
+    // The demo's client keeps no log, so the replies to it are sends that no log receives:
+    // the check counts them apart from sends lost or in flight.
+    let check = crate::cmd::log::LogCommand::Check(crate::cmd::log::CheckArgs {
+        logs: logs.clone(),
+        json: false,
+    });
     let checked = crate::cmd::log::run(&check);
     let diagram = crate::cmd::log::LogCommand::Diagram(crate::cmd::log::DiagramArgs {
         logs,
@@ -298,9 +318,37 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     println!("event logs:   {}", dir.join("logs").display());
     println!("merged log:   {}", merged.display());
     println!("diagram:      {}", svg.display());
-    println!("done in {:.1} s", started.elapsed().as_secs_f64());
     if checked != exit::OK {
         return Err("the merged logs violate the Lamport rules".into());
     }
+    // Everything the demo has to say is out before "done": flush stdout, whose lines
+    // interleave with the log tools' lines on stderr.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let elapsed = Duration::from_millis(started.elapsed().as_millis() as u64 / 100 * 100);
+    println!("done in {}", humantime::format_duration(elapsed));
     Ok(())
+}
+
+/// A number as the config should read it: `0`, `-2.5`, `10` (no `-0.0`, no `10.0`).
+fn toml_number(value: f64) -> String {
+    // Display is the shortest form that reads back exactly, with no `.0` on an integer;
+    // `+ 0.0` turns -0.0 into 0.0.
+    format!("{}", value + 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toml_number;
+
+    /// Goal: the numbers written into the demo's configs read as a person would write them.
+    #[test]
+    fn config_numbers_read_cleanly() {
+        assert_eq!(toml_number(-0.0), "0");
+        assert_eq!(toml_number(0.0), "0");
+        assert_eq!(toml_number(10.0), "10");
+        assert_eq!(toml_number(-2.5), "-2.5");
+        let config: toml::Table =
+            toml::from_str(&format!("x = {}", toml_number(-0.0))).expect("a TOML number");
+        assert_eq!(config["x"].as_integer(), Some(0));
+    }
 }

@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -20,29 +20,33 @@ use crate::exit;
 pub enum LogCommand {
     /// Merge logs into one total order by (Lamport time, node, incarnation), streaming.
     Merge(MergeArgs),
-    /// Check logs against the Lamport rules; exit 1 on a violation.
-    Check(FilesArgs),
+    /// Check logs against the Lamport rules; exit 1 on a violation, 66 when a log cannot
+    /// be read.
+    Check(CheckArgs),
     /// Draw a space-time diagram (SVG, or an HTML page to explore with `--html`).
     Diagram(DiagramArgs),
     /// Export ShiViz/GoVector format, with vector clocks computed offline.
     Shiviz(OutArgs),
 }
 
-/// Input files.
+/// `check` arguments.
 #[derive(Debug, Args)]
-pub struct FilesArgs {
-    /// Event-log files (JSON lines), any order.
+pub struct CheckArgs {
+    /// Event-log files (JSON lines), any order; `-` is stdin.
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
+    /// Print the counts and the violations as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `merge` arguments.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// Event-log files.
+    /// Event-log files; `-` is stdin.
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
-    /// Output file (default stdout).
+    /// Output file (default stdout; `-` is stdout too).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
 }
@@ -50,10 +54,10 @@ pub struct MergeArgs {
 /// Arguments with a required output.
 #[derive(Debug, Args)]
 pub struct OutArgs {
-    /// Event-log files.
+    /// Event-log files; `-` is stdin.
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
-    /// Output file.
+    /// Output file; `-` is stdout.
     #[arg(short, long)]
     pub output: PathBuf,
 }
@@ -61,10 +65,10 @@ pub struct OutArgs {
 /// `diagram` arguments.
 #[derive(Debug, Args)]
 pub struct DiagramArgs {
-    /// Event-log files.
+    /// Event-log files; `-` is stdin.
     #[arg(required = true)]
     pub logs: Vec<PathBuf>,
-    /// Output file (SVG, or HTML with `--html`).
+    /// Output file (SVG, or HTML with `--html`); `-` is stdout.
     #[arg(short, long)]
     pub output: PathBuf,
     /// Place events by physical (wall) time instead of Lamport time.
@@ -85,27 +89,104 @@ pub struct DiagramArgs {
     pub html: bool,
 }
 
+/// Why a log tool failed: its input (exit 66) or its output (exit 74).
+#[derive(Debug)]
+enum Failure {
+    /// A log that cannot be read or is not an event log.
+    Input(String),
+    /// An output that cannot be written.
+    Output(String),
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure::Input(why)
+    }
+}
+
 /// Runs `pbkv log`.
 pub fn run(command: &LogCommand) -> i32 {
     let result = match command {
         LogCommand::Merge(args) => merge_files(&args.logs, args.output.as_ref()).map(|()| exit::OK),
-        LogCommand::Check(args) => check_files(&args.logs),
-        LogCommand::Diagram(args) => diagram(args).map(|()| exit::OK),
+        LogCommand::Check(args) => check_files(args),
+        LogCommand::Diagram(args) => diagram(args).map(|()| exit::OK).map_err(Failure::from),
         LogCommand::Shiviz(args) => shiviz(args).map(|()| exit::OK),
     };
-    result.unwrap_or_else(|why| {
-        eprintln!("error: {why}");
-        exit::MISSING
+    result.unwrap_or_else(|failure| match failure {
+        Failure::Input(why) => {
+            eprintln!("error: {why}");
+            exit::NO_INPUT
+        }
+        Failure::Output(why) => {
+            eprintln!("error: {why}");
+            exit::OUTPUT
+        }
     })
+}
+
+/// The bytes of stdin, read once: a second `-` among the inputs is refused, since stdin
+/// has been read by then.
+fn read_stdin(read: &mut bool) -> Result<Vec<u8>, String> {
+    if std::mem::replace(read, true) {
+        return Err("-: stdin named twice".to_string());
+    }
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("stdin: {e}"))?;
+    Ok(bytes)
+}
+
+/// How an input reads in messages: `stdin` for `-`, else the path.
+fn input_name(path: &Path) -> String {
+    if crate::output::is_dash(path) {
+        "stdin".to_string()
+    } else {
+        path.display().to_string()
+    }
 }
 
 fn read_all(logs: &[PathBuf]) -> Result<Vec<LoggedEvent>, String> {
     let mut events = Vec::new();
+    let mut stdin_read = false;
     for path in logs {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        events.extend(parse_events(&path.display().to_string(), &text)?);
+        let name = input_name(path);
+        let text = if crate::output::is_dash(path) {
+            String::from_utf8(read_stdin(&mut stdin_read)?).map_err(|e| format!("{name}: {e}"))?
+        } else {
+            std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?
+        };
+        events.extend(parse_events(&name, &text)?);
     }
     Ok(events)
+}
+
+/// Where a run's bytes come from: a file, reopened at the run's start, or stdin, read
+/// whole (it cannot be reopened).
+#[derive(Clone)]
+enum Source {
+    File(PathBuf),
+    Memory(std::sync::Arc<[u8]>),
+}
+
+impl Source {
+    /// A reader positioned at `start`.
+    fn open_at(&self, name: &str, start: u64) -> Result<Box<dyn Read>, String> {
+        match self {
+            Source::File(path) => {
+                let mut file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
+                file.seek(SeekFrom::Start(start))
+                    .map_err(|e| format!("{name}: {e}"))?;
+                Ok(Box::new(file))
+            }
+            Source::Memory(bytes) => {
+                let mut cursor = std::io::Cursor::new(std::sync::Arc::clone(bytes));
+                cursor.set_position(start);
+                Ok(Box::new(cursor))
+            }
+        }
+    }
 }
 
 /// Appends the next line of `reader` (with its newline, if it has one) to `line`, like
@@ -157,7 +238,7 @@ fn key_of<'a>(name: &str, line_number: u64, line: &'a [u8]) -> Result<EventKey<'
 /// One sorted run: the lines of one incarnation, contiguous in one file (a file holds one
 /// run per incarnation, appended across restarts).
 struct Run {
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read>>,
     /// Bytes of the run not read yet.
     remaining: u64,
     node: String,
@@ -189,10 +270,14 @@ struct RunBounds {
 /// (the same `run`, `node` and `inc` at the top level: [`members_after`]) belongs to that
 /// run and is not parsed here; any other line is. [`advance`] reads every line's key and
 /// checks it against its run, so this shortcut only saves time.
-fn runs(path: &Path) -> Result<Vec<Run>, String> {
-    let name = path.display().to_string();
-    let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+fn runs(path: &Path, stdin_read: &mut bool) -> Result<Vec<Run>, String> {
+    let name = input_name(path);
+    let source = if crate::output::is_dash(path) {
+        Source::Memory(read_stdin(stdin_read)?.into())
+    } else {
+        Source::File(path.to_path_buf())
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, source.open_at(&name, 0)?);
     let mut line = Vec::new();
     let (mut end, mut line_number) = (0u64, 0u64);
     let mut bounds: Vec<RunBounds> = Vec::new();
@@ -236,11 +321,9 @@ fn runs(path: &Path) -> Result<Vec<Run>, String> {
     bounds
         .into_iter()
         .map(|bounds| {
-            let mut file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
-            file.seek(SeekFrom::Start(bounds.start))
-                .map_err(|e| format!("{name}: {e}"))?;
+            let reader = source.open_at(&name, bounds.start)?;
             Ok(Run {
-                reader: BufReader::with_capacity(1 << 18, file),
+                reader: BufReader::with_capacity(1 << 18, reader),
                 remaining: bounds.end - bounds.start,
                 node: bounds.node,
                 incarnation: bounds.incarnation,
@@ -319,19 +402,24 @@ fn advance(run: &mut Run) -> Result<bool, String> {
 /// Streaming k-way merge: lines pass through unchanged, in (lc, node, incarnation) order.
 /// Memory holds one line per run; node and incarnation are fixed per run, so each line's
 /// own key only needs its Lamport time.
-fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), String> {
+fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), Failure> {
     let mut all_runs = Vec::new();
+    let mut stdin_read = false;
     for path in logs {
-        all_runs.extend(runs(path)?);
+        all_runs.extend(runs(path, &mut stdin_read)?);
     }
     // A run's rank orders equal Lamport times by (node, incarnation).
     all_runs.sort_by(|a, b| (&a.node, &a.incarnation).cmp(&(&b.node, &b.incarnation)));
-    let stdout = std::io::stdout();
-    let sink: Box<dyn Write> = match output {
-        Some(path) => Box::new(File::create(path).map_err(|e| format!("{}: {e}", path.display()))?),
-        None => Box::new(stdout.lock()),
-    };
+    let dash = PathBuf::from("-");
+    let output = output.unwrap_or(&dash);
+    let sink = crate::output::create(output).map_err(Failure::Output)?;
     let mut out = BufWriter::with_capacity(1 << 20, sink);
+    let shown = crate::output::shown(output);
+    // A reader that went away (`| head`) ends the merge quietly: nothing is wrong.
+    let write_failure = |error: std::io::Error| -> Option<Failure> {
+        (!crate::output::is_closed_pipe(&error))
+            .then(|| Failure::Output(format!("{shown}: {error}")))
+    };
     let mut heap = BinaryHeap::new();
     for (rank, run) in all_runs.iter_mut().enumerate() {
         if advance(run)? {
@@ -341,40 +429,75 @@ fn merge_files(logs: &[PathBuf], output: Option<&PathBuf>) -> Result<(), String>
     let mut count = 0u64;
     while let Some(Reverse((_, rank))) = heap.pop() {
         let run = &mut all_runs[rank];
-        out.write_all(&run.line).map_err(|e| e.to_string())?;
+        if let Err(error) = out.write_all(&run.line) {
+            return write_failure(error).map_or(Ok(()), Err);
+        }
         count += 1;
         if advance(run)? {
             heap.push(Reverse((run.lamport, rank)));
         }
     }
-    out.flush().map_err(|e| e.to_string())?;
+    if let Err(error) = out.flush() {
+        return write_failure(error).map_or(Ok(()), Err);
+    }
     eprintln!("{count} events from {} lifelines", all_runs.len());
     Ok(())
 }
 
-fn check_files(logs: &[PathBuf]) -> Result<i32, String> {
-    let events = read_all(logs)?;
+/// `pbkv log check`: exit 0 when the logs keep the rules, 1 on a violation (66 when a log
+/// cannot be read, from [`run`]).
+fn check_files(args: &CheckArgs) -> Result<i32, Failure> {
+    let events = read_all(&args.logs)?;
     let report = check(&events);
-    println!(
-        "{} events, {} lifelines, {} messages matched, {} external receives, {} unmatched sends \
-         (lost or in flight), {} receives before their send in physical time (skew, not a \
-         violation), {} violations",
-        report.events,
-        report.lifelines,
-        report.messages_matched,
-        report.external_receives,
-        report.unmatched_sends,
-        report.physical_inversions,
-        report.violations.len()
-    );
-    for violation in report.violations.iter().take(50) {
-        println!("violation: {violation}");
+    let text = if args.json {
+        let json = serde_json::json!({
+            "events": report.events,
+            "lifelines": report.lifelines,
+            "messages_matched": report.messages_matched,
+            "external_receives": report.external_receives,
+            "unmatched_sends": report.unmatched_sends,
+            "unmatched_to_external": report.unmatched_to_external,
+            "physical_inversions": report.physical_inversions,
+            "violations": report.violations,
+        });
+        format!("{json}\n")
+    } else {
+        check_text(&report)
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if !crate::output::is_closed_pipe(&error) => {
+            return Err(Failure::Output(format!("stdout: {error}")));
+        }
+        _ => {}
     }
     Ok(if report.violations.is_empty() {
         exit::OK
     } else {
         exit::MISSING
     })
+}
+
+/// The check's summary line and its first 50 violations.
+fn check_text(report: &runtime::logcheck::CheckReport) -> String {
+    let mut text = format!(
+        "{} events, {} lifelines, {} messages matched, {} external receives, {} unmatched \
+         sends ({} to processes that keep no log, such as replies to the CLI or the bench; {} \
+         lost or in flight), {} receives before their send in physical time (skew, not a \
+         violation), {} violations\n",
+        report.events,
+        report.lifelines,
+        report.messages_matched,
+        report.external_receives,
+        report.unmatched_sends,
+        report.unmatched_to_external,
+        report.unmatched_sends - report.unmatched_to_external,
+        report.physical_inversions,
+        report.violations.len()
+    );
+    for violation in report.violations.iter().take(50) {
+        let _ = writeln!(text, "violation: {violation}");
+    }
+    text
 }
 
 /// The message id of a send or receive of `kind`.
@@ -444,7 +567,7 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
     } else {
         crate::diagram::svg::render(&layout, &events)
     };
-    std::fs::write(&args.output, text).map_err(|e| format!("{}: {e}", args.output.display()))?;
+    crate::output::write_file(&args.output, text.as_bytes())?;
     eprintln!(
         "wrote {} ({} events, {} lifelines, {} arrows, {} labels left out to avoid overprinting)",
         args.output.display(),
@@ -458,7 +581,7 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
 
 /// ShiViz input: for each event, a line `host {"host": n, ...}` and a line of text; vector
 /// clocks are computed from the send/receive pairs (only Lamport stamps travel on the wire).
-fn shiviz(args: &OutArgs) -> Result<(), String> {
+fn shiviz(args: &OutArgs) -> Result<(), Failure> {
     let mut events = read_all(&args.logs)?;
     merge(&mut events);
     let name = |event: &LoggedEvent| {
@@ -486,7 +609,7 @@ fn shiviz(args: &OutArgs) -> Result<(), String> {
         if let Some(id) = message_of(event, EventKind::Send) {
             at_send.insert(id, clock.clone());
         }
-        let json = serde_json::to_string(&clock).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&clock).map_err(|e| Failure::Output(e.to_string()))?;
         let text = if event.kind == EventKind::Local {
             event.text.clone()
         } else {
@@ -495,7 +618,8 @@ fn shiviz(args: &OutArgs) -> Result<(), String> {
         let _ = writeln!(out, "{host} {json}\n{text}");
         clocks.insert(host, clock);
     }
-    std::fs::write(&args.output, out).map_err(|e| format!("{}: {e}", args.output.display()))?;
-    eprintln!("wrote {} ({} events)", args.output.display(), events.len());
+    crate::output::write_file(&args.output, out.as_bytes()).map_err(Failure::Output)?;
+    let shown = crate::output::shown(&args.output);
+    eprintln!("wrote {shown} ({} events)", events.len());
     Ok(())
 }

@@ -126,10 +126,18 @@ pub fn run(args: &NodeArgs) -> i32 {
         }
     }
     let level = crate::logging::parse_level(&config.log.level).unwrap_or(log::LevelFilter::Info);
-    if let Err(error) = crate::logging::init(level) {
+    if let Err(error) = crate::logging::init(level, config.log.format, &config.node_id) {
         eprintln!("error: {error}");
         return exit::CONFIG;
     }
+    let format = crate::logging::effective_format(config.log.format);
+    // From here on every line names the node, in the node's log format.
+    let say = |level: log::Level, message: &str| {
+        eprint!(
+            "{}",
+            crate::logging::plain_line(format, &config.node_id, level, message)
+        );
+    };
     let base = args.config.parent().map_or_else(
         || std::path::PathBuf::from("."),
         std::path::Path::to_path_buf,
@@ -137,14 +145,19 @@ pub fn run(args: &NodeArgs) -> i32 {
     let keys = match crate::keys::for_node(&config, &base) {
         Ok(keys) => keys,
         Err(error) => {
-            eprintln!("error: {}: {error}", args.config.display());
+            let node = &config.node_id;
+            let why = format!("error: {node}: {}: {error}", args.config.display());
+            say(log::Level::Error, &why);
             return exit::CONFIG;
         }
     };
-    match serve(&config, keys, &args.config) {
+    match serve(&config, keys, &args.config, format) {
         Ok(()) => exit::OK,
         Err(error) => {
-            eprintln!("error: {error}");
+            say(
+                log::Level::Error,
+                &format!("error: {}: {error}", config.node_id),
+            );
             exit::MISSING
         }
     }
@@ -165,7 +178,12 @@ fn apply_limits(options: &mut NetOptions, limits: &crate::config::Limits) {
     };
 }
 
-fn serve(config: &NodeConfig, keys: Keys, path: &std::path::Path) -> Result<(), String> {
+fn serve(
+    config: &NodeConfig,
+    keys: Keys,
+    path: &std::path::Path,
+    format: crate::logging::Format,
+) -> Result<(), String> {
     let node = NodeId::new(config.node_id.clone()).map_err(|why| format!("node_id: {why}"))?;
     let mut options = NetOptions::new(node);
     options.listen = Some(config.listen);
@@ -245,7 +263,11 @@ fn serve(config: &NodeConfig, keys: Keys, path: &std::path::Path) -> Result<(), 
         driver.incarnation()
     );
     // Printed whatever the log level: scripts and tests wait for this line.
-    eprintln!("pbkv node {} ready on {bound}", config.node_id);
+    let ready = format!("pbkv node {} ready on {bound}", config.node_id);
+    eprint!(
+        "{}",
+        crate::logging::plain_line(format, &config.node_id, log::Level::Info, &ready)
+    );
     driver.run().map_err(|e| format!("event loop: {e}"))?;
     log::info!("bye");
     Ok(())

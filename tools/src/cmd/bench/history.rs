@@ -133,7 +133,9 @@ impl History {
     fn describe(&mut self, op: &ClientOp) -> (OpKind, Repr, Option<Repr>) {
         let kind = OpKind::of(op);
         match op {
-            ClientOp::Get { key } => (kind, Repr::of(key, &mut self.arena), None),
+            ClientOp::Get { key } | ClientOp::Delete { key } => {
+                (kind, Repr::of(key, &mut self.arena), None)
+            }
             ClientOp::Put { key, value } | ClientOp::PutHash { key, value } => (
                 kind,
                 Repr::of(key, &mut self.arena),
@@ -146,7 +148,8 @@ impl History {
     pub(crate) fn record_completed(&mut self, process: u32, done: &Completed) {
         let (kind, key, value) = self.describe(&done.op);
         let end = match &done.outcome {
-            // A Put answers nothing; a Get its value; a PutHash the previous value.
+            // A Put answers nothing; a Get its value; a PutHash the previous value; a Delete
+            // "1" (the key existed) or "0".
             Outcome::Done(_) if kind == OpKind::Put => End::Ok(None),
             Outcome::Done(out) => End::Ok(Some(Repr::of(out, &mut self.arena))),
             Outcome::NoKey => End::Ok(None),

@@ -93,7 +93,8 @@ pub struct BenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 16)]
     pub value_size: usize,
-    /// Operation mix in percent, e.g. `get=50,put=50`; omitted kinds are 0.
+    /// Operation mix in percent of get, put, puthash and del, e.g. `get=50,put=40,del=10`;
+    /// omitted kinds are 0.
     #[arg(long, default_value = "get=50,put=50")]
     pub mix: String,
     /// Seed for keys and operation choice (never for session nonces).
@@ -168,7 +169,7 @@ struct BenchHost {
     gave_up: bool,
     pending_at_stop: u64,
     not_started_at_stop: u64,
-    latency: [Latency; 3],
+    latency: [Latency; 4],
     schedule_lag: Option<Latency>,
     counts: Counts,
     history: Option<History>,
@@ -368,7 +369,7 @@ impl BenchHost {
 }
 
 /// Books one finished operation into the latencies and counts.
-fn book(latency: &mut [Latency; 3], counts: &mut Counts, done: &Completed, since: MonoTime) {
+fn book(latency: &mut [Latency; 4], counts: &mut Counts, done: &Completed, since: MonoTime) {
     counts.completions += 1;
     counts.sent += u64::from(done.sent);
     match &done.outcome {
@@ -548,7 +549,12 @@ fn host(args: &BenchArgs, plan: &Plan) -> BenchHost {
         gave_up: false,
         pending_at_stop: 0,
         not_started_at_stop: 0,
-        latency: [Latency::new(), Latency::new(), Latency::new()],
+        latency: [
+            Latency::new(),
+            Latency::new(),
+            Latency::new(),
+            Latency::new(),
+        ],
         schedule_lag: args.rate.map(|_| Latency::new()),
         counts: Counts::default(),
         history: args.history.as_ref().map(|_| History::new()),

@@ -24,7 +24,7 @@ pub(crate) struct Report {
     pub(crate) pending_at_stop: u64,
     /// Open loop: operations due by the stop that no session was free to start.
     pub(crate) not_started_at_stop: u64,
-    /// One row per kind in the mix, in the order get, put, puthash.
+    /// One row per kind in the mix, in the order get, put, puthash, del.
     pub(crate) kinds: Vec<(&'static str, Latency)>,
     /// Open loop: how late operations started after they were due.
     pub(crate) schedule_lag: Option<Latency>,

@@ -14,10 +14,11 @@ pub(crate) enum OpKind {
     Get,
     Put,
     PutHash,
+    Delete,
 }
 
 impl OpKind {
-    pub(crate) const ALL: [OpKind; 3] = [OpKind::Get, OpKind::Put, OpKind::PutHash];
+    pub(crate) const ALL: [OpKind; 4] = [OpKind::Get, OpKind::Put, OpKind::PutHash, OpKind::Delete];
 
     /// The name in `--mix`, the outputs and histories.
     pub(crate) fn name(self) -> &'static str {
@@ -25,6 +26,7 @@ impl OpKind {
             OpKind::Get => "get",
             OpKind::Put => "put",
             OpKind::PutHash => "puthash",
+            OpKind::Delete => "del",
         }
     }
 
@@ -37,6 +39,7 @@ impl OpKind {
             ClientOp::Get { .. } => OpKind::Get,
             ClientOp::Put { .. } => OpKind::Put,
             ClientOp::PutHash { .. } => OpKind::PutHash,
+            ClientOp::Delete { .. } => OpKind::Delete,
         }
     }
 }
@@ -44,13 +47,13 @@ impl OpKind {
 /// Percent of operations per kind, adding up to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Mix {
-    percent: [u32; 3],
+    percent: [u32; 4],
 }
 
 impl Mix {
-    /// Parses `get=G,put=P,puthash=H`; omitted kinds are 0.
+    /// Parses `get=G,put=P,puthash=H,del=D`; omitted kinds are 0.
     pub(crate) fn parse(text: &str) -> Result<Mix, String> {
-        let mut percent = [0u32; 3];
+        let mut percent = [0u32; 4];
         for part in text.split(',').filter(|part| !part.is_empty()) {
             let (name, value) = part
                 .split_once('=')
@@ -61,7 +64,9 @@ impl Mix {
             let kind = OpKind::ALL
                 .into_iter()
                 .find(|kind| kind.name() == name)
-                .ok_or(format!("--mix: unknown kind {name:?} (get, put, puthash)"))?;
+                .ok_or(format!(
+                    "--mix: unknown kind {name:?} (get, put, puthash, del)"
+                ))?;
             percent[kind.index()] = value;
         }
         let total: u64 = percent.iter().map(|p| u64::from(*p)).sum();
@@ -186,8 +191,10 @@ impl Workload {
             let _ = write!(buffer, "key:{key_index}");
         });
         let kind = self.mix.pick(self.rng.random_range(0..100));
-        if kind == OpKind::Get {
-            return ClientOp::Get { key };
+        match kind {
+            OpKind::Get => return ClientOp::Get { key },
+            OpKind::Delete => return ClientOp::Delete { key },
+            OpKind::Put | OpKind::PutHash => {}
         }
         let value = self.next_value();
         match kind {
@@ -252,6 +259,32 @@ mod tests {
             .filter(|_| matches!(load.next_op(), ClientOp::Get { .. }))
             .count();
         assert!((6_700..7_300).contains(&gets), "{gets} gets of 10000");
+    }
+
+    /// Goal: `del` is a kind of the mix like the others, and its share of operations are
+    /// Deletes of keys in the keyspace.
+    #[test]
+    fn deletes_in_the_mix() {
+        let mix = Mix::parse("get=50,del=50").expect("mix");
+        assert_eq!(
+            mix.kinds().collect::<Vec<_>>(),
+            vec![OpKind::Get, OpKind::Delete]
+        );
+        let mut load = workload("get=50,del=50", 16, false);
+        let deletes: Vec<ClientOp> = (0..10_000)
+            .map(|_| load.next_op())
+            .filter(|op| OpKind::of(op) == OpKind::Delete)
+            .collect();
+        assert!(
+            (4_700..5_300).contains(&deletes.len()),
+            "{} deletes",
+            deletes.len()
+        );
+        assert!(
+            deletes
+                .iter()
+                .all(|op| matches!(op, ClientOp::Delete { key } if key.starts_with(b"key:")))
+        );
     }
 
     /// Goal: values have the asked size and are all different; fill writes keys in order.
