@@ -159,7 +159,7 @@ impl Cluster {
         let addr = format!("127.0.0.1:{port}");
         let out = pbkv(
             self.dir.path(),
-            &["--timeout", "1", "info", "--node", &addr, "--json"],
+            &["info", "--timeout", "1", "--node", &addr, "--json"],
         );
         serde_json::from_slice(&out.stdout).ok()
     }

@@ -96,6 +96,9 @@ enum Failure {
     Input(String),
     /// An output that cannot be written.
     Output(String),
+    /// Logs that hold nothing the command was asked for (a diagram filter matching no event):
+    /// exit 1, as grep finding nothing.
+    Nothing(String),
 }
 
 impl From<String> for Failure {
@@ -109,7 +112,7 @@ pub fn run(command: &LogCommand) -> i32 {
     let result = match command {
         LogCommand::Merge(args) => merge_files(&args.logs, args.output.as_ref()).map(|()| exit::OK),
         LogCommand::Check(args) => check_files(args),
-        LogCommand::Diagram(args) => diagram(args).map(|()| exit::OK).map_err(Failure::from),
+        LogCommand::Diagram(args) => diagram(args).map(|()| exit::OK),
         LogCommand::Shiviz(args) => shiviz(args).map(|()| exit::OK),
     };
     result.unwrap_or_else(|failure| match failure {
@@ -120,6 +123,10 @@ pub fn run(command: &LogCommand) -> i32 {
         Failure::Output(why) => {
             eprintln!("error: {why}");
             exit::OUTPUT
+        }
+        Failure::Nothing(why) => {
+            eprintln!("error: {why}");
+            exit::MISSING
         }
     })
 }
@@ -544,13 +551,13 @@ fn filter_events(events: &mut Vec<LoggedEvent>, args: &DiagramArgs) -> Result<()
 }
 
 /// Draws the space-time diagram ([`crate::diagram`]) as SVG, or as an HTML page to explore.
-fn diagram(args: &DiagramArgs) -> Result<(), String> {
+fn diagram(args: &DiagramArgs) -> Result<(), Failure> {
     let mut events = read_all(&args.logs)?;
     if events.is_empty() {
-        return Err("the logs hold no event".to_string());
+        return Err(Failure::Nothing("the logs hold no event".to_string()));
     }
     let ends = crate::diagram::lifeline_ends(&events);
-    filter_events(&mut events, args)?;
+    filter_events(&mut events, args).map_err(Failure::Nothing)?;
     merge(&mut events);
     let options = crate::diagram::Options {
         physical: args.physical,
@@ -567,7 +574,7 @@ fn diagram(args: &DiagramArgs) -> Result<(), String> {
     } else {
         crate::diagram::svg::render(&layout, &events)
     };
-    crate::output::write_file(&args.output, text.as_bytes())?;
+    crate::output::write_file(&args.output, text.as_bytes()).map_err(Failure::Output)?;
     eprintln!(
         "wrote {} ({} events, {} lifelines, {} arrows, {} labels left out to avoid overprinting)",
         args.output.display(),
