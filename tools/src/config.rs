@@ -329,6 +329,11 @@ pub struct NodeConfig {
     /// The address others use, where it differs from `listen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics over HTTP at `/metrics` (for example
+    /// `"127.0.0.1:9464"`); none: no metrics endpoint. The endpoint has no authentication:
+    /// bind it where only the scraper can reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Roles hosted.
     pub roles: Vec<RoleName>,
     /// Where replicas find the view service: one address, a list (the etcd mode's
@@ -434,6 +439,12 @@ impl NodeConfig {
             if section.stale_after_ms == 0 {
                 return Err("viewservice.stale_after_ms: must be at least 1".into());
             }
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics.port() != 0
+            && metrics == self.listen
+        {
+            return Err("metrics_listen: must differ from listen".into());
         }
         let advertised = self.advertise.unwrap_or(self.listen);
         if self.roles.contains(&RoleName::Replica) && advertised.port() == 0 {

@@ -9,3 +9,4 @@ pub mod diagram;
 pub mod exit;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
