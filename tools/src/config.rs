@@ -554,6 +554,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn metrics_listen_parses_and_must_differ_from_listen() {
+        let base = "node_id = \"a\"\nroles = [\"echo\"]\nlisten = \"127.0.0.1:7000\"\n";
+        let good = NodeConfig::parse(&format!("{base}metrics_listen = \"127.0.0.1:9464\"\n"))
+            .expect("a metrics address");
+        assert_eq!(good.metrics_listen, "127.0.0.1:9464".parse().ok());
+        let same = NodeConfig::parse(&format!("{base}metrics_listen = \"127.0.0.1:7000\"\n"))
+            .expect_err("the listen address twice");
+        assert!(same.contains("metrics_listen"), "{same}");
+        let bad = NodeConfig::parse(&format!("{base}metrics_listen = \"nowhere\"\n"));
+        assert!(bad.is_err(), "not an address");
+    }
+
+    #[test]
     fn without_a_key_only_loopback_unless_insecure() {
         let base = "node_id = \"a\"\nroles = [\"echo\"]\n";
         let open = format!("{base}listen = \"10.0.0.1:7000\"\n");
