@@ -23,7 +23,7 @@ use runtime::store::StoreResult;
 use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
 
 use crate::client::{Client, ClientTimer};
-use crate::replica::{Replica, ReplicaTimer};
+use crate::replica::{Replica, ReplicaStats, ReplicaTimer};
 use crate::viewservice::{ViewService, ViewServiceTimer};
 
 /// A role a message can be routed to.
@@ -80,6 +80,38 @@ fn log_view_change(before: &proto::viewservice::View, after: &proto::viewservice
             crate::view_text(before)
         );
     }
+}
+
+/// What a node's hosted roles report to its metrics (docs/operations.md lists them): a
+/// plain copy, cheap to take once per publication.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostMetrics {
+    /// The view number this node knows (the replica's, else the view service's).
+    pub view_number: u64,
+    /// What this node is: any of `primary`, `backup`, `idle` (the replica's standing in its
+    /// view) and `viewservice`.
+    pub roles: Vec<&'static str>,
+    /// The hosted view service's view changes, if it hosts one.
+    pub view_changes: Option<u64>,
+    /// The hosted replica's numbers, if it hosts one.
+    pub replica: Option<ReplicaMetrics>,
+}
+
+/// A replica's numbers for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaMetrics {
+    /// Its counters (operations by kind and outcome among them).
+    pub stats: ReplicaStats,
+    /// The highest index applied to its state.
+    pub applied_index: u64,
+    /// The highest index known committed.
+    pub committed_index: u64,
+    /// Keys in the store.
+    pub key_count: usize,
+    /// State bytes: keys, values and session records ([`crate::store::State::len`]).
+    pub state_len: usize,
+    /// Client sessions held.
+    pub session_count: usize,
 }
 
 /// The extra role of a host that needs none: it drops what it is given.
@@ -267,6 +299,40 @@ impl<E: Role> Host<E> {
             );
         }
         serde_json::Value::Object(roles)
+    }
+
+    /// The hosted roles' numbers for the node's metrics.
+    pub fn metrics(&self) -> HostMetrics {
+        let mut metrics = HostMetrics::default();
+        if let Some(view_service) = &self.view_service {
+            metrics.view_number = view_service.view().viewnum;
+            metrics.view_changes = Some(view_service.view_changes());
+            metrics.roles.push("viewservice");
+        }
+        if let Some(replica) = &self.replica {
+            let view = replica.view();
+            let me = Some(replica.member());
+            // A replica's standing is what its adopted view names it.
+            let standing = if view.primary == me {
+                "primary"
+            } else if view.backup == me {
+                "backup"
+            } else {
+                "idle"
+            };
+            metrics.view_number = view.viewnum;
+            metrics.roles.push(standing);
+            let state = replica.state();
+            metrics.replica = Some(ReplicaMetrics {
+                stats: replica.stats(),
+                applied_index: state.applied,
+                committed_index: replica.committed(),
+                key_count: state.store.len(),
+                state_len: state.len(),
+                session_count: state.sessions.len(),
+            });
+        }
+        metrics
     }
 
     /// Delivers `message` to the role in `slot`, which this host has.

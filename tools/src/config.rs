@@ -332,6 +332,11 @@ pub struct NodeConfig {
     /// The address others use, where it differs from `listen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics over HTTP at `/metrics` (for example
+    /// `"127.0.0.1:9464"`); none: no metrics endpoint. The endpoint has no authentication:
+    /// bind it where only the scraper can reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Roles hosted.
     pub roles: Vec<RoleName>,
     /// Where replicas find the view service: one address, a list (the etcd mode's
@@ -437,6 +442,12 @@ impl NodeConfig {
             if section.stale_after_ms == 0 {
                 return Err("viewservice.stale_after_ms: must be at least 1".into());
             }
+        }
+        if let Some(metrics) = self.metrics_listen
+            && metrics.port() != 0
+            && metrics == self.listen
+        {
+            return Err("metrics_listen: must differ from listen".into());
         }
         let advertised = self.advertise.unwrap_or(self.listen);
         if self.roles.contains(&RoleName::Replica) && advertised.port() == 0 {
@@ -544,6 +555,19 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listen_parses_and_must_differ_from_listen() {
+        let base = "node_id = \"a\"\nroles = [\"echo\"]\nlisten = \"127.0.0.1:7000\"\n";
+        let good = NodeConfig::parse(&format!("{base}metrics_listen = \"127.0.0.1:9464\"\n"))
+            .expect("a metrics address");
+        assert_eq!(good.metrics_listen, "127.0.0.1:9464".parse().ok());
+        let same = NodeConfig::parse(&format!("{base}metrics_listen = \"127.0.0.1:7000\"\n"))
+            .expect_err("the listen address twice");
+        assert!(same.contains("metrics_listen"), "{same}");
+        let bad = NodeConfig::parse(&format!("{base}metrics_listen = \"nowhere\"\n"));
+        assert!(bad.is_err(), "not an address");
+    }
 
     #[test]
     fn without_a_key_only_loopback_unless_insecure() {

@@ -9,4 +9,5 @@ pub mod diagram;
 pub mod exit;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod output;

@@ -171,6 +171,66 @@ pub struct ReplicaStats {
     pub full: u64,
     /// Transfers abandoned by this server as backup (no chunk for `transfer_idle_max`).
     pub transfers_abandoned: u64,
+    /// Client operations decided by this server, by kind and outcome.
+    pub ops: OpCounts,
+}
+
+/// A client operation's kind, as the operation counters name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// A Get.
+    Get,
+    /// A Put.
+    Put,
+    /// A PutHash.
+    PutHash,
+    /// A Delete.
+    Delete,
+}
+
+impl OpKind {
+    /// Every kind, in counter order.
+    pub const ALL: [OpKind; 4] = [OpKind::Get, OpKind::Put, OpKind::PutHash, OpKind::Delete];
+
+    /// The kind's name in metrics (`get`, `put`, `puthash`, `del`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::PutHash => "puthash",
+            OpKind::Delete => "del",
+        }
+    }
+
+    /// The kind of a write request.
+    pub fn of(kind: proto::kv::PutKind) -> OpKind {
+        match kind {
+            proto::kv::PutKind::Put => OpKind::Put,
+            proto::kv::PutKind::PutHash => OpKind::PutHash,
+            proto::kv::PutKind::Delete => OpKind::Delete,
+        }
+    }
+}
+
+/// Client operations by kind and outcome, counted when the answer is decided (a request
+/// shed unanswered is not counted here but in `requests_shed`). `Ok` and `ErrNoKey` are
+/// successes (the operation ran); every other status is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    counts: [[u64; 2]; 4],
+}
+
+impl OpCounts {
+    /// Counts one operation of `kind` answered `status`.
+    pub fn count(&mut self, kind: OpKind, status: proto::kv::Status) {
+        let ok = matches!(status, proto::kv::Status::Ok | proto::kv::Status::ErrNoKey);
+        self.counts[kind as usize][usize::from(!ok)] += 1;
+    }
+
+    /// Operations of `kind` that succeeded (`ok`) or failed.
+    pub fn get(&self, kind: OpKind, ok: bool) -> u64 {
+        self.counts[kind as usize][usize::from(!ok)]
+    }
 }
 
 /// What this server is in the view it adopted, with the state only that standing has.

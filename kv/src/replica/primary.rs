@@ -24,7 +24,7 @@ use runtime::{ConnId, Ctx, MonoTime, Origin, ReplyTo};
 
 use super::sessions::SessionCheck;
 use super::transfer::Transfer;
-use super::{Replica, ReplicaConfig, ReplicaTimer, Standing};
+use super::{OpKind, Replica, ReplicaConfig, ReplicaTimer, Standing};
 use crate::store::State;
 
 /// A reply that waits for its operation's commit.
@@ -481,17 +481,19 @@ impl Replica {
         origin: &Origin,
         request: GetRequest,
     ) {
-        if !self.serving() {
-            ctx.reply(origin, get_reply(Status::ErrWrongServer));
-            return;
-        }
-        if request.key.len() > KEY_LEN_MAX {
-            ctx.reply(origin, get_reply(Status::ErrTooLarge));
-            return;
-        }
-        if self.state.applied >= INDEX_MAX {
+        let status = if !self.serving() {
+            Some(Status::ErrWrongServer)
+        } else if request.key.len() > KEY_LEN_MAX {
+            Some(Status::ErrTooLarge)
+        } else if self.state.applied >= INDEX_MAX {
             // No index is left for the sync point this Get would wait on.
-            ctx.reply(origin, get_reply(Status::ErrFull));
+            Some(Status::ErrFull)
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            self.stats.ops.count(OpKind::Get, status);
+            ctx.reply(origin, get_reply(status));
             return;
         }
         // R8: read at its place in the order; answered once a later index commits.
@@ -507,6 +509,7 @@ impl Replica {
             self.shed(origin);
             return;
         }
+        self.stats.ops.count(OpKind::Get, reply.status);
         self.answer_after_turn(origin, reply.into());
     }
 
@@ -527,11 +530,14 @@ impl Replica {
         origin: &Origin,
         request: PutRequest,
     ) {
+        let kind = OpKind::of(request.kind);
         if !self.serving() {
+            self.stats.ops.count(kind, Status::ErrWrongServer);
             ctx.reply(origin, put_reply(Status::ErrWrongServer));
             return;
         }
         if request.key.len() > KEY_LEN_MAX || request.value.len() > VALUE_LEN_MAX {
+            self.stats.ops.count(kind, Status::ErrTooLarge);
             ctx.reply(origin, put_reply(Status::ErrTooLarge));
             return;
         }
@@ -550,15 +556,18 @@ impl Replica {
             // R10: session errors are answers read from everything assigned so far (an
             // uncommitted expiry included), so they wait for a commit like a Get's.
             SessionCheck::Unknown => {
+                self.stats.ops.count(kind, Status::ErrSessionExpired);
                 self.answer_after_turn(origin, put_reply(Status::ErrSessionExpired).into());
             }
             SessionCheck::Stale => {
+                self.stats.ops.count(kind, Status::ErrStaleRequest);
                 self.answer_after_turn(origin, put_reply(Status::ErrStaleRequest).into());
             }
             SessionCheck::Retry { index, reply } => {
                 // A retry of the last request: the original reply, once that request
                 // committed.
                 self.stats.dedup_hits += 1;
+                self.stats.ops.count(kind, Status::Ok);
                 let reply = PutReply {
                     status: Status::Ok,
                     previous: reply,
@@ -577,19 +586,23 @@ impl Replica {
             key,
             value,
         } = request;
+        let counted = OpKind::of(kind);
         let op = match kind {
             PutKind::Put => Op::Put { key, value },
             PutKind::PutHash => Op::PutHash { key, value },
             PutKind::Delete => Op::Delete { key },
         };
+        let kind = counted;
         let entry = Entry { session, seq, op };
         if !self.state.admits(&entry, self.config.state_limits()) {
             // The state bound, decided here and applied by the backup the same way (it holds
             // the same state at this index). Read from the state: waits for a commit.
             self.stats.full += 1;
+            self.stats.ops.count(kind, Status::ErrFull);
             self.answer_after_turn(origin, put_reply(Status::ErrFull).into());
             return;
         }
+        self.stats.ops.count(kind, Status::Ok);
         let index = self.assign(entry);
         let previous = self.state.sessions.get(&session).map(|r| r.reply.clone());
         let reply = PutReply {

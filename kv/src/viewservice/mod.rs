@@ -430,7 +430,6 @@ impl ViewService {
         primary: Option<Member>,
         backup: Option<Member>,
     ) {
-        let old = self.view;
         self.view = View {
             viewnum: self.view.viewnum + 1,
             primary,
@@ -440,12 +439,8 @@ impl ViewService {
         self.acked = false;
         self.view_changes += 1;
         self.servers.named(&self.view);
+        // The host logs the change at info (old and new view on one line).
         ctx.event(format!("view {}", crate::view_text(&self.view)));
-        log::info!(
-            "viewservice: view {} -> {}",
-            crate::view_text(&old),
-            crate::view_text(&self.view)
-        );
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {

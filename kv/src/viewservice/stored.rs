@@ -993,10 +993,11 @@ impl ViewService {
             // Followers keep the ping state current from the views they read (V17).
             self.servers.named(&view);
             if let Some(old) = old {
+                // As the host logs an embedded service's change: new view, then the old.
                 log::info!(
-                    "viewservice: view {} -> {}",
-                    crate::view_text(&old.view),
-                    crate::view_text(&view)
+                    "view change: view {} (was view {})",
+                    crate::view_text(&view),
+                    crate::view_text(&old.view)
                 );
             }
         }

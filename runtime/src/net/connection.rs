@@ -135,6 +135,10 @@ pub(super) struct Io {
     pub(super) store: Option<super::etcd::StoreThread>,
     /// Store results made without the thread (no store configured, or it is gone).
     pub(super) store_local: Vec<(u64, crate::store::StoreResult)>,
+    /// Bytes read from sockets since start (for metrics).
+    pub(super) received_len: u64,
+    /// Bytes written to sockets since start (for metrics).
+    pub(super) sent_len: u64,
 }
 
 impl Io {

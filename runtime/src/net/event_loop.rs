@@ -90,6 +90,24 @@ impl NetOptions {
     }
 }
 
+/// The driver's own numbers, for a node's metrics (a plain copy).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Connections open now, inbound and outbound, handshakes included.
+    pub connection_count: usize,
+    /// Bytes read from sockets since start.
+    pub received_len: u64,
+    /// Bytes written to sockets since start.
+    pub sent_len: u64,
+    /// The longest turn since start, from reading `now` to the last flush.
+    pub turn_longest: Duration,
+}
+
+/// Called by the loop after every turn with the role, the driver's numbers and the turn's
+/// monotonic time: how a tool publishes a snapshot for another thread. It runs on the loop's
+/// thread, so it must only copy, never wait.
+pub type TurnObserver<R> = Box<dyn FnMut(&R, &DriverStats, MonoTime)>;
+
 /// Reads a node's keys again (from its key files), for a rotation without a restart.
 pub type KeyReload = Box<dyn FnMut() -> Result<Keys, String> + Send>;
 
@@ -164,6 +182,8 @@ pub struct NetDriver<R: Role> {
     waker: Arc<Waker>,
     start: Instant,
     shutdown_grace: Duration,
+    turn_longest: Duration,
+    observer: Option<TurnObserver<R>>,
 }
 
 impl<R: Role> NetDriver<R> {
@@ -253,6 +273,8 @@ impl<R: Role> NetDriver<R> {
             },
             store,
             store_local: Vec::new(),
+            received_len: 0,
+            sent_len: 0,
         };
         Ok(NetDriver {
             core,
@@ -265,12 +287,39 @@ impl<R: Role> NetDriver<R> {
             waker,
             start,
             shutdown_grace: options.shutdown_grace,
+            turn_longest: Duration::ZERO,
+            observer: None,
         })
     }
 
     /// The instant that monotonic time 0 stands for (`Ctx::now` counts from it).
     pub fn epoch(&self) -> Instant {
         self.start
+    }
+
+    /// Calls `observer` after every turn (see [`TurnObserver`]); replaces any earlier one.
+    pub fn set_turn_observer(&mut self, observer: TurnObserver<R>) {
+        self.observer = Some(observer);
+    }
+
+    /// The driver's numbers as of now.
+    pub fn stats(&self) -> DriverStats {
+        DriverStats {
+            connection_count: self.io.conns.len(),
+            received_len: self.io.received_len,
+            sent_len: self.io.sent_len,
+            turn_longest: self.turn_longest,
+        }
+    }
+
+    /// Measures the turn that began at `self.io.now` and shows it to the observer.
+    fn observe_turn(&mut self) {
+        let elapsed_ns = self.io.mono_now().0.saturating_sub(self.io.now.0);
+        self.turn_longest = self.turn_longest.max(Duration::from_nanos(elapsed_ns));
+        let stats = self.stats();
+        if let Some(observer) = self.observer.as_mut() {
+            observer(self.core.role(), &stats, self.io.now);
+        }
     }
 
     /// The bound listen address (useful with port 0).
@@ -342,6 +391,7 @@ impl<R: Role> NetDriver<R> {
             self.deliver_reports();
             self.deliver_store_results();
             self.end_turn()?;
+            self.observe_turn();
             if self.stop_requested() && stopping_since.is_none() {
                 stopping_since = Some(Instant::now());
                 self.core.driver_event("stopping");

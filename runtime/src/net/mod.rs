@@ -39,4 +39,4 @@ mod stamped;
 mod write;
 
 pub use connection::ConnectionLimits;
-pub use event_loop::{KeyReload, NetDriver, NetOptions, StopHandle};
+pub use event_loop::{DriverStats, KeyReload, NetDriver, NetOptions, StopHandle, TurnObserver};

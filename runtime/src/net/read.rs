@@ -82,6 +82,7 @@ impl<R: Role> NetDriver<R> {
                 }
                 Ok((len, kernel_ns)) => {
                     budget = budget.saturating_sub(len);
+                    self.io.received_len += len as u64;
                     conn.read_buffer.extend_from_slice(&chunk[..len]);
                     // Servers' links (forwards, chunks) are not held to the bound, so no
                     // client's partial frames can make this node drop its primary.

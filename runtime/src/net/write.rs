@@ -53,6 +53,7 @@ impl Io {
                     return;
                 }
                 Ok(len) => {
+                    self.sent_len += len as u64;
                     conn.write_buffer.advance(len);
                     // A stamp any of whose bytes went out keeps the value it went with.
                     conn.stamps.retain_mut(|at| {

@@ -244,8 +244,15 @@ fn serve(
         options.store = Some(settings);
     }
     let host = host_from_config(config)?;
-    let driver = NetDriver::new(host, options)
+    let mut driver = NetDriver::new(host, options)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    if let Some(addr) = config.metrics_listen {
+        let slot = crate::metrics::Published::default();
+        let bound = crate::metrics::serve(addr, std::sync::Arc::clone(&slot))
+            .map_err(|e| format!("metrics_listen: cannot listen on {addr}: {e}"))?;
+        driver.set_turn_observer(crate::metrics::publisher(slot));
+        log::info!("metrics on http://{bound}/metrics");
+    }
     let bound = driver
         .local_addr()
         .map_or_else(String::new, |addr| addr.to_string());

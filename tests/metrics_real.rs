@@ -1,0 +1,107 @@
+//! The metrics endpoint over a real process: a node with `metrics_listen`, puts made with
+//! the CLI, `/metrics` fetched over HTTP and read with a Prometheus text parser.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pbkv_e2e::{Node, free_port, pbkv_bin};
+
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// GETs `http://addr/metrics` and parses the body.
+fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a read timeout");
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send a GET");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lines = body.lines().map(|line| Ok(line.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+}
+
+/// A sample's value, by name and labels.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|sample| {
+            sample.metric == name
+                && labels
+                    .iter()
+                    .all(|(key, want)| sample.labels.get(key) == Some(*want))
+        })
+        .map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+fn puts_ok(scrape: &prometheus_parse::Scrape) -> f64 {
+    value(
+        scrape,
+        "pbkv_ops_total",
+        &[("op", "put"), ("outcome", "ok")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_count_puts_and_show_the_view() {
+    // Goal: the op counter rises by exactly the number of puts and the view gauge shows a
+    // view. Method: a view service and one replica (primary alone), five CLI puts, then
+    // scrape until the published snapshot (every 100 ms) shows them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vs_config = "node_id = \"vs\"\nlisten = \"127.0.0.1:0\"\nroles = [\"viewservice\"]\n";
+    let vs = Node::start(dir.path(), "vs", vs_config, STARTUP);
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "node_id = \"s1\"\nlisten = \"127.0.0.1:{}\"\nroles = [\"replica\"]\n\
+         viewservice = \"{}\"\nmetrics_listen = \"{metrics_addr}\"\n",
+        free_port(),
+        vs.addr
+    );
+    let _server = Node::start(dir.path(), "s1", &config, STARTUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut before = scrape(&metrics_addr);
+    while value(&before, "pbkv_role", &[("role", "primary")]).is_none() {
+        assert!(Instant::now() < deadline, "s1 never became primary");
+        std::thread::sleep(Duration::from_millis(100));
+        before = scrape(&metrics_addr);
+    }
+    const PUTS: usize = 5;
+    for index in 0..PUTS {
+        let output = Command::new(pbkv_bin())
+            .args(["--vs", &vs.addr, "put", &format!("k{index}"), "v"])
+            .output()
+            .expect("run pbkv put");
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+    }
+    let want = puts_ok(&before) + PUTS as f64;
+    let mut after = scrape(&metrics_addr);
+    while puts_ok(&after) < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = scrape(&metrics_addr);
+    }
+    assert_eq!(puts_ok(&after), want, "put ok counter");
+    let view = value(&after, "pbkv_view_number", &[]).expect("pbkv_view_number");
+    assert!(view > 0.0, "view {view}");
+    assert_eq!(value(&after, "pbkv_keys", &[]), Some(PUTS as f64));
+    for name in [
+        "pbkv_received_bytes_total",
+        "pbkv_connections",
+        "pbkv_resident_memory_bytes",
+    ] {
+        let sample = value(&after, name, &[]).unwrap_or(0.0);
+        assert!(sample > 0.0, "{name} {sample}");
+    }
+}
