@@ -291,10 +291,20 @@ fn etcd_losing_members_stops_view_changes_but_not_the_primary() {
         let _ = node.child.wait();
     }
     std::thread::sleep(Duration::from_secs(2));
+    // No node has a newer view (a follower whose reads failed while etcd lost members may
+    // still hold an older one, and answers nothing once it is stale).
     for (_, port) in &c.vs {
         let info = c.info(*port).expect("info");
-        assert_eq!(info["viewservice"]["view"]["viewnum"], viewnum, "{info}");
+        let held = info["viewservice"]["view"]["viewnum"]
+            .as_u64()
+            .expect("a number");
+        assert!(held <= viewnum, "a view changed without a quorum: {info}");
     }
+    assert_eq!(
+        c.view().map_or(viewnum, |v| v.0),
+        viewnum,
+        "no newer view handed out"
+    );
     c.etcd.restart(0);
     c.etcd.restart(1);
     assert!(c.etcd.wait_healthy(Duration::from_secs(30)), "etcd back");
