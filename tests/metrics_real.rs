@@ -12,6 +12,11 @@ const STARTUP: Duration = Duration::from_secs(20);
 
 /// GETs `http://addr/metrics` and parses the body.
 fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    scrape_within(addr, 100)
+}
+
+/// Scrapes, asking again (up to `tries` times, 50 ms apart) while no snapshot is published.
+fn scrape_within(addr: &str, tries: u32) -> prometheus_parse::Scrape {
     let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -22,6 +27,12 @@ fn scrape(addr: &str) -> prometheus_parse::Scrape {
         .read_to_string(&mut response)
         .expect("read the response");
     let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    if head.starts_with("HTTP/1.1 503") {
+        // No snapshot published yet (the node just started): ask again.
+        assert!(tries > 1, "no snapshot published within 5 s");
+        std::thread::sleep(Duration::from_millis(50));
+        return scrape_within(addr, tries - 1);
+    }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let lines = body.lines().map(|line| Ok(line.to_string()));
     prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
@@ -81,7 +92,7 @@ fn metrics_count_puts_and_show_the_view() {
     const PUTS: usize = 5;
     for index in 0..PUTS {
         let output = Command::new(pbkv_bin())
-            .args(["--vs", &vs.addr, "put", &format!("k{index}"), "v"])
+            .args(["put", &format!("k{index}"), "v", "--vs", &vs.addr])
             .output()
             .expect("run pbkv put");
         assert_eq!(output.status.code(), Some(0), "{output:?}");
