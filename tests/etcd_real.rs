@@ -41,6 +41,35 @@ fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
     None
 }
 
+/// How many of these tests run a cluster at once: each runs three etcd members and up to
+/// six pbkv nodes, and on a 2-core machine all six at once starve etcd's elections.
+const CONCURRENT_CLUSTERS: usize = 2;
+
+static SLOTS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static SLOT_FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the [`CONCURRENT_CLUSTERS`] slots, held for a cluster's life.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut busy = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        while *busy >= CONCURRENT_CLUSTERS {
+            busy = SLOT_FREED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        *busy += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        *busy -= 1;
+        SLOT_FREED.notify_one();
+    }
+}
+
 /// A cluster: etcd, view-service nodes in the etcd mode, replicas.
 struct Cluster {
     dir: tempfile::TempDir,
@@ -48,6 +77,8 @@ struct Cluster {
     vs: Vec<(Node, u16)>,
     servers: Vec<(Option<Node>, u16)>,
     cluster: String,
+    // Last, so dropped last: the processes above are gone before another test takes the slot.
+    _slot: Slot,
 }
 
 impl Cluster {
@@ -55,6 +86,7 @@ impl Cluster {
     /// `view_services` view-service nodes and `servers` replicas; `None` without etcd.
     fn start(view_services: usize, servers: usize) -> Option<Cluster> {
         let bin = etcd_bin()?;
+        let slot = Slot::take();
         let dir = tempfile::tempdir().expect("tempdir");
         let etcd = EtcdCluster::start(bin, dir.path(), 3);
         let cluster = "test".to_string();
@@ -75,6 +107,7 @@ impl Cluster {
             vs: Vec::new(),
             servers: Vec::new(),
             cluster,
+            _slot: slot,
         };
         for _ in 0..view_services {
             let port = free_port();

@@ -1,5 +1,6 @@
 //! The metrics endpoint over a real process: a node with `metrics_listen`, puts made with
-//! the CLI, `/metrics` fetched over HTTP and read with a Prometheus text parser.
+//! the CLI, `/metrics` fetched over HTTP and read with a Prometheus text parser; then
+//! `pbkv info` without `--node`, which asks the primary.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -114,5 +115,70 @@ fn metrics_count_puts_and_show_the_view() {
     ] {
         let sample = value(&after, name, &[]).unwrap_or(0.0);
         assert!(sample > 0.0, "{name} {sample}");
+    }
+    // One latency observation per put, and one forward-free primary: no batches.
+    let put_latency = histogram(&after, "pbkv_op_latency_seconds", &[("op", "put")]);
+    let total = put_latency
+        .last()
+        .map(|(bound, count)| (bound.is_infinite(), *count));
+    assert_eq!(total, Some((true, PUTS as f64)), "{put_latency:?}");
+    let batches = histogram(&after, "pbkv_forward_batch_entries", &[]);
+    assert_eq!(batches.last().map(|b| b.1), Some(0.0), "{batches:?}");
+
+    // `pbkv info` without --node asks the current primary, in sections.
+    let output = Command::new(pbkv_bin())
+        .args(["info", "--vs", &vs.addr, "--json"])
+        .output()
+        .expect("run pbkv info");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout).expect("info is JSON");
+    assert_eq!(info["server"]["node"], "s1", "{info}");
+    assert_eq!(
+        info["server"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "{info}"
+    );
+    assert_eq!(info["role"]["role"], "primary", "{info}");
+    assert_eq!(info["operations"]["put"]["ok"], PUTS, "{info}");
+    assert_eq!(info["operations"]["put"]["replies_timed"], PUTS, "{info}");
+    assert_eq!(info["memory"]["keys"], PUTS, "{info}");
+    assert!(
+        info["replication"]["applied"].as_u64() >= Some(PUTS as u64),
+        "{info}"
+    );
+    assert!(info["clients"]["connections"].as_u64() > Some(0), "{info}");
+    assert!(info["memory"]["rss_bytes"].as_u64() > Some(0), "{info}");
+    assert!(
+        info["loop"]["turn_longest_ms"].as_f64() > Some(0.0),
+        "{info}"
+    );
+    let text = Command::new(pbkv_bin())
+        .args(["info", "--vs", &vs.addr])
+        .output()
+        .expect("run pbkv info");
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.starts_with("# server\n"), "{text}");
+    assert!(text.contains("\n# replication\n"), "{text}");
+    assert!(text.contains("\nrole: primary\n"), "{text}");
+}
+
+/// A histogram's buckets `(upper bound, cumulative count)`, by name and labels.
+fn histogram(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Vec<(f64, f64)> {
+    let sample = scrape.samples.iter().find(|sample| {
+        sample.metric == name
+            && labels
+                .iter()
+                .all(|(key, want)| sample.labels.get(key) == Some(*want))
+    });
+    match sample.map(|sample| &sample.value) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => buckets
+            .iter()
+            .map(|bucket| (bucket.less_than, bucket.count))
+            .collect(),
+        other => panic!("{name} {labels:?} is no histogram: {other:?}"),
     }
 }

@@ -20,10 +20,10 @@ use proto::{Message, MessageType};
 use runtime::echo::{EchoRole, EchoTimer};
 use runtime::role::REPLY_LEN_HINT_DEFAULT;
 use runtime::store::StoreResult;
-use runtime::{ConnId, Ctx, Dest, Link, Origin, Role};
+use runtime::{ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
 
 use crate::client::{Client, ClientTimer};
-use crate::replica::{Replica, ReplicaStats, ReplicaTimer};
+use crate::replica::{Meters, Replica, ReplicaStats, ReplicaTimer};
 use crate::viewservice::{ViewService, ViewServiceTimer};
 
 /// A role a message can be routed to.
@@ -97,6 +97,22 @@ pub struct HostMetrics {
     pub replica: Option<ReplicaMetrics>,
 }
 
+/// What only the process knows, not the roles: set by the daemon between turns
+/// ([`Host::set_process`]) for `pbkv info`; absent in the simulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Connections open, inbound and outbound.
+    pub connection_count: usize,
+    /// Bytes read from sockets.
+    pub received_len: u64,
+    /// Bytes written to sockets.
+    pub sent_len: u64,
+    /// The longest event-loop turn since start.
+    pub turn_longest: std::time::Duration,
+    /// Resident set size in bytes.
+    pub rss_len: u64,
+}
+
 /// A replica's numbers for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplicaMetrics {
@@ -112,6 +128,11 @@ pub struct ReplicaMetrics {
     pub state_len: usize,
     /// Client sessions held.
     pub session_count: usize,
+    /// Latency and forward-batch distributions, kept as primary.
+    pub meters: Meters,
+    /// As primary with a synced backup: entries assigned that the backup has not
+    /// acknowledged yet.
+    pub backup_lag: Option<u64>,
 }
 
 /// The extra role of a host that needs none: it drops what it is given.
@@ -161,6 +182,10 @@ pub struct Host<E = NoExtra> {
     echo: Option<EchoRole>,
     time_server: Option<TimeServer>,
     extra: E,
+    /// When `on_start` ran, for the uptime.
+    started: Option<MonoTime>,
+    /// The process's numbers, if the daemon sets them.
+    process: Option<ProcessInfo>,
 }
 
 impl Host<NoExtra> {
@@ -180,6 +205,8 @@ impl<E: Role> Host<E> {
             echo: None,
             time_server: None,
             extra,
+            started: None,
+            process: None,
         }
     }
 
@@ -280,25 +307,133 @@ impl<E: Role> Host<E> {
         }
     }
 
-    /// A summary of every hosted role, as JSON (the answer to `InfoRequest`).
-    pub fn info(&self) -> serde_json::Value {
-        let mut roles = serde_json::Map::new();
-        if let Some(view_service) = &self.view_service {
-            roles.insert("viewservice".into(), view_service.info());
+    /// Sets what only the process knows (connections, bytes, the longest turn, RSS), for
+    /// `pbkv info`: the daemon calls it between turns.
+    pub fn set_process(&mut self, process: ProcessInfo) {
+        self.process = Some(process);
+    }
+
+    /// The answer to `InfoRequest`, as JSON: Redis-INFO-like sections (`server`, `role`,
+    /// `clients`, `operations`, `memory`, `replication`, `loop`) followed by each hosted
+    /// role's own details (`viewservice`, `replica`, ...). docs/operations.md describes
+    /// every field.
+    pub fn info_at(
+        &self,
+        node: &proto::NodeId,
+        incarnation: proto::Incarnation,
+        now: MonoTime,
+    ) -> serde_json::Value {
+        use serde_json::json;
+        let metrics = self.metrics();
+        let process = self.process;
+        let uptime = self.started.map_or(0.0, |at| now.since(at).as_secs_f64());
+        let mut info = serde_json::Map::new();
+        info.insert(
+            "server".into(),
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "node": node.to_string(),
+                "incarnation": incarnation.to_string(),
+                "uptime_s": (uptime * 10.0).round() / 10.0,
+            }),
+        );
+        let view = match (&self.replica, &self.view_service) {
+            (Some(replica), _) => Some(crate::view_json(&replica.view())),
+            (None, Some(view_service)) => Some(crate::view_json(&view_service.view())),
+            (None, None) => None,
+        };
+        info.insert(
+            "role".into(),
+            json!({
+                "role": metrics.roles.join(","),
+                "view": view,
+                "may_serve": self.replica.as_ref().map(Replica::serving),
+                "refused": self.replica.as_ref().and_then(Replica::refused),
+            }),
+        );
+        let replica = metrics.replica.as_ref();
+        let stats = replica.map(|r| r.stats);
+        info.insert(
+            "clients".into(),
+            json!({
+                "connections": process.map(|p| p.connection_count),
+                "sessions": replica.map(|r| r.session_count),
+                "requests_shed": stats.map(|s| s.requests_shed),
+                "requests_held": stats.map(|s| s.requests_held),
+            }),
+        );
+        if let Some(replica) = replica {
+            let mut operations = serde_json::Map::new();
+            for kind in crate::replica::OpKind::ALL {
+                let latency = &replica.meters.latency[kind as usize];
+                let bound_us = |q: f64| latency.quantile_bound(q).map(|ns| ns / 1000);
+                operations.insert(
+                    kind.name().into(),
+                    json!({
+                        "ok": replica.stats.ops.get(kind, true),
+                        "err": replica.stats.ops.get(kind, false),
+                        "replies_timed": latency.count(),
+                        "p50_us_at_most": bound_us(0.5),
+                        "p99_us_at_most": bound_us(0.99),
+                    }),
+                );
+            }
+            operations.insert("dedup_hits".into(), json!(replica.stats.dedup_hits));
+            info.insert("operations".into(), serde_json::Value::Object(operations));
         }
-        if let Some(replica) = &self.replica {
-            roles.insert("replica".into(), replica.info());
-        }
-        if self.echo.is_some() {
-            roles.insert("echo".into(), serde_json::json!({}));
-        }
-        if let Some(server) = &self.time_server {
-            roles.insert(
-                "timeserver".into(),
-                serde_json::json!({ "answered": server.answered() }),
+        info.insert(
+            "memory".into(),
+            json!({
+                "rss_bytes": process.map(|p| p.rss_len),
+                "keys": replica.map(|r| r.key_count),
+                "state_bytes": replica.map(|r| r.state_len),
+            }),
+        );
+        if let (Some(metrics), Some(role)) = (replica, &self.replica) {
+            let role_info = role.info();
+            let batches = &metrics.meters.forward_batches;
+            info.insert(
+                "replication".into(),
+                json!({
+                    "applied": metrics.applied_index,
+                    "committed": metrics.committed_index,
+                    "backup_lag": metrics.backup_lag,
+                    "backup_synced": role.backup_synced(),
+                    "synced_view": role.synced_view(),
+                    "forwards_in_flight": role_info["forwards_in_flight"],
+                    "forwards_sent": batches.count(),
+                    "forward_entries_p50_at_most": batches.quantile_bound(0.5),
+                    "transfer": role_info["transfer"],
+                    "receiving": role_info["receiving"],
+                    "promotions": metrics.stats.promotions,
+                    "transfers_installed": metrics.stats.transfers_installed,
+                }),
             );
         }
-        serde_json::Value::Object(roles)
+        info.insert(
+            "loop".into(),
+            json!({
+                "turn_longest_ms": process.map(|p| p.turn_longest.as_secs_f64() * 1000.0),
+                "received_bytes": process.map(|p| p.received_len),
+                "sent_bytes": process.map(|p| p.sent_len),
+            }),
+        );
+        if let Some(view_service) = &self.view_service {
+            info.insert("viewservice".into(), view_service.info());
+        }
+        if let Some(replica) = &self.replica {
+            info.insert("replica".into(), replica.info());
+        }
+        if self.echo.is_some() {
+            info.insert("echo".into(), json!({}));
+        }
+        if let Some(server) = &self.time_server {
+            info.insert(
+                "timeserver".into(),
+                json!({ "answered": server.answered() }),
+            );
+        }
+        serde_json::Value::Object(info)
     }
 
     /// The hosted roles' numbers for the node's metrics.
@@ -310,18 +445,9 @@ impl<E: Role> Host<E> {
             metrics.roles.push("viewservice");
         }
         if let Some(replica) = &self.replica {
-            let view = replica.view();
-            let me = Some(replica.member());
+            metrics.view_number = replica.view().viewnum;
             // A replica's standing is what its adopted view names it.
-            let standing = if view.primary == me {
-                "primary"
-            } else if view.backup == me {
-                "backup"
-            } else {
-                "idle"
-            };
-            metrics.view_number = view.viewnum;
-            metrics.roles.push(standing);
+            metrics.roles.push(replica.standing_name());
             let state = replica.state();
             metrics.replica = Some(ReplicaMetrics {
                 stats: replica.stats(),
@@ -330,6 +456,8 @@ impl<E: Role> Host<E> {
                 key_count: state.store.len(),
                 state_len: state.len(),
                 session_count: state.sessions.len(),
+                meters: *replica.meters(),
+                backup_lag: replica.backup_lag(),
             });
         }
         metrics
@@ -375,8 +503,13 @@ impl<E: Role> Host<E> {
             }
             (Slot::TimeServer, _) => unreachable!("the route table sends only TimeRequest"),
             (Slot::Info, _) => {
-                let json = self.info().to_string();
-                ctx.reply(origin, InfoReply { json });
+                let json = self.info_at(ctx.node(), ctx.incarnation(), ctx.now());
+                ctx.reply(
+                    origin,
+                    InfoReply {
+                        json: json.to_string(),
+                    },
+                );
             }
         }
     }
@@ -406,6 +539,7 @@ impl<E: Role> Role for Host<E> {
     type Timer = HostTimer<E::Timer>;
 
     fn on_start(&mut self, ctx: &mut Ctx<Self::Timer>) {
+        self.started = Some(ctx.now());
         each_role!(self, ctx, |role, inner| role.on_start(inner));
     }
 

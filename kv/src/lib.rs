@@ -9,6 +9,7 @@
 //! - [`replica`]: the primary/backup replica role (DESIGN.md §6).
 //! - [`store`]: PutHash's hash and the state both replicas apply operations to.
 //! - [`client`]: the client role (sessions, view caching, retries).
+//! - [`histogram`]: fixed-bucket histograms for metrics and `pbkv info`.
 //! - [`host`]: one node's roles behind one route table: what `pbkv node` and every
 //!   simulation run.
 //! - [`lincheck`]: linearizability checking of recorded histories.
@@ -18,6 +19,7 @@
 //! The rules and the tests named after them are listed in docs/protocol.md.
 
 pub mod client;
+pub mod histogram;
 pub mod host;
 pub mod lincheck;
 pub mod replica;

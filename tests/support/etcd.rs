@@ -47,11 +47,35 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts `count` members under `dir` and waits until the cluster is healthy.
+    /// Starts `count` members under `dir` and waits until the cluster is healthy. A start
+    /// that fails (a member exits, say because another process took a port between
+    /// [`crate::free_port`] and etcd's bind, or the cluster is not healthy within 20 s) is
+    /// reported with each member's last log lines and retried on fresh ports and data
+    /// directories, up to three times.
     ///
     /// # Panics
-    /// If a member cannot start or the cluster is not healthy within 30 s.
+    /// If no attempt gives a healthy cluster.
     pub fn start(bin: PathBuf, dir: &Path, count: usize) -> EtcdCluster {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let attempt_dir = dir.join(format!("attempt{attempt}"));
+            std::fs::create_dir_all(&attempt_dir).expect("etcd attempt directory");
+            let mut cluster = EtcdCluster::spawn_all(bin.clone(), &attempt_dir, count);
+            match cluster.wait_started(Duration::from_secs(20)) {
+                Ok(()) => return cluster,
+                Err(why) => eprintln!(
+                    "etcd start, attempt {attempt} of {ATTEMPTS}: {why}\n{}",
+                    cluster.log_tails(8)
+                ),
+            }
+        }
+        panic!(
+            "etcd did not become healthy in {ATTEMPTS} attempts; logs in {}",
+            dir.display()
+        );
+    }
+
+    fn spawn_all(bin: PathBuf, dir: &Path, count: usize) -> EtcdCluster {
         let members: Vec<Member> = (0..count)
             .map(|i| Member {
                 name: format!("e{i}"),
@@ -76,12 +100,45 @@ impl EtcdCluster {
         for index in 0..count {
             cluster.spawn(index);
         }
-        assert!(
-            cluster.wait_healthy(Duration::from_secs(30)),
-            "etcd did not become healthy; logs in {}",
-            dir.display()
-        );
         cluster
+    }
+
+    /// Waits until every member is healthy; fails early when one has exited.
+    fn wait_started(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for member in &mut self.members {
+                let Some(child) = member.child.as_mut() else {
+                    continue;
+                };
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("member {} exited ({status})", member.name));
+                }
+            }
+            if (0..self.members.len()).all(|i| self.member_healthy(i)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not healthy within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `lines` lines of each member's log, for a failure report.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for member in &self.members {
+            let path = self.dir.join(format!("{}.log", member.name));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {} ({})\n", member.name, path.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     fn spawn(&mut self, index: usize) {

@@ -14,9 +14,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kv::host::{Host, HostMetrics};
+use kv::histogram::Histogram;
+use kv::host::{Host, HostMetrics, ProcessInfo};
 use kv::replica::OpKind;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -46,26 +49,39 @@ pub struct Snapshot {
 /// The slot the loop publishes into and the server reads.
 pub type Published = Arc<Mutex<Option<Snapshot>>>;
 
-/// The observer the event loop calls after each turn: publishes a snapshot into `slot`
-/// once per [`PUBLISH_INTERVAL`].
-pub fn publisher(slot: Published) -> TurnObserver<Host> {
+/// The observer the event loop calls after each turn: once per [`PUBLISH_INTERVAL`], hands
+/// the host the process's numbers (for `pbkv info`) and, with a `slot`, publishes a
+/// snapshot into it.
+pub fn publisher(slot: Option<Published>) -> TurnObserver<Host> {
     let mut last: Option<MonoTime> = None;
-    Box::new(move |host: &Host, driver: &DriverStats, now: MonoTime| {
-        let interval_ns = u64::try_from(PUBLISH_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
-        if last.is_some_and(|at| now.0.saturating_sub(at.0) < interval_ns) {
-            return;
-        }
-        last = Some(now);
-        // Built before the lock is taken: under it, only a move.
-        let snapshot = Snapshot {
-            host: host.metrics(),
-            driver: *driver,
-        };
-        let mut guard = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *guard = Some(snapshot);
-    })
+    Box::new(
+        move |host: &mut Host, driver: &DriverStats, now: MonoTime| {
+            let interval_ns = u64::try_from(PUBLISH_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+            if last.is_some_and(|at| now.0.saturating_sub(at.0) < interval_ns) {
+                return;
+            }
+            last = Some(now);
+            host.set_process(ProcessInfo {
+                connection_count: driver.connection_count,
+                received_len: driver.received_len,
+                sent_len: driver.sent_len,
+                turn_longest: driver.turn_longest,
+                rss_len: rss_len(),
+            });
+            let Some(slot) = slot.as_ref() else {
+                return;
+            };
+            // Built before the lock is taken: under it, only a move.
+            let snapshot = Snapshot {
+                host: host.metrics(),
+                driver: *driver,
+            };
+            let mut guard = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *guard = Some(snapshot);
+        },
+    )
 }
 
 /// Binds `addr` and serves `/metrics` from `slot` on a thread of its own.
@@ -173,6 +189,53 @@ pub fn rss_len() -> u64 {
 
 type Labels = Vec<(String, String)>;
 
+/// A histogram snapshot in Prometheus's terms, rendered from a [`Histogram`] whose values
+/// are divided by `scale` (nanoseconds to seconds: 1e9).
+#[derive(Debug)]
+struct Buckets {
+    sum: f64,
+    count: u64,
+    /// `(upper bound, observations in the bucket)`, the last bound `+Inf`.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Buckets {
+    fn of(histogram: &Histogram, scale: f64) -> Buckets {
+        let buckets = histogram
+            .buckets()
+            .map(|(bound, count)| (bound.map_or(f64::INFINITY, |b| b as f64 / scale), count))
+            .collect();
+        Buckets {
+            sum: histogram.sum() as f64 / scale,
+            count: histogram.count(),
+            buckets,
+        }
+    }
+}
+
+/// Histograms of one name, one per label set.
+#[derive(Debug)]
+struct HistogramFamily(Vec<(Labels, Buckets)>);
+
+impl EncodeMetric for HistogramFamily {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, buckets) in &self.0 {
+            let mut family = encoder.encode_family(labels)?;
+            family.encode_histogram::<NoLabelSet>(
+                buckets.sum,
+                buckets.count,
+                &buckets.buckets,
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let metric: Gauge<i64> = Gauge::default();
     metric.set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -270,6 +333,30 @@ pub fn render(snapshot: &Snapshot, rss_len: u64) -> String {
             help,
             replica.state_len as u64,
         );
+        let latency = HistogramFamily(
+            OpKind::ALL
+                .iter()
+                .map(|kind| {
+                    let labels = vec![("op".into(), kind.name().into())];
+                    (
+                        labels,
+                        Buckets::of(&replica.meters.latency[*kind as usize], 1e9),
+                    )
+                })
+                .collect(),
+        );
+        let help = "As primary: from taking a request to sending its reply after commit, by op";
+        registry.register("pbkv_op_latency_seconds", help, latency);
+        let batches = HistogramFamily(vec![(
+            Vec::new(),
+            Buckets::of(&replica.meters.forward_batches, 1.0),
+        )]);
+        let help = "As primary: entries per forward sent to the backup";
+        registry.register("pbkv_forward_batch_entries", help, batches);
+        if let Some(lag) = replica.backup_lag {
+            let help = "As primary with a synced backup: entries the backup has not acknowledged";
+            gauge(&mut registry, "pbkv_backup_lag_entries", help, lag);
+        }
         let sessions = replica.session_count as u64;
         gauge(
             &mut registry,
@@ -326,7 +413,13 @@ mod tests {
         // Goal: the text format carries the core metrics with their suffixes. Method: render
         // a default snapshot of a replica and look for each name.
         let mut snapshot = Snapshot::default();
-        snapshot.host.replica = Some(kv::host::ReplicaMetrics::default());
+        let mut replica = kv::host::ReplicaMetrics {
+            backup_lag: Some(3),
+            ..Default::default()
+        };
+        replica.meters.latency[OpKind::Put as usize].record(700_000);
+        replica.meters.forward_batches.record(5);
+        snapshot.host.replica = Some(replica);
         snapshot.host.roles.push("primary");
         let text = render(&snapshot, 4096);
         for name in [
@@ -336,6 +429,13 @@ mod tests {
             "pbkv_loop_turn_longest_seconds",
             "pbkv_received_bytes_total",
             "pbkv_resident_memory_bytes 4096",
+            "pbkv_op_latency_seconds_bucket{le=\"0.0005\",op=\"put\"} 0",
+            "pbkv_op_latency_seconds_bucket{le=\"0.001\",op=\"put\"} 1",
+            "pbkv_op_latency_seconds_count{op=\"put\"} 1",
+            "pbkv_op_latency_seconds_count{op=\"get\"} 0",
+            "pbkv_forward_batch_entries_bucket{le=\"8.0\"} 1",
+            "pbkv_forward_batch_entries_sum 5.0",
+            "pbkv_backup_lag_entries 3",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

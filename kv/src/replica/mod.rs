@@ -46,6 +46,7 @@ use proto::{Addr, Incarnation, Message, MessageType};
 use runtime::warn::Warnings;
 use runtime::{ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
 
+use crate::histogram::Histogram;
 use crate::store::{State, StateLimits};
 use crate::viewservice::ViewTiming;
 
@@ -233,6 +234,25 @@ impl OpCounts {
     }
 }
 
+/// Distributions for the metrics, kept as primary: latency from taking a request to
+/// sending its reply, per kind (nanoseconds), and entries per forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meters {
+    /// Latency per [`OpKind`] (indexed by `kind as usize`), of replies sent after commit.
+    pub latency: [Histogram; 4],
+    /// Entries per forward sent to the backup.
+    pub forward_batches: Histogram,
+}
+
+impl Default for Meters {
+    fn default() -> Meters {
+        Meters {
+            latency: [Histogram::latency(); 4],
+            forward_batches: Histogram::batch(),
+        }
+    }
+}
+
 /// What this server is in the view it adopted, with the state only that standing has.
 #[derive(Debug)]
 enum Standing {
@@ -264,6 +284,7 @@ pub struct Replica {
     /// Refusal warnings, rate-limited.
     warnings: Warnings,
     stats: ReplicaStats,
+    meters: Meters,
 }
 
 impl Replica {
@@ -285,6 +306,7 @@ impl Replica {
             links_up: BTreeSet::new(),
             warnings: Warnings::default(),
             stats: ReplicaStats::default(),
+            meters: Meters::default(),
         }
     }
 
@@ -330,6 +352,33 @@ impl Replica {
         self.stats
     }
 
+    /// Latency and forward-batch distributions, kept as primary.
+    pub fn meters(&self) -> &Meters {
+        &self.meters
+    }
+
+    /// As serving primary with a synced backup: entries assigned that the backup has not
+    /// acknowledged yet. `None` otherwise.
+    pub fn backup_lag(&self) -> Option<u64> {
+        let Standing::Primary(primary) = &self.standing else {
+            return None;
+        };
+        (self.view.backup.is_some() && primary.backup_synced)
+            .then(|| self.state.applied.saturating_sub(primary.backup_acked))
+    }
+
+    /// What its adopted view names it: `primary`, `backup` or `idle`.
+    pub fn standing_name(&self) -> &'static str {
+        let me = Some(self.me);
+        if self.view.primary == me {
+            "primary"
+        } else if self.view.backup == me {
+            "backup"
+        } else {
+            "idle"
+        }
+    }
+
     /// This server as views name it.
     pub fn member(&self) -> Member {
         self.me
@@ -347,7 +396,7 @@ impl Replica {
             _ => None,
         };
         serde_json::json!({
-            "role": "replica",
+            "role": self.standing_name(),
             "addr": self.me.addr.to_string(),
             "incarnation": self.me.incarnation.to_string(),
             "view": crate::view_json(&self.view),
@@ -362,6 +411,10 @@ impl Replica {
             "sessions": self.state.sessions.len(),
             "waiting_replies": primary.map_or(0, Primary::waiting_count),
             "transfer": primary.and_then(|p| p.transfer.as_ref()).map(transfer::Transfer::info),
+            "receiving": match &self.standing {
+                Standing::Backup(backup) => backup.receiving.as_ref().map(transfer::Receiving::info),
+                _ => None,
+            },
             "stats": {
                 "promotions": self.stats.promotions,
                 "transfers_installed": self.stats.transfers_installed,

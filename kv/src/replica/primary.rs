@@ -32,6 +32,10 @@ use crate::store::State;
 pub(super) struct Waiting {
     pub(super) to: ReplyTo,
     pub(super) reply: Message,
+    /// The operation's kind, for its latency (`None`: OpenSession, or not measured).
+    pub(super) kind: Option<OpKind>,
+    /// When the primary took the request.
+    pub(super) since: MonoTime,
 }
 
 /// A client request a primary takes.
@@ -164,6 +168,8 @@ impl Primary {
         let held = self.held.into_iter().map(|held| Waiting {
             to: held.origin.reply_to(),
             reply: held.request.wrong_server(),
+            kind: None,
+            since: MonoTime(0),
         });
         self.waiting
             .into_values()
@@ -458,7 +464,7 @@ impl Replica {
                 nonce,
                 session: 0,
             };
-            self.answer_after_turn(origin, reply.into());
+            self.answer_after_turn(ctx, origin, reply.into(), None);
             return;
         }
         // R10: OpenSession is an operation like any other; the session id is its index.
@@ -472,7 +478,7 @@ impl Replica {
             nonce,
             session: index,
         };
-        self.wait_for(ctx, index, origin.reply_to(), reply.into());
+        self.wait_for(ctx, index, origin.reply_to(), reply.into(), None);
     }
 
     pub(super) fn on_get(
@@ -510,16 +516,24 @@ impl Replica {
             return;
         }
         self.stats.ops.count(OpKind::Get, reply.status);
-        self.answer_after_turn(origin, reply.into());
+        self.answer_after_turn(ctx, origin, reply.into(), Some(OpKind::Get));
     }
 
     /// Queues an answer read from the state as of now, to be sent once an index assigned
     /// after it commits (R8; R10 for session errors).
-    fn answer_after_turn(&mut self, origin: &Origin, reply: Message) {
+    fn answer_after_turn(
+        &mut self,
+        ctx: &Ctx<ReplicaTimer>,
+        origin: &Origin,
+        reply: Message,
+        kind: Option<OpKind>,
+    ) {
         if let Some(primary) = self.primary_mut() {
             primary.push_read(Waiting {
                 to: origin.reply_to(),
                 reply,
+                kind,
+                since: ctx.now(),
             });
         }
     }
@@ -557,11 +571,13 @@ impl Replica {
             // uncommitted expiry included), so they wait for a commit like a Get's.
             SessionCheck::Unknown => {
                 self.stats.ops.count(kind, Status::ErrSessionExpired);
-                self.answer_after_turn(origin, put_reply(Status::ErrSessionExpired).into());
+                let reply = put_reply(Status::ErrSessionExpired).into();
+                self.answer_after_turn(ctx, origin, reply, Some(kind));
             }
             SessionCheck::Stale => {
                 self.stats.ops.count(kind, Status::ErrStaleRequest);
-                self.answer_after_turn(origin, put_reply(Status::ErrStaleRequest).into());
+                let reply = put_reply(Status::ErrStaleRequest).into();
+                self.answer_after_turn(ctx, origin, reply, Some(kind));
             }
             SessionCheck::Retry { index, reply } => {
                 // A retry of the last request: the original reply, once that request
@@ -572,7 +588,7 @@ impl Replica {
                     status: Status::Ok,
                     previous: reply,
                 };
-                self.wait_for(ctx, index, origin.reply_to(), reply.into());
+                self.wait_for(ctx, index, origin.reply_to(), reply.into(), Some(kind));
             }
             SessionCheck::Fresh => self.apply_put(ctx, origin, request),
         }
@@ -599,7 +615,8 @@ impl Replica {
             // the same state at this index). Read from the state: waits for a commit.
             self.stats.full += 1;
             self.stats.ops.count(kind, Status::ErrFull);
-            self.answer_after_turn(origin, put_reply(Status::ErrFull).into());
+            let reply = put_reply(Status::ErrFull).into();
+            self.answer_after_turn(ctx, origin, reply, Some(kind));
             return;
         }
         self.stats.ops.count(kind, Status::Ok);
@@ -609,7 +626,7 @@ impl Replica {
             status: Status::Ok,
             previous: previous.unwrap_or_default(),
         };
-        self.wait_for(ctx, index, origin.reply_to(), reply.into());
+        self.wait_for(ctx, index, origin.reply_to(), reply.into(), Some(kind));
     }
 
     /// R6: gives `entry` the next index, applies it, and queues it for the backup.
@@ -628,13 +645,41 @@ impl Replica {
         self.state.applied
     }
 
-    fn wait_for(&mut self, ctx: &mut Ctx<ReplicaTimer>, index: u64, to: ReplyTo, reply: Message) {
+    fn wait_for(
+        &mut self,
+        ctx: &mut Ctx<ReplicaTimer>,
+        index: u64,
+        to: ReplyTo,
+        reply: Message,
+        kind: Option<OpKind>,
+    ) {
+        let since = ctx.now();
+        let waiting = Waiting {
+            to,
+            reply,
+            kind,
+            since,
+        };
+        self.answer_once_committed(ctx, index, waiting);
+    }
+
+    /// Answers `waiting` now if `index` is committed, else keeps it until it is.
+    fn answer_once_committed(&mut self, ctx: &mut Ctx<ReplicaTimer>, index: u64, waiting: Waiting) {
         if index <= self.committed {
-            self.stats.replies += 1;
-            ctx.reply(to, reply);
+            self.answer(ctx, waiting);
         } else if let Some(primary) = self.primary_mut() {
-            primary.push_waiting(index, Waiting { to, reply });
+            primary.push_waiting(index, waiting);
         }
+    }
+
+    /// Sends a reply whose operation committed, and records its latency.
+    fn answer(&mut self, ctx: &mut Ctx<ReplicaTimer>, waiting: Waiting) {
+        self.stats.replies += 1;
+        if let Some(kind) = waiting.kind {
+            let elapsed = ctx.now().0.saturating_sub(waiting.since.0);
+            self.meters.latency[kind as usize].record(elapsed);
+        }
+        ctx.reply(waiting.to, waiting.reply);
     }
 
     /// R7: the commit point reached for every index up to `index`: answer who waited.
@@ -648,8 +693,7 @@ impl Replica {
             return;
         };
         for pending in primary.take_waiting_through(index) {
-            self.stats.replies += 1;
-            ctx.reply(pending.to, pending.reply);
+            self.answer(ctx, pending);
         }
     }
 
@@ -662,7 +706,8 @@ impl Replica {
             self.config.forward_in_flight_max,
             self.config.forward_batch_len_max,
         );
-        let Some(primary) = self.primary_mut() else {
+        // Destructured, not `primary_mut`: the batch sizes go to `self.meters` meanwhile.
+        let Standing::Primary(primary) = &mut self.standing else {
             return;
         };
         while primary.sent < applied && primary.in_flight.len() < in_flight_max {
@@ -683,6 +728,7 @@ impl Replica {
             assert!(!entries.is_empty(), "sent < applied implies unsent entries");
             primary.sent += entries.len() as u64;
             primary.in_flight.push_back(primary.sent);
+            self.meters.forward_batches.record(entries.len() as u64);
             let forward = ForwardRequest {
                 view,
                 first_index,
@@ -799,7 +845,7 @@ impl Replica {
             }
             let index = self.state.applied;
             for pending in reads {
-                self.wait_for(ctx, index, pending.to, pending.reply);
+                self.answer_once_committed(ctx, index, pending);
             }
         }
         if let Some(primary) = self.primary_mut() {

@@ -43,6 +43,19 @@ pub(super) struct Receiving {
     pub(super) len: usize,
 }
 
+impl Receiving {
+    /// Progress for `pbkv info`, as backup.
+    pub(super) fn info(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "snapshot_index": self.snapshot_index,
+            "chunks_received": self.next_chunk,
+            "keys": self.store.len(),
+            "state_bytes": self.len,
+        })
+    }
+}
+
 /// How big a chunk may be.
 #[derive(Debug, Clone, Copy)]
 struct ChunkLimits {

@@ -104,9 +104,10 @@ pub struct DriverStats {
 }
 
 /// Called by the loop after every turn with the role, the driver's numbers and the turn's
-/// monotonic time: how a tool publishes a snapshot for another thread. It runs on the loop's
-/// thread, so it must only copy, never wait.
-pub type TurnObserver<R> = Box<dyn FnMut(&R, &DriverStats, MonoTime)>;
+/// monotonic time: how a tool publishes a snapshot for another thread, or hands the role
+/// what only the process knows (the role is mutable for that; the observer makes no
+/// protocol decision). It runs on the loop's thread, so it must only copy, never wait.
+pub type TurnObserver<R> = Box<dyn FnMut(&mut R, &DriverStats, MonoTime)>;
 
 /// Reads a node's keys again (from its key files), for a rotation without a restart.
 pub type KeyReload = Box<dyn FnMut() -> Result<Keys, String> + Send>;
@@ -318,7 +319,7 @@ impl<R: Role> NetDriver<R> {
         self.turn_longest = self.turn_longest.max(Duration::from_nanos(elapsed_ns));
         let stats = self.stats();
         if let Some(observer) = self.observer.as_mut() {
-            observer(self.core.role(), &stats, self.io.now);
+            observer(self.core.role_mut(), &stats, self.io.now);
         }
     }
 

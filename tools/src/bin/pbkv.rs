@@ -51,7 +51,7 @@ enum Command {
     Del(WithClient<DelArgs>),
     /// Print the current view.
     View(WithClient<ViewArgs>),
-    /// Print one node's state.
+    /// Print a node's state in sections, as Redis INFO does (the primary's by default).
     Info(WithClient<InfoArgs>),
     /// Drive load from many clients and report throughput and latency.
     Bench(WithClient<cmd::bench::BenchArgs>),
@@ -114,7 +114,11 @@ const EXAMPLES: &[(&[&str], &str)] = &[
         &["view"],
         "pbkv view --vs 127.0.0.1:7100\n  pbkv view --json",
     ),
-    (&["info"], "pbkv info --node 127.0.0.1:7101 --json"),
+    (
+        &["info"],
+        "pbkv info --vs 127.0.0.1:7100            # the current primary's\n  \
+         pbkv info --node 127.0.0.1:7101 --json   # one node's, as JSON",
+    ),
     (
         &["bench"],
         "pbkv bench --vs 127.0.0.1:7100 --clients 50 --duration 10 --mix get=50,put=50",

@@ -437,28 +437,59 @@ pub fn view(args: &ClientArgs, view: &ViewArgs) -> i32 {
     }
 }
 
-/// `pbkv info --node ADDR`.
+/// `pbkv info [--node ADDR]`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// The node to ask.
+    /// The node to ask (HOST:PORT). Default: the primary of the newest view the view
+    /// service hands out.
     #[arg(long)]
-    pub node: String,
+    pub node: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// The node `pbkv info` asks: `--node`, or the current primary.
+fn info_target(args: &ClientArgs, info: &InfoArgs, timeout: Duration) -> Result<Addr, i32> {
+    if let Some(node) = &info.node {
+        return match parse_view_services(node).as_deref() {
+            Ok([addr]) => Ok(*addr),
+            _ => Err(fail(
+                exit::USAGE,
+                &format!("--node {node:?}: expected one HOST:PORT"),
+            )),
+        };
+    }
+    let view_services = args
+        .view_services()
+        .map_err(|why| fail(exit::USAGE, &why))?;
+    match ask_newest_view(args, &view_services, timeout)? {
+        Message::GetViewReply(reply) => match reply.view.primary {
+            Some(primary) => Ok(primary.addr),
+            None => Err(fail(
+                exit::UNAVAILABLE,
+                &format!(
+                    "view {} has no primary; name a node with --node",
+                    reply.view.viewnum
+                ),
+            )),
+        },
+        other => Err(fail(
+            exit::UNAVAILABLE,
+            &format!("unexpected answer {}", other.message_type()),
+        )),
+    }
+}
+
 /// Runs `pbkv info`.
 pub fn info(args: &ClientArgs, info: &InfoArgs) -> i32 {
-    let Ok(node) = info.node.parse::<Addr>() else {
-        return fail(
-            exit::USAGE,
-            &format!("--node {:?}: expected HOST:PORT", info.node),
-        );
-    };
     let timeout = match args.timeout() {
         Ok(timeout) => timeout,
         Err(why) => return fail(exit::USAGE, &why),
+    };
+    let node = match info_target(args, info, timeout) {
+        Ok(node) => node,
+        Err(code) => return code,
     };
     match ask(args, node, InfoRequest {}.into(), timeout) {
         Ok(Message::InfoReply(reply)) => {
@@ -467,7 +498,7 @@ pub fn info(args: &ClientArgs, info: &InfoArgs) -> i32 {
                 return exit::OK;
             }
             match serde_json::from_str::<serde_json::Value>(&reply.json) {
-                Ok(value) => print_info(&value, ""),
+                Ok(value) => print!("{}", info_text(&value)),
                 Err(_) => println!("{}", reply.json),
             }
             exit::OK
@@ -480,8 +511,38 @@ pub fn info(args: &ClientArgs, info: &InfoArgs) -> i32 {
     }
 }
 
-/// Prints nested JSON as `section.key: value` lines, like redis's INFO.
-fn print_info(value: &serde_json::Value, prefix: &str) {
+/// Info as text, like Redis's INFO: a `# section` header per top-level object, then its
+/// fields as `key: value` lines, nested objects as `outer.inner` names; nulls (what this
+/// node does not have) are left out.
+fn info_text(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let serde_json::Value::Object(sections) = value else {
+        return format!("{value}\n");
+    };
+    // Redis's order first (JSON objects come sorted), then each role's own details.
+    const ORDER: [&str; 7] = [
+        "server",
+        "role",
+        "clients",
+        "operations",
+        "memory",
+        "replication",
+        "loop",
+    ];
+    let rank = |name: &str| ORDER.iter().position(|n| *n == name).unwrap_or(ORDER.len());
+    let mut ordered: Vec<(&String, &serde_json::Value)> = sections.iter().collect();
+    ordered.sort_by_key(|(name, _)| rank(name));
+    for (section, inner) in ordered {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("# {section}\n"));
+        info_lines(inner, "", &mut out);
+    }
+    out
+}
+
+fn info_lines(value: &serde_json::Value, prefix: &str, out: &mut String) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, inner) in map {
@@ -490,16 +551,33 @@ fn print_info(value: &serde_json::Value, prefix: &str) {
                 } else {
                     format!("{prefix}.{key}")
                 };
-                print_info(inner, &name);
+                info_lines(inner, &name, out);
             }
         }
-        other => println!("{prefix}: {other}"),
+        serde_json::Value::Null => {}
+        serde_json::Value::String(text) => out.push_str(&format!("{prefix}: {text}\n")),
+        other => out.push_str(&format!("{prefix}: {other}\n")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: info prints a header per section, nested names with dots, strings without
+    /// quotes, and leaves out what the node does not have (nulls).
+    #[test]
+    fn info_text_has_sections() {
+        let value = serde_json::json!({
+            "server": {"version": "0.1.0", "uptime_s": 1.5},
+            "replication": {"applied": 7, "transfer": null, "view": {"viewnum": 2}},
+        });
+        assert_eq!(
+            info_text(&value),
+            "# server\nuptime_s: 1.5\nversion: 0.1.0\n\n\
+             # replication\napplied: 7\nview.viewnum: 2\n"
+        );
+    }
 
     /// Goal: `--timeout` takes seconds or a duration with units, and refuses anything else.
     #[test]

@@ -246,13 +246,18 @@ fn serve(
     let host = host_from_config(config)?;
     let mut driver = NetDriver::new(host, options)
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    if let Some(addr) = config.metrics_listen {
-        let slot = crate::metrics::Published::default();
-        let bound = crate::metrics::serve(addr, std::sync::Arc::clone(&slot))
-            .map_err(|e| format!("metrics_listen: cannot listen on {addr}: {e}"))?;
-        driver.set_turn_observer(crate::metrics::publisher(slot));
-        log::info!("metrics on http://{bound}/metrics");
-    }
+    let slot = match config.metrics_listen {
+        Some(addr) => {
+            let slot = crate::metrics::Published::default();
+            let bound = crate::metrics::serve(addr, std::sync::Arc::clone(&slot))
+                .map_err(|e| format!("metrics_listen: cannot listen on {addr}: {e}"))?;
+            log::info!("metrics on http://{bound}/metrics");
+            Some(slot)
+        }
+        None => None,
+    };
+    // Hands the host the process's numbers for `pbkv info`, and publishes the metrics.
+    driver.set_turn_observer(crate::metrics::publisher(slot));
     let bound = driver
         .local_addr()
         .map_or_else(String::new, |addr| addr.to_string());
