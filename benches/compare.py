@@ -59,6 +59,14 @@ CASES = [
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu():
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -213,6 +221,8 @@ class Bench:
         env = dict(os.environ)
         env.pop("PBKV_KEY_FILE", None)
         servers_before = self.procs.cpu_seconds(target)
+        busy_before, steal_before = machine_cpu()
+        started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
             _, status, usage = os.wait4(proc.pid, 0)
@@ -221,6 +231,9 @@ class Bench:
             err.seek(0)
             stdout, stderr = out.read(), err.read()
         servers = self.procs.cpu_seconds(target) - servers_before
+        wall = time.monotonic() - started
+        busy_after, steal_after = machine_cpu()
+        bench_cpu = usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
                                f"{stderr.decode(errors='replace').strip()}")
@@ -230,8 +243,11 @@ class Bench:
                                f"unknown {report['unknown']}")
         # CPU per operation: the bench's own, and the servers' (all of the target's).
         ops = max(report["ops"], 1)
-        report["bench_cpu_us_per_op"] = (usage.ru_utime + usage.ru_stime) / ops * 1e6
+        report["bench_cpu_us_per_op"] = bench_cpu / ops * 1e6
         report["server_cpu_us_per_op"] = servers / ops * 1e6
+        # Interference: CPUs busy with anything else, and stolen by the hypervisor.
+        report["others_cpus"] = max(0.0, busy_after - busy_before - bench_cpu - servers) / wall
+        report["steal_cpus"] = (steal_after - steal_before) / wall
         return report
 
 
@@ -240,7 +256,8 @@ def figures(report, kind):
     return {"ops_per_sec": report["ops_per_sec"], "p50_us": latency["p50"],
             "p99_us": latency["p99"], "ops": report["ops"],
             "bench_cpu_us": report["bench_cpu_us_per_op"],
-            "server_cpu_us": report["server_cpu_us_per_op"]}
+            "server_cpu_us": report["server_cpu_us_per_op"],
+            "others_cpus": report["others_cpus"], "steal_cpus": report["steal_cpus"]}
 
 
 def machine():
@@ -312,7 +329,8 @@ def main():
                 print(f"round {r + 1} {name:<15} {f['ops_per_sec']:>10.0f} ops/s  "
                       f"p50 {f['p50_us'] / 1000:.3f} ms  p99 {f['p99_us'] / 1000:.3f} ms  "
                       f"CPU/op: bench {f['bench_cpu_us']:.1f} us, "
-                      f"servers {f['server_cpu_us']:.1f} us", flush=True)
+                      f"servers {f['server_cpu_us']:.1f} us; others {f['others_cpus']:.2f} "
+                      f"CPUs, steal {f['steal_cpus']:.2f}", flush=True)
         info["loadavg_end"] = os.getloadavg()
     except (RuntimeError, KeyboardInterrupt) as e:
         sys.exit(f"compare: {e or 'interrupted'}")
@@ -360,7 +378,11 @@ def main():
                          "per_round": per_round(a, b, key)}
         print(f"{label}  {text:<40} {ratio:5.2f}  (goal {op} {goal:.1f}: "
               f"{'met' if met else 'missed'}; per round {rounds})")
-    print(f"load average {info['loadavg_end'][0]:.2f} at the end")
+    others = [f["others_cpus"] for fs in results.values() for f in fs]
+    steal = [f["steal_cpus"] for fs in results.values() for f in fs]
+    print(f"load average {info['loadavg_end'][0]:.2f} at the end; CPUs busy with other "
+          f"processes during the cases: median {statistics.median(others):.2f}, max "
+          f"{max(others):.2f}; stolen: median {statistics.median(steal):.2f}, max {max(steal):.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "setup": vars(args), "results": results,
