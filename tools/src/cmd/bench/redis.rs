@@ -666,9 +666,13 @@ pub(super) fn exit_code(redis: &RedisPlan, ran: &RedisRan) -> i32 {
         eprintln!("error: no operation completed {within}: every one was refused ({why})");
         return exit::REFUSED;
     }
+    let hint = match redis.wait {
+        Some(n) => format!(" (WAIT {n} 0 waits until {n} replicas acknowledge: has it {n}?)"),
+        None => String::new(),
+    };
     eprintln!(
         "error: no operation completed {within}: commands were sent to Redis at {} and none \
-         was answered (outcomes unknown)",
+         was answered (outcomes unknown){hint}",
         redis.shown()
     );
     exit::UNKNOWN
