@@ -231,6 +231,8 @@ fn bench_reports_json() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
     assert_eq!(report["ops"], 400);
     assert_eq!(report["mode"], "closed");
+    assert_eq!(report["target"], "pbkv");
+    assert!(report["redis_wait"].is_null());
     for field in ["ops_per_sec", "seconds", "errors", "pending_at_stop"] {
         assert!(!report[field].is_null(), "missing {field}");
     }

@@ -2,6 +2,7 @@
 //! configuration text, wait for their `ready` line, and stop them.
 
 pub mod etcd;
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

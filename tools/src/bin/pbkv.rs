@@ -121,7 +121,8 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     ),
     (
         &["bench"],
-        "pbkv bench --vs 127.0.0.1:7100 --clients 50 --duration 10 --mix get=50,put=50",
+        "pbkv bench --vs 127.0.0.1:7100 --clients 50 --duration 10 --mix get=50,put=50\n  \
+         pbkv bench --redis 127.0.0.1:6379 --redis-wait 1 --clients 50 --mix put=100 --json",
     ),
     (
         &["demo"],

@@ -34,9 +34,12 @@
 //! - [`stats`]: latency histograms.
 //! - [`report`]: text, JSON and CSV output.
 //! - [`history`]: the `--history` file.
+//! - [`redis`] and [`resp`]: the same load against Redis (`--redis`), for comparison.
 
 mod history;
+mod redis;
 mod report;
+mod resp;
 mod schedule;
 mod stats;
 mod workload;
@@ -55,7 +58,7 @@ use runtime::{ConnId, Ctx, Dest, Link, MonoTime, Origin, Role};
 use crate::cmd::client::ClientArgs;
 use crate::exit;
 use history::History;
-use report::{Report, Setup};
+use report::{Report, Setup, Target};
 use schedule::Schedule;
 use stats::Latency;
 use workload::{Mix, OpKind, Workload, WorkloadOptions};
@@ -112,6 +115,16 @@ pub struct BenchArgs {
     /// Write a Jepsen-style operation history (JSON lines) to this file.
     #[arg(long)]
     pub history: Option<std::path::PathBuf>,
+    /// Drive the Redis server at HOST:PORT instead of pbkv, with the same event loop,
+    /// connections, pipelining, keys and values: get is GET, put is SET, del is DEL
+    /// (puthash and --history are refused). --vs and --key-file are not used.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub redis: Option<String>,
+    /// With --redis: follow every SET with `WAIT N 0` on its connection (N replicas must
+    /// acknowledge it; latency counts to WAIT's reply, and a reply below N is an error).
+    #[arg(long, value_name = "N", requires = "redis",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub redis_wait: Option<u32>,
 }
 
 /// One client session of the bench.
@@ -329,25 +342,9 @@ impl BenchHost {
     }
 
     fn update_live(&mut self, now: MonoTime) {
-        let Some(live) = self.live.as_mut() else {
-            return;
-        };
-        let interval = now.since(live.last_at);
-        if interval < LIVE_INTERVAL {
-            return;
+        if let Some(live) = self.live.as_mut() {
+            live.update(now, self.counts.ops, self.started_at, self.requests);
         }
-        let ops = self.counts.ops;
-        let rate = (ops - live.last_ops) as f64 / interval.as_secs_f64();
-        live.last_at = now;
-        live.last_ops = ops;
-        match (self.requests, self.duration) {
-            (Some(_), _) => live.bar.set_position(ops),
-            (None, Some(_)) => live
-                .bar
-                .set_position(now.since(self.started_at).as_millis() as u64),
-            (None, None) => {}
-        }
-        live.bar.set_message(format!("{rate:.0} ops/s"));
     }
 
     fn stop(&mut self, ctx: &mut Ctx<BenchTimer>) {
@@ -450,15 +447,21 @@ impl Role for BenchHost {
 
 /// Validated arguments.
 struct Plan {
+    /// The view service (pbkv), or nothing (Redis).
     view_services: Vec<Addr>,
+    /// `--redis`: the server to drive instead of pbkv.
+    redis: Option<redis::RedisPlan>,
     mix: Mix,
     duration: Option<Duration>,
     answer_timeout: Duration,
 }
 
 fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
-    let view_services = client_args.view_services()?;
     let mix = Mix::parse(&args.mix)?;
+    let (view_services, redis) = match &args.redis {
+        Some(server) => (Vec::new(), Some(redis::plan(server, args, &mix)?)),
+        None => (client_args.view_services()?, None),
+    };
     if args.clients == 0 || args.keys == 0 || args.requests == Some(0) {
         return Err("--clients, --keys and --requests must be at least 1".into());
     }
@@ -501,6 +504,7 @@ fn plan(client_args: &ClientArgs, args: &BenchArgs) -> Result<Plan, String> {
     };
     Ok(Plan {
         view_services,
+        redis,
         mix,
         duration,
         answer_timeout: Duration::from_secs_f64(timeout),
@@ -582,6 +586,14 @@ pub fn run(client_args: &ClientArgs, args: &BenchArgs) -> i32 {
             return exit::USAGE;
         }
     };
+    if let Some(redis) = &plan.redis {
+        let ran = redis::run(args, &plan, redis);
+        if let Err(why) = print_report(args, &ran.report) {
+            eprintln!("error: {why}");
+            return exit::MISSING;
+        }
+        return redis::exit_code(redis, &ran);
+    }
     let keys = match client_args.keys() {
         Ok(keys) => keys,
         Err(why) => {
@@ -673,13 +685,7 @@ fn run_bench(args: &BenchArgs, plan: &Plan, keys: runtime::Keys) -> Result<Ran, 
         .map(|kind| (kind.name(), host.latency[kind.index()].clone()))
         .collect();
     let report = Report {
-        setup: Setup {
-            connections: args.clients,
-            pipeline: args.pipeline,
-            value_size: args.value_size,
-            keys: args.keys,
-            mix: args.mix.clone(),
-        },
+        setup: setup(args, Target::Pbkv),
         requested_rate: args.rate,
         seconds,
         ops: host.counts.ops,
@@ -698,6 +704,18 @@ fn run_bench(args: &BenchArgs, plan: &Plan, keys: runtime::Keys) -> Result<Ran, 
     })
 }
 
+/// The run's setup as the report shows it.
+fn setup(args: &BenchArgs, target: Target) -> Setup {
+    Setup {
+        target,
+        connections: args.clients,
+        pipeline: args.pipeline,
+        value_size: args.value_size,
+        keys: args.keys,
+        mix: args.mix.clone(),
+    }
+}
+
 fn print_report(args: &BenchArgs, report: &Report) -> Result<(), String> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -711,6 +729,27 @@ fn print_report(args: &BenchArgs, report: &Report) -> Result<(), String> {
             writeln!(out, "{line}").map_err(fail)?;
         }
         Ok(())
+    }
+}
+
+impl Live {
+    /// Redraws the line if it is due: `ops` completed so far, of `requests` if given, in a
+    /// run started at `started_at`.
+    fn update(&mut self, now: MonoTime, ops: u64, started_at: MonoTime, requests: Option<u64>) {
+        let interval = now.since(self.last_at);
+        if interval < LIVE_INTERVAL {
+            return;
+        }
+        let rate = ops.saturating_sub(self.last_ops) as f64 / interval.as_secs_f64();
+        self.last_at = now;
+        self.last_ops = ops;
+        if requests.is_some() {
+            self.bar.set_position(ops);
+        } else {
+            self.bar
+                .set_position(now.since(started_at).as_millis() as u64);
+        }
+        self.bar.set_message(format!("{rate:.0} ops/s"));
     }
 }
 

@@ -30,9 +30,46 @@ pub(crate) struct Report {
     pub(crate) schedule_lag: Option<Latency>,
 }
 
+/// What the bench drove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Pbkv,
+    /// `--redis`, with `--redis-wait N`'s N.
+    Redis {
+        wait: Option<u32>,
+    },
+}
+
+impl Target {
+    /// `pbkv` or `redis`, the report's `target`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Target::Pbkv => "pbkv",
+            Target::Redis { .. } => "redis",
+        }
+    }
+
+    /// `--redis-wait`, the report's `redis_wait`.
+    pub(crate) fn wait(self) -> Option<u32> {
+        match self {
+            Target::Pbkv => None,
+            Target::Redis { wait } => wait,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Target::Pbkv => "pbkv".to_string(),
+            Target::Redis { wait: None } => "Redis (put: SET)".to_string(),
+            Target::Redis { wait: Some(n) } => format!("Redis (put: SET, then WAIT {n} 0)"),
+        }
+    }
+}
+
 /// How the run was set up.
 #[derive(Debug, Clone)]
 pub(crate) struct Setup {
+    pub(crate) target: Target,
     pub(crate) connections: u32,
     pub(crate) pipeline: u32,
     pub(crate) value_size: usize,
@@ -115,6 +152,8 @@ pub(crate) fn json(report: &Report) -> serde_json::Value {
     }
     let setup = &report.setup;
     serde_json::json!({
+        "target": setup.target.name(),
+        "redis_wait": setup.target.wait(),
         "mode": report.mode(),
         "seconds": report.seconds,
         "ops": report.ops,
@@ -161,6 +200,8 @@ struct CsvRow<'a> {
     unknown: u64,
     pending_at_stop: u64,
     not_started_at_stop: u64,
+    target: &'a str,
+    redis_wait: Option<u32>,
 }
 
 /// The report as CSV: a header, one row per kind, `all`, and `schedule_lag` in the open loop.
@@ -197,6 +238,8 @@ pub(crate) fn csv(report: &Report, out: impl Write) -> Result<(), String> {
             unknown: report.unknown,
             pending_at_stop: report.pending_at_stop,
             not_started_at_stop: report.not_started_at_stop,
+            target: report.setup.target.name(),
+            redis_wait: report.setup.target.wait(),
         };
         writer.serialize(row).map_err(|e| format!("csv: {e}"))?;
     }
@@ -243,6 +286,7 @@ pub(crate) fn text(report: &Report) -> Vec<String> {
             "  {} connections, {} in flight on each ({sessions} sessions)",
             setup.connections, setup.pipeline
         ),
+        format!("  target: {}", setup.target.describe()),
         format!("  {} bytes payload", setup.value_size),
         format!("  keyspace {}", setup.keys),
         String::new(),
@@ -299,6 +343,7 @@ mod tests {
         put.record(Duration::from_secs(90));
         Report {
             setup: Setup {
+                target: Target::Redis { wait: Some(1) },
                 connections: 2,
                 pipeline: 3,
                 value_size: 16,
@@ -322,6 +367,10 @@ mod tests {
     fn json_has_a_summary_per_kind() {
         let json = json(&report());
         assert_eq!(json["mode"], "open");
+        assert_eq!(
+            (&json["target"], &json["redis_wait"]),
+            (&"redis".into(), &1.into())
+        );
         assert_eq!(json["sessions"], 6);
         assert_eq!(json["ops_per_sec"], 1.0);
         assert_eq!(json["latency_us"]["get"]["count"], 0);
@@ -347,6 +396,11 @@ mod tests {
         let mix = header.iter().position(|h| h == "mix").expect("mix column");
         assert_eq!(&rows[1][mix], "get=50,put=50");
         assert_eq!(&rows[0][3], "", "no samples: empty cells");
+        let target = header
+            .iter()
+            .position(|h| h == "target")
+            .expect("target column");
+        assert_eq!((&rows[1][target], &rows[1][target + 1]), ("redis", "1"));
     }
 
     /// Goal: the text report flags overflows.
@@ -358,5 +412,6 @@ mod tests {
             "{lines:#?}"
         );
         assert!(lines.iter().any(|l| l.contains("not started at stop 4")));
+        assert!(lines.iter().any(|l| l.contains("SET, then WAIT 1 0")));
     }
 }
