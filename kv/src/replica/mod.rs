@@ -395,6 +395,10 @@ impl Replica {
             Standing::Primary(primary) => Some(primary.as_ref()),
             _ => None,
         };
+        let receiving = match &self.standing {
+            Standing::Backup(backup) => backup.receiving.as_ref(),
+            _ => None,
+        };
         serde_json::json!({
             "role": self.standing_name(),
             "addr": self.me.addr.to_string(),
@@ -411,10 +415,7 @@ impl Replica {
             "sessions": self.state.sessions.len(),
             "waiting_replies": primary.map_or(0, Primary::waiting_count),
             "transfer": primary.and_then(|p| p.transfer.as_ref()).map(transfer::Transfer::info),
-            "receiving": match &self.standing {
-                Standing::Backup(backup) => backup.receiving.as_ref().map(transfer::Receiving::info),
-                _ => None,
-            },
+            "receiving": receiving.map(transfer::Receiving::info),
             "stats": {
                 "promotions": self.stats.promotions,
                 "transfers_installed": self.stats.transfers_installed,
