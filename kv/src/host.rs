@@ -389,8 +389,11 @@ impl<E: Role> Host<E> {
                 "state_bytes": replica.map(|r| r.state_len),
             }),
         );
-        if let (Some(metrics), Some(role)) = (replica, &self.replica) {
-            let role_info = role.info();
+        // The replica's own details, built once: the replication section quotes some.
+        let replica_info = self.replica.as_ref().map(Replica::info);
+        if let (Some(metrics), Some(role), Some(role_info)) =
+            (replica, &self.replica, &replica_info)
+        {
             let batches = &metrics.meters.forward_batches;
             info.insert(
                 "replication".into(),
@@ -421,8 +424,8 @@ impl<E: Role> Host<E> {
         if let Some(view_service) = &self.view_service {
             info.insert("viewservice".into(), view_service.info());
         }
-        if let Some(replica) = &self.replica {
-            info.insert("replica".into(), replica.info());
+        if let Some(replica_info) = replica_info {
+            info.insert("replica".into(), replica_info);
         }
         if self.echo.is_some() {
             info.insert("echo".into(), json!({}));

@@ -145,6 +145,15 @@ impl InFlight {
 }
 
 impl Books {
+    /// Empty books; `wait` is `--redis-wait`.
+    fn new(wait: Option<u32>) -> Books {
+        Books {
+            latency: std::array::from_fn(|_| Latency::new()),
+            counts: Counts::default(),
+            wait,
+        }
+    }
+
     /// Books the reply to `op`; `Ok(true)` once the operation is over.
     fn answer(
         &mut self,
@@ -486,16 +495,7 @@ pub(super) fn run(args: &BenchArgs, plan: &Plan, redis: &RedisPlan) -> RedisRan 
         schedule: None,
         issued: 0,
         requests: args.requests,
-        books: Books {
-            latency: [
-                Latency::new(),
-                Latency::new(),
-                Latency::new(),
-                Latency::new(),
-            ],
-            counts: Counts::default(),
-            wait: redis.wait,
-        },
+        books: Books::new(redis.wait),
         schedule_lag: args.rate.map(|_| Latency::new()),
         live: None,
         epoch,
@@ -683,16 +683,7 @@ mod tests {
     use super::*;
 
     fn books(wait: Option<u32>) -> Books {
-        Books {
-            latency: [
-                Latency::new(),
-                Latency::new(),
-                Latency::new(),
-                Latency::new(),
-            ],
-            counts: Counts::default(),
-            wait,
-        }
+        Books::new(wait)
     }
 
     fn op(kind: OpKind) -> InFlight {
