@@ -623,6 +623,20 @@ fn bench_exits_non_zero_when_nothing_answers() {
     assert!(stderr.contains("none was answered"), "{stderr}");
 }
 
+/// Four consecutive ports, free when probed, below the system's ephemeral range (32768 and
+/// up here), so no port the system hands out for another test's connection or listener
+/// lands on them.
+fn four_free_ports() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    (0..1000u32)
+        .map(|i| 20_000 + ((seed.wrapping_add(i.wrapping_mul(7919))) % 12_000) as u16)
+        .find(|&base| (0..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("four free ports below 32000")
+}
+
 /// Goal: `pbkv demo` runs a failover end to end and leaves logs that check clean, a merged
 /// log and a diagram; `pbkv log` works on them.
 #[test]
@@ -631,17 +645,20 @@ fn demo_and_log_tool() {
     let out = dir.path().join("demo");
     let started = Instant::now();
     // --port-base pins the ports: the view service on the base, s1..s3 on the next three.
-    let base = loop {
-        let port = free_port();
-        if port < 65_000 {
-            break port;
-        }
-    };
-    let demo = Command::new(pbkv_bin())
-        .args(["demo", "--port-base", &base.to_string(), "--dir"])
-        .arg(&out)
-        .output()
-        .expect("run demo");
+    // Another test's connection can take one of the four between the probe and the demo's
+    // bind; the demo then says which port was in use, and the test picks another base.
+    let (base, demo) = (0..3)
+        .map(|_| {
+            let base = four_free_ports();
+            let demo = Command::new(pbkv_bin())
+                .args(["demo", "--port-base", &base.to_string(), "--dir"])
+                .arg(&out)
+                .output()
+                .expect("run demo");
+            (base, demo)
+        })
+        .find(|(_, demo)| !String::from_utf8_lossy(&demo.stderr).contains("in use"))
+        .expect("three bases of four ports, each with a port taken before the demo bound it");
     assert_eq!(demo.status.code(), Some(0), "{demo:?}");
     assert!(started.elapsed() < Duration::from_secs(20));
     let text = stdout(&demo);

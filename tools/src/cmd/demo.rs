@@ -89,6 +89,8 @@ pub(super) fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, Stri
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The last lines the node wrote, for the error if it exits or stalls before "ready".
+    let mut said: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match receiver.recv_timeout(left) {
@@ -101,11 +103,25 @@ pub(super) fn spawn(dir: &Path, name: &str, config: &str) -> Result<Daemon, Stri
                         addr,
                     });
                 }
+                if said.len() == 5 {
+                    said.pop_front();
+                }
+                said.push_back(line);
             }
-            Err(_) => {
+            Err(gone) => {
                 let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{name} did not start"));
+                let status = child.wait().ok().and_then(|s| s.code());
+                let how = match (gone, status) {
+                    (mpsc::RecvTimeoutError::Timeout, _) => "did not start in 10 s".to_string(),
+                    (_, Some(code)) => format!("exited with {code} before it was ready"),
+                    (_, None) => "was killed before it was ready".to_string(),
+                };
+                let said: Vec<String> = said.into_iter().collect();
+                return Err(if said.is_empty() {
+                    format!("{name} {how}")
+                } else {
+                    format!("{name} {how}; it said:\n  {}", said.join("\n  "))
+                });
             }
         }
     }
