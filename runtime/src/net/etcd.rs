@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use etcd_client::proto::{PbTxnOpResponse, PbTxnResponse};
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, PutOptions, Txn as EtcdTxn,
-    TxnOp as EtcdTxnOp, TxnOpResponse,
+    TxnOp as EtcdTxnOp,
 };
 use mio::Waker;
 
@@ -138,7 +139,7 @@ impl Etcd {
         match op {
             StoreOp::Txn(txn) => {
                 let response = client.txn(to_etcd(txn)).await?;
-                Ok(from_etcd(&response))
+                Ok(from_etcd(&response.0))
             }
             StoreOp::LeaseGrant { ttl } => {
                 let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
@@ -204,18 +205,28 @@ fn to_etcd(txn: Txn) -> EtcdTxn {
         .or_else(ops(txn.failure))
 }
 
-fn from_etcd(response: &etcd_client::TxnResponse) -> StoreResult {
-    let revision = response.header().map_or(0, |header| header.revision());
+/// A transaction's answer as the store contract has it. The answer is read from its
+/// protobuf form, not through `TxnResponse::op_responses`, which panics on an operation
+/// answer without its result: a reply etcd never sends, but a panic here would end the
+/// store thread, so such an answer is a failure like any other.
+fn from_etcd(response: &PbTxnResponse) -> StoreResult {
+    let revision = response.header.as_ref().map_or(0, |header| header.revision);
     let mut gets = Vec::new();
-    for op in response.op_responses() {
-        let TxnOpResponse::Get(get) = op else {
-            continue;
+    for op in &response.responses {
+        let get = match &op.response {
+            Some(PbTxnOpResponse::ResponseRange(get)) => get,
+            Some(_) => continue,
+            None => {
+                return StoreResult::Failed {
+                    reason: "etcd: a transaction's answer lacks an operation's result".into(),
+                };
+            }
         };
-        let kv = get.kvs().first().map(|kv| KeyValue {
-            value: kv.value().to_vec(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
-            lease: kv.lease(),
+        let kv = get.kvs.first().map(|kv| KeyValue {
+            value: kv.value.clone(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            lease: kv.lease,
         });
         if kv
             .as_ref()
@@ -228,7 +239,7 @@ fn from_etcd(response: &etcd_client::TxnResponse) -> StoreResult {
         gets.push(kv);
     }
     StoreResult::Txn(TxnResult {
-        succeeded: response.succeeded(),
+        succeeded: response.succeeded,
         revision,
         gets,
     })
@@ -245,4 +256,65 @@ pub fn run_blocking(settings: &EtcdSettings, op: StoreOp) -> std::io::Result<Sto
         .build()?;
     let mut store = Etcd::new(settings.clone());
     Ok(runtime.block_on(store.run(op)))
+}
+
+#[cfg(test)]
+mod tests {
+    use etcd_client::proto::{PbKeyValue, PbRangeResponse, PbResponseHeader, PbResponseOp};
+
+    use super::*;
+
+    fn range(value: &[u8]) -> PbResponseOp {
+        PbResponseOp {
+            response: Some(PbTxnOpResponse::ResponseRange(PbRangeResponse {
+                kvs: vec![PbKeyValue {
+                    value: value.to_vec(),
+                    create_revision: 3,
+                    mod_revision: 7,
+                    lease: 9,
+                    ..PbKeyValue::default()
+                }],
+                count: 1,
+                ..PbRangeResponse::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn an_answer_is_read_from_its_protobuf_form() {
+        let response = PbTxnResponse {
+            header: Some(PbResponseHeader {
+                revision: 11,
+                ..PbResponseHeader::default()
+            }),
+            succeeded: false,
+            responses: vec![range(b"view")],
+        };
+        let StoreResult::Txn(result) = from_etcd(&response) else {
+            panic!("a transaction's result");
+        };
+        assert_eq!((result.succeeded, result.revision), (false, 11));
+        let kv = result.gets[0].as_ref().expect("the key");
+        assert_eq!(kv.value, b"view");
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.lease), (3, 7, 9));
+    }
+
+    /// Goal: an operation answer without its result (which `op_responses` would unwrap) and
+    /// a value over the bound are failures, not panics or passed on.
+    #[test]
+    fn a_malformed_answer_is_a_failure() {
+        let response = PbTxnResponse {
+            header: None,
+            succeeded: true,
+            responses: vec![range(b"v"), PbResponseOp { response: None }],
+        };
+        assert!(matches!(from_etcd(&response), StoreResult::Failed { .. }));
+        let long = vec![0u8; STORE_VALUE_LEN_MAX + 1];
+        let response = PbTxnResponse {
+            header: None,
+            succeeded: true,
+            responses: vec![range(&long)],
+        };
+        assert!(matches!(from_etcd(&response), StoreResult::Failed { .. }));
+    }
 }
