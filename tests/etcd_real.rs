@@ -123,9 +123,14 @@ impl Cluster {
     }
 
     fn start_vs(&self, port: u16, cluster: &str) -> Node {
+        self.start_vs_with(port, cluster, "")
+    }
+
+    /// A view-service node with `more` lines in its `[viewservice]` section.
+    fn start_vs_with(&self, port: u16, cluster: &str, more: &str) -> Node {
         let config = format!(
             "node_id = \"vs{port}\"\nlisten = \"127.0.0.1:{port}\"\nroles = [\"viewservice\"]\n\
-             [viewservice]\netcd_endpoints = {}\ncluster = \"{cluster}\"\n",
+             [viewservice]\netcd_endpoints = {}\ncluster = \"{cluster}\"\n{more}",
             self.etcd.endpoints_toml()
         );
         Node::start(self.dir.path(), &format!("vs{port}"), &config, READY)
@@ -300,6 +305,40 @@ fn leader_killed_then_primary_killed_failovers_complete() {
     .expect("the backup becomes primary and serves");
     eprintln!("figure: primary failover under the new leader (SIGKILL to a put served) {took:?}");
     assert_eq!(c.get("a"), "3");
+}
+
+/// Goal: SIGTERM to the leader revokes its election lease (V21): the standby leads at
+/// once, not after the lease's TTL, and the stopped node exits 0 saying so. Method: a 30 s
+/// lease, longer than the test waits for the takeover.
+#[test]
+fn a_leader_stopped_with_sigterm_hands_over_at_once() {
+    let Some(mut c) = Cluster::start(0, 0) else {
+        return;
+    };
+    for _ in 0..2 {
+        let port = free_port();
+        let node = c.start_vs_with(port, "test", "lease_ttl_ms = 30000\n");
+        c.vs.push((node, port));
+    }
+    let leader = poll(Duration::from_secs(10), || c.leader().is_some())
+        .and_then(|_| c.leader())
+        .expect("a leader");
+    c.vs[leader].0.terminate();
+    let code = c.vs[leader].0.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0), "a clean stop");
+    let said = c.vs[leader].0.stderr_so_far();
+    assert!(
+        said.iter()
+            .any(|line| line.contains("election lease revoked")),
+        "{said:?}"
+    );
+    let other = 1 - leader;
+    let took = poll(Duration::from_secs(10), || {
+        c.info(c.vs[other].1)
+            .is_some_and(|info| info["viewservice"]["store"]["leader"] == true)
+    })
+    .expect("the standby leads well before the 30 s lease would run out");
+    eprintln!("figure: leader hand-over after SIGTERM (exit to the standby leading) {took:?}");
 }
 
 #[test]

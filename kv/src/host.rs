@@ -628,8 +628,14 @@ impl<E: Role> Role for Host<E> {
         each_role!(self, ctx, |role, inner| role.on_turn_end(inner));
     }
 
+    fn on_stop(&mut self, ctx: &mut Ctx<Self::Timer>) {
+        each_role!(self, ctx, |role, inner| role.on_stop(inner));
+    }
+
     fn busy(&self) -> bool {
-        self.replica.as_ref().is_some_and(Role::busy) || self.extra.busy()
+        self.view_service.as_ref().is_some_and(Role::busy)
+            || self.replica.as_ref().is_some_and(Role::busy)
+            || self.extra.busy()
     }
 
     fn check_invariants(&self) {

@@ -247,12 +247,14 @@ impl Run {
         }
     }
 
-    /// A fault of the view service's own (etcd mode): a node crashes, restarts, stops for a
-    /// while (SIGSTOP), is cut off from the store; the store loses its quorum or regains it.
+    /// A fault of the view service's own (etcd mode): a node crashes or stops cleanly
+    /// (SIGTERM: V21), restarts, stops for a while (SIGSTOP), is cut off from the store; the
+    /// store loses its quorum or regains it.
     fn view_service_fault(&mut self) {
         let index = self.rng.random_range(0..self.c.view_services.len());
         let (node, addr) = self.c.view_services[index];
         match self.rng.random_range(0..8) {
+            0 if self.rng.random_bool(0.5) => self.c.sim.stop(node),
             0 => self.c.sim.crash(node),
             1 | 2 => {
                 if !self.c.sim.is_up(node) {

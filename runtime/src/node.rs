@@ -238,6 +238,12 @@ impl<R: Role> NodeCore<R> {
         self.after_call(transport);
     }
 
+    /// Runs `on_stop` (inside a turn): the driver has begun a clean stop.
+    pub(crate) fn stop(&mut self, transport: &mut dyn Transport) {
+        self.role.on_stop(&mut self.ctx);
+        self.after_call(transport);
+    }
+
     /// Delivers one frame that arrived on `conn` from `peer`. `inbound` is true for
     /// connections this node accepted (requests), false for its own outbound links.
     /// `received_ns` is when the frame arrived on this node's physical clock (the kernel's

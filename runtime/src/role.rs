@@ -399,9 +399,17 @@ pub trait Role {
     /// Once per loop turn, after every input of the turn: the batching point.
     fn on_turn_end(&mut self, _ctx: &mut Ctx<Self::Timer>) {}
 
+    /// The driver begins a clean stop (SIGTERM or SIGINT, or [`Ctx::stop`]), once, inside
+    /// a turn: the role may hand over what others wait for (a view-service leader revokes
+    /// its election lease, so another node leads at once, not after the lease's TTL) and
+    /// report [`Role::busy`] until that is done. The driver still delivers inputs and fires
+    /// timers while it stops.
+    fn on_stop(&mut self, _ctx: &mut Ctx<Self::Timer>) {}
+
     /// Whether the role has work in flight that a clean stop should let finish (a primary's
-    /// replies waiting for its backup's ack). A stopping driver keeps running turns, for at
-    /// most its grace period, while this holds or writes are pending.
+    /// replies waiting for its backup's ack, a lease being revoked). A stopping driver keeps
+    /// running turns, for at most its grace period, while this holds or writes are
+    /// pending.
     fn busy(&self) -> bool {
         false
     }

@@ -166,7 +166,17 @@ impl Cluster {
     /// in the etcd mode over the simulated store, already made by `pbkv init` (view 0 with
     /// [`sim_epoch`]), without keys.
     pub fn with_etcd(seed: u64, config: SimConfig, nodes: usize) -> Cluster {
-        let settings = sim_store_settings();
+        Cluster::with_store_settings(seed, config, nodes, sim_store_settings())
+    }
+
+    /// [`Cluster::with_etcd`] with the view-service nodes' store settings given (a longer
+    /// lease, say).
+    pub fn with_store_settings(
+        seed: u64,
+        config: SimConfig,
+        nodes: usize,
+        settings: StoreSettings,
+    ) -> Cluster {
         let mut sim = Sim::new(seed, config);
         let record = StoredRecord::initial(sim_epoch(seed));
         sim.store_mut().put(&settings.view_key(), record.to_bytes());

@@ -526,6 +526,16 @@ impl Role for ViewService {
         self.on_store_result(ctx, id, result);
     }
 
+    fn on_stop(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
+        if self.stored.is_some() {
+            self.on_stored_stop(ctx);
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.stored.as_deref().is_some_and(stored::Stored::busy)
+    }
+
     fn check_invariants(&self) {
         self.check();
     }

@@ -269,6 +269,9 @@ pub(super) struct Stored {
     /// The latencies of the last view-change transactions this node made (microseconds,
     /// newest last, at most [`CHANGE_LATENCIES_KEPT`]).
     change_latencies_us: VecDeque<u64>,
+    /// A clean stop has begun (V21): nothing is decided, granted or campaigned for; the
+    /// lease is revoked, and the node is busy until that is done.
+    stopping: bool,
 }
 
 /// View-change latencies `pbkv info` shows, at most.
@@ -303,7 +306,14 @@ impl Stored {
             leaderships: 0,
             failed_writes: 0,
             change_latencies_us: VecDeque::new(),
+            stopping: false,
         }
+    }
+
+    /// Whether a clean stop waits for this node: an operation in flight, or its lease not
+    /// yet revoked.
+    pub(super) fn busy(&self) -> bool {
+        self.stopping && (self.inflight.is_some() || matches!(self.lease, Lease::Revoke(_)))
     }
 
     pub(super) fn acked(&self) -> bool {
@@ -648,6 +658,22 @@ impl ViewService {
         if stored.inflight.is_some() || now < stored.retry_at {
             return;
         }
+        if stored.stopping {
+            // V21: only the revoke goes out, retried until it is done.
+            let Lease::Revoke(lease) = stored.lease else {
+                return;
+            };
+            if now < stored.lease_retry_at {
+                return;
+            }
+            let id = ctx.store(StoreOp::LeaseRevoke { lease });
+            self.stored_mut().inflight = Some(Inflight {
+                id,
+                kind: OpKind::Revoke,
+                issued: now,
+            });
+            return;
+        }
         let lease_op = match stored.lease {
             _ if now < stored.lease_retry_at => None,
             Lease::Revoke(lease) => Some((OpKind::Revoke, StoreOp::LeaseRevoke { lease })),
@@ -798,6 +824,10 @@ impl ViewService {
         }
         match result {
             StoreResult::Txn(txn) => self.on_txn(ctx, inflight, txn),
+            StoreResult::LeaseGranted { lease, .. } if self.stored_mut().stopping => {
+                // Granted as the stop began: given back at once.
+                self.stored_mut().lease = Lease::Revoke(lease);
+            }
             StoreResult::LeaseGranted { lease, ttl } => {
                 self.stored_mut().lease = Lease::Held {
                     id: lease,
@@ -826,6 +856,10 @@ impl ViewService {
                 let stored = self.stored_mut();
                 if matches!(stored.lease, Lease::Revoke(_)) {
                     stored.lease = Lease::None;
+                    if stored.stopping {
+                        ctx.event("revoked the election lease: stopped");
+                        log::info!("viewservice: election lease revoked; another node may lead");
+                    }
                 }
             }
             StoreResult::Failed { reason } => {
@@ -857,6 +891,27 @@ impl ViewService {
             }
         }
         self.after_store(ctx);
+    }
+
+    /// A clean stop (V21): a leader steps down, and whatever lease the node holds is
+    /// revoked, which deletes its election key in etcd, so another node's campaign wins
+    /// within a read interval instead of after the lease's TTL.
+    pub(super) fn on_stored_stop(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
+        let stored = self.stored_mut();
+        stored.stopping = true;
+        stored.held.clear();
+        stored.queue.clear();
+        let led = stored.leader.take().is_some();
+        stored.leader_addr = None;
+        if let Lease::Held { id, .. } = stored.lease {
+            stored.lease = Lease::Revoke(id);
+            stored.lease_retry_at = MonoTime(0);
+        }
+        if led {
+            ctx.event("stopping: stepped down as view-service leader");
+            log::info!("viewservice: stopping; stepping down and revoking the election lease");
+        }
+        self.pump(ctx);
     }
 
     fn lose_leadership(&mut self, ctx: &mut Ctx<ViewServiceTimer>, why: &str) {

@@ -391,16 +391,18 @@ impl<R: Role> NetDriver<R> {
             self.io.check_deadlines();
             self.deliver_reports();
             self.deliver_store_results();
-            self.end_turn()?;
-            self.observe_turn();
             if self.stop_requested() && stopping_since.is_none() {
+                // The role hears of the stop inside this turn, so what it sends or asks of
+                // the store on hearing it goes out with the turn's writes.
                 stopping_since = Some(Instant::now());
                 self.core.driver_event("stopping");
-                self.core.flush_log()?;
                 if let Some(mut listener) = self.listener.take() {
                     self.io.poll.registry().deregister(&mut listener)?;
                 }
+                self.core.stop(&mut self.io);
             }
+            self.end_turn()?;
+            self.observe_turn();
             if let Some(since) = stopping_since
                 && ((!self.io.has_pending_writes() && !self.core.role().busy())
                     || since.elapsed() >= self.shutdown_grace)
@@ -493,7 +495,7 @@ impl<R: Role> NetDriver<R> {
         if !self.io.store_local.is_empty() {
             return Some(Duration::ZERO);
         }
-        if !self.io.reports.is_empty() || self.stop_flag.load(Ordering::SeqCst) {
+        if !self.io.reports.is_empty() || self.stop_requested() {
             return Some(Duration::from_millis(1));
         }
         deadline.map(|at| {

@@ -187,7 +187,16 @@ struct Host<R: Role> {
     core: Option<NodeCore<R>>,
     log: MemorySink,
     start_true_ns: i64,
+    /// A clean stop was asked for ([`Sim::stop`]) and the role has not heard of it yet.
+    stop_asked: bool,
+    /// When the role heard of its clean stop; it is gone once not busy, or after
+    /// [`SIM_STOP_GRACE`].
+    stopping: Option<MonoTime>,
 }
+
+/// How long a cleanly stopping node may stay busy before it is gone anyway (the real
+/// driver's default `shutdown_grace`).
+pub const SIM_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// A simulation of nodes all hosting role type `R` (use an enum role to mix kinds).
 pub struct Sim<R: Role> {
@@ -239,6 +248,8 @@ impl<R: Role> Sim<R> {
             core: None,
             log: MemorySink::default(),
             start_true_ns: 0,
+            stop_asked: false,
+            stopping: None,
         });
         self.boot(index, role);
         NodeIndex(index)
@@ -246,8 +257,21 @@ impl<R: Role> Sim<R> {
 
     /// Crashes a node: it and everything in it is gone; its connections break.
     pub fn crash(&mut self, node: NodeIndex) {
-        if self.hosts[node.0].core.take().is_some() {
+        let host = &mut self.hosts[node.0];
+        host.stop_asked = false;
+        host.stopping = None;
+        if host.core.take().is_some() {
             self.net.crash(node.0);
+        }
+    }
+
+    /// Stops a node cleanly, as SIGTERM does a real one: in its next turn the role hears
+    /// of it ([`Role::on_stop`]); the node keeps running turns while the role is busy, for
+    /// at most [`SIM_STOP_GRACE`], then it is gone like a crash.
+    pub fn stop(&mut self, node: NodeIndex) {
+        if self.hosts[node.0].core.is_some() && self.hosts[node.0].stopping.is_none() {
+            self.hosts[node.0].stop_asked = true;
+            self.net.schedule_turn(node.0, self.net.now);
         }
     }
 
@@ -504,6 +528,8 @@ impl<R: Role> Sim<R> {
 
     fn turn(&mut self, index: usize) {
         let physical = self.physical_now_ns(index);
+        let stop_asked = std::mem::take(&mut self.hosts[index].stop_asked);
+        let mut stopping = self.hosts[index].stopping;
         let Some(core) = self.hosts[index].core.as_mut() else {
             return;
         };
@@ -594,13 +620,24 @@ impl<R: Role> Sim<R> {
                 Input::Store { id, result } => core.store_result(&mut transport, id, result),
             }
         }
+        if (stop_asked || core.stop_requested()) && stopping.is_none() {
+            stopping = Some(now);
+            core.stop(&mut transport);
+        }
         if let Err(error) = core.end_turn(&mut transport) {
             panic!("memory event log cannot fail: {error}");
         }
         core.role().check_invariants();
-        if core.stop_requested() {
-            self.crash(NodeIndex(index));
-            return;
+        if let Some(since) = stopping {
+            if !core.role().busy() || now >= since.plus(SIM_STOP_GRACE) {
+                self.crash(NodeIndex(index));
+                return;
+            }
+            self.hosts[index].stopping = stopping;
+            self.net.schedule_turn(index, since.plus(SIM_STOP_GRACE).0);
+        } else if core.stop_requested() {
+            // Asked for during this turn's timers: the role hears of it next turn.
+            self.net.schedule_turn(index, self.net.now);
         }
         self.schedule_timers(index);
     }
