@@ -308,7 +308,7 @@ fn leader_killed_then_primary_killed_failovers_complete() {
 }
 
 /// Goal: SIGTERM to the leader revokes its election lease (V21): the standby leads at
-/// once, not after the lease's TTL, and the stopped node exits 0 saying so. Method: a 30 s
+/// once, not after the lease's TTL, and the stopped node exits 0. Method: a 30 s
 /// lease, longer than the test waits for the takeover.
 #[test]
 fn a_leader_stopped_with_sigterm_hands_over_at_once() {
@@ -326,12 +326,6 @@ fn a_leader_stopped_with_sigterm_hands_over_at_once() {
     c.vs[leader].0.terminate();
     let code = c.vs[leader].0.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0), "a clean stop");
-    let said = c.vs[leader].0.stderr_so_far();
-    assert!(
-        said.iter()
-            .any(|line| line.contains("election lease revoked")),
-        "{said:?}"
-    );
     let other = 1 - leader;
     let took = poll(Duration::from_secs(10), || {
         c.info(c.vs[other].1)
