@@ -281,13 +281,10 @@ fn bench_reports_json() {
         deleted("1") && deleted("0"),
         "deletes that found a key and some that did not"
     );
-    let history = history_operations(&events);
-    let checked = kv::lincheck::check(&history).expect("the bench history is linearizable");
-    assert_eq!(checked, 2000);
 }
 
 /// Goal: with values over 64 bytes the history holds their length and hash, not the bytes,
-/// and still checks (equal iff length and hash are); pipelined sessions each get their own
+/// and still checks (`pbkv history check`) (equal iff length and hash are); pipelined sessions each get their own
 /// process number. A PutHash history with such values, which no checker could recompute,
 /// is refused.
 #[test]
@@ -334,8 +331,6 @@ fn bench_history_digests_long_values() {
         .filter_map(|e| e["process"].as_u64())
         .collect();
     assert_eq!(processes.len(), 9, "one process per session: {processes:?}");
-    let checked = kv::lincheck::check(&history_operations(&events)).expect("linearizable");
-    assert_eq!(checked, 1500);
 
     let refused = pbkv(
         &c.vs.addr,
@@ -387,64 +382,18 @@ fn bench_history(vs: &str, args: &[&str], mix: &[&str]) -> Vec<serde_json::Value
             .windows(2)
             .all(|w| w[0]["time_ns"].as_u64() <= w[1]["time_ns"].as_u64())
     );
+    // `pbkv history check` checks it for linearizability.
+    let check = Command::new(pbkv_bin())
+        .args(["history", "check", "--json"])
+        .arg(&path)
+        .output()
+        .expect("history check");
+    assert_eq!(check.status.code(), Some(0), "linearizable: {check:?}");
+    let checked: serde_json::Value =
+        serde_json::from_slice(&check.stdout).expect("history check --json");
+    assert_eq!(checked["linearizable"], true, "{checked}");
+    assert_eq!(checked["operations"], requests, "{checked}");
     events
-}
-
-/// A history value as the checker's bytes: a string is its bytes; a digest
-/// (`{"len", "fnv1a64"}`) is its JSON text behind a 0xff byte, which no string's UTF-8
-/// holds, so two values compare equal iff their history entries do.
-fn history_bytes(value: &serde_json::Value) -> bytes::Bytes {
-    match value {
-        serde_json::Value::String(text) => bytes::Bytes::from(text.clone()),
-        serde_json::Value::Object(_) => {
-            let mut digest = vec![0xff];
-            digest.extend_from_slice(value.to_string().as_bytes());
-            bytes::Bytes::from(digest)
-        }
-        _ => bytes::Bytes::new(),
-    }
-}
-
-/// Pairs each process's invoke with its completion, as the checker's operations.
-fn history_operations(events: &[serde_json::Value]) -> Vec<kv::lincheck::Operation> {
-    use kv::lincheck::{Kind, Operation, Output};
-    let bytes = history_bytes;
-    let mut open: std::collections::BTreeMap<u64, &serde_json::Value> = Default::default();
-    let mut ops = Vec::new();
-    for event in events {
-        let process = event["process"].as_u64().expect("process");
-        if event["type"] == "invoke" {
-            open.insert(process, event);
-            continue;
-        }
-        let invoke = open
-            .remove(&process)
-            .expect("a completion follows its invoke");
-        let kind = match event["f"].as_str() {
-            Some("get") => Kind::Get,
-            Some("put") => Kind::Put(bytes(&event["value"])),
-            Some("del") => Kind::Delete,
-            _ => Kind::PutHash(bytes(&event["value"])),
-        };
-        let known = event["type"] == "ok";
-        let output = match (&kind, known) {
-            (_, false) => Output::Unknown,
-            (Kind::Get, true) => {
-                Output::Value((!event["out"].is_null()).then(|| bytes(&event["out"])))
-            }
-            (Kind::Put(_), true) => Output::Done,
-            (Kind::PutHash(_), true) => Output::Previous(bytes(&event["out"])),
-            (Kind::Delete, true) => Output::Deleted(event["out"] == "1"),
-        };
-        ops.push(Operation {
-            key: bytes(&event["key"]),
-            kind,
-            output,
-            invoked: invoke["time_ns"].as_u64().expect("time"),
-            completed: known.then(|| event["time_ns"].as_u64().expect("time")),
-        });
-    }
-    ops
 }
 
 /// A view service and one replica whose client connections go through a proxy that

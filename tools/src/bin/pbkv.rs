@@ -11,7 +11,8 @@ use pbkv_tools::cmd::client::{ClientArgs, DelArgs, GetArgs, InfoArgs, PutArgs, V
     version,
     about,
     propagate_version = true,
-    after_help = "Exit codes: 0 done; 1 missing key (get), or a violation (log check); 2 usage; \
+    after_help = "Exit codes: 0 done; 1 missing key (get), or a violation (log check, history \
+                  check); 2 usage; \
                   65 request refused; 66 an input that cannot be read (log tools); \
                   69 no primary reachable, nothing sent; 74 an output that cannot be written; \
                   75 sent, outcome unknown; 78 bad config."
@@ -55,6 +56,10 @@ enum Command {
     Info(WithClient<InfoArgs>),
     /// Drive load from many clients and report throughput and latency.
     Bench(WithClient<cmd::bench::BenchArgs>),
+    /// Check a bench history (--history) for linearizability; report its longest stretch
+    /// without an ok completion.
+    #[command(subcommand)]
+    History(cmd::history::HistoryCommand),
     /// Start a local cluster, show a failover, and draw its space-time diagram.
     Demo(cmd::demo::DemoArgs),
     /// Merge, check, draw and export event logs.
@@ -127,6 +132,11 @@ const EXAMPLES: &[(&[&str], &str)] = &[
     (
         &["demo"],
         "pbkv demo --dir /tmp/pbkv-demo\n  pbkv demo --port-base 7100",
+    ),
+    (
+        &["history", "check"],
+        "pbkv bench --vs 127.0.0.1:7100 --history run.jsonl --mix get=50,put=50\n  \
+         pbkv history check run.jsonl",
     ),
     (&["log"], "pbkv log check logs/*.jsonl"),
     (
@@ -215,6 +225,7 @@ fn main() {
         Command::Info(with) => cmd::client::info(&with.client, &with.args),
         Command::Bench(with) => cmd::bench::run(&with.client, &with.args),
         Command::Log(command) => cmd::log::run(command),
+        Command::History(command) => cmd::history::run(command),
         Command::Demo(args) => cmd::demo::run(args),
         Command::Clock(command) => cmd::clock::run(command),
         Command::Completions(args) => completions(args.shell),

@@ -5,6 +5,7 @@ pub mod client;
 pub mod clock;
 pub mod demo;
 mod demo_etcd;
+pub mod history;
 pub mod init;
 pub mod log;
 pub mod node;
