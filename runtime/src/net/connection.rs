@@ -139,6 +139,11 @@ pub(super) struct Io {
     pub(super) received_len: u64,
     /// Bytes written to sockets since start (for metrics).
     pub(super) sent_len: u64,
+    /// The buffer every socket read goes into ([`READ_CHUNK_LEN`]), made once: zeroing a
+    /// fresh one per read cost the primary more than everything else it does for a put.
+    pub(super) read_chunk: Box<[u8]>,
+    /// The control-message buffer of those reads (the kernel's receive timestamp).
+    pub(super) read_control: Vec<u8>,
 }
 
 impl Io {

@@ -276,6 +276,8 @@ impl<R: Role> NetDriver<R> {
             store_local: Vec::new(),
             received_len: 0,
             sent_len: 0,
+            read_chunk: vec![0; super::connection::READ_CHUNK_LEN].into_boxed_slice(),
+            read_control: super::stamped::control_buffer(),
         };
         Ok(NetDriver {
             core,
@@ -384,7 +386,15 @@ impl<R: Role> NetDriver<R> {
                     SIGNALS => self.on_signals(&mut stopping_since)?,
                     WAKER => {}
                     RELOAD => self.reload_keys(),
-                    Token(key) => self.on_conn_event(key, event.is_readable(), event.is_writable()),
+                    Token(key) => {
+                        let readable = match event.is_readable() {
+                            false => None,
+                            // A peer's close (or an error) is part of this edge: read on to
+                            // the end, not only until a short read.
+                            true => Some(event.is_read_closed() || event.is_error()),
+                        };
+                        self.on_conn_event(key, readable, event.is_writable());
+                    }
                 }
             }
             self.read_deferred();
@@ -525,12 +535,13 @@ impl<R: Role> NetDriver<R> {
         }
     }
 
-    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+    /// `readable`: `Some(to_the_end)`, see [`NetDriver::read_conn`].
+    fn on_conn_event(&mut self, key: usize, readable: Option<bool>, writable: bool) {
         if writable {
             self.io.on_writable(key);
         }
-        if readable {
-            self.read_conn(key);
+        if let Some(to_the_end) = readable {
+            self.read_conn(key, to_the_end);
         }
     }
 

@@ -1,11 +1,13 @@
 //! The real driver: one single-threaded mio event loop per node, over TCP.
 //!
 //! A turn: poll (sleeping until the earliest timer or connect deadline); read `now` once;
-//! accept, read every ready socket until `WouldBlock` and deliver each complete frame in
-//! arrival order; report breaks; fire due timers; call `on_turn_end`; write the turn's event
-//! log lines in one write; only then write sockets. mio is edge-triggered, so every read,
-//! write and accept is repeated until `WouldBlock`; `Interrupted` is retried; spurious events
-//! are harmless because the operation's result is what counts.
+//! accept, read every ready socket until `WouldBlock` (or a short read, below) and deliver
+//! each complete frame in arrival order; report breaks; fire due timers; call `on_turn_end`;
+//! write the turn's event log lines in one write; only then write sockets. mio is
+//! edge-triggered, so every write and accept is repeated until `WouldBlock`, and a read
+//! until `WouldBlock` or a read that did not fill the buffer (it drained the socket: later
+//! bytes raise a new event), unless the event also reported the peer's close; `Interrupted`
+//! is retried; spurious events are harmless because the operation's result is what counts.
 //!
 //! Connections begin with a hello from both ends. An outbound link is opened on demand by a
 //! send; frames sent while it connects are queued (bounded); it is up for the role once the

@@ -1,13 +1,12 @@
-//! The read path: reading ready sockets to `WouldBlock` (within a per-turn budget and the
-//! backpressure rule, checked again before every frame), cutting frames, the link layer's
-//! handshake and message table, and delivering each admitted frame to the node in arrival
-//! order.
+//! The read path: reading ready sockets to `WouldBlock` or a short read (within a per-turn
+//! budget and the backpressure rule, checked again before every frame), cutting frames, the
+//! link layer's handshake and message table, and delivering each admitted frame to the node
+//! in arrival order.
 
 use std::io;
 
 use bytes::Bytes;
 
-use super::connection::READ_CHUNK_LEN;
 use super::event_loop::NetDriver;
 use crate::link::HandshakeStep;
 use crate::node::Arrival;
@@ -34,12 +33,33 @@ impl<R: Role> NetDriver<R> {
             .map(|(key, _)| key)
             .collect();
         for key in keys {
-            self.read_conn(key);
+            self.read_conn(key, false);
         }
     }
 
-    /// Reads `key` until `WouldBlock`, delivering each complete frame as it is cut.
-    pub(super) fn read_conn(&mut self, key: usize) {
+    /// Reads `key` until `WouldBlock`, or until a read that did not fill the buffer,
+    /// delivering each complete frame as it is cut. A short read took everything the
+    /// socket held, and epoll (edge-triggered, as mio registers it) reports bytes that
+    /// arrive later as a new event, so the read that would only say `WouldBlock` is
+    /// skipped: one system call per message instead of two. `to_the_end`: the event also
+    /// reported the peer's close (or an error), which no later event repeats, so reading
+    /// goes on to the end of the stream or `WouldBlock`.
+    pub(super) fn read_conn(&mut self, key: usize, to_the_end: bool) {
+        let mut chunk = std::mem::take(&mut self.io.read_chunk);
+        let mut control = std::mem::take(&mut self.io.read_control);
+        self.read_conn_into(key, to_the_end, &mut chunk, &mut control);
+        self.io.read_chunk = chunk;
+        self.io.read_control = control;
+    }
+
+    /// [`NetDriver::read_conn`] with the node's read buffers lent out.
+    fn read_conn_into(
+        &mut self,
+        key: usize,
+        to_the_end: bool,
+        chunk: &mut [u8],
+        control: &mut Vec<u8>,
+    ) {
         let Some(conn) = self.io.conns.get(key) else {
             return;
         };
@@ -57,8 +77,6 @@ impl<R: Role> NetDriver<R> {
                 return;
             }
         }
-        let mut chunk = [0u8; READ_CHUNK_LEN];
-        let mut control = super::stamped::control_buffer();
         let mut budget = READ_BUDGET_LEN;
         loop {
             let Some(conn) = self.io.conns.get(key).filter(|conn| conn.id == id) else {
@@ -75,7 +93,7 @@ impl<R: Role> NetDriver<R> {
             let Some(stream) = conn.stream.as_mut() else {
                 return;
             };
-            match super::stamped::read(stream, &mut chunk, &mut control) {
+            match super::stamped::read(stream, chunk, control) {
                 Ok((0, _)) => {
                     self.io.fail(key, "closed by peer");
                     return;
@@ -105,7 +123,9 @@ impl<R: Role> NetDriver<R> {
                         Some(ns) => self.io.clock.at_true_ns(ns),
                         None => self.physical_now_ns(),
                     };
-                    if !self.deliver_frames(key, id, received_ns) {
+                    if !self.deliver_frames(key, id, received_ns)
+                        || len < chunk.len() && !to_the_end
+                    {
                         return;
                     }
                 }
