@@ -58,7 +58,7 @@ impl<R: Role> NetDriver<R> {
         key: usize,
         to_the_end: bool,
         chunk: &mut [u8],
-        control: &mut Vec<u8>,
+        control: &mut [u8],
     ) {
         let Some(conn) = self.io.conns.get(key) else {
             return;
