@@ -655,7 +655,7 @@ impl ViewService {
         let proposal = self.proposal(now, restarted);
         let read_interval = self.tick_interval();
         let stored = self.stored_mut();
-        if stored.inflight.is_some() || now < stored.retry_at {
+        if stored.inflight.is_some() {
             return;
         }
         if stored.stopping {
@@ -672,6 +672,9 @@ impl ViewService {
                 kind: OpKind::Revoke,
                 issued: now,
             });
+            return;
+        }
+        if now < stored.retry_at {
             return;
         }
         let lease_op = match stored.lease {
@@ -898,9 +901,9 @@ impl ViewService {
     /// within a read interval instead of after the lease's TTL.
     pub(super) fn on_stored_stop(&mut self, ctx: &mut Ctx<ViewServiceTimer>) {
         let stored = self.stored_mut();
+        // Held and queued pings stay: they are answered once the operation in flight is
+        // back (V12), which the stop waits for.
         stored.stopping = true;
-        stored.held.clear();
-        stored.queue.clear();
         let led = stored.leader.take().is_some();
         stored.leader_addr = None;
         if let Lease::Held { id, .. } = stored.lease {

@@ -32,8 +32,10 @@ impl<R: Role> NetDriver<R> {
             .filter(|(_, conn)| conn.read_deferred && !self.io.reads_paused_for(conn))
             .map(|(key, _)| key)
             .collect();
+        // To the end: the event that found these connections readable may also have
+        // reported a close, which no later event repeats.
         for key in keys {
-            self.read_conn(key, false);
+            self.read_conn(key, true);
         }
     }
 
@@ -43,7 +45,10 @@ impl<R: Role> NetDriver<R> {
     /// arrive later as a new event, so the read that would only say `WouldBlock` is
     /// skipped: one system call per message instead of two. `to_the_end`: the event also
     /// reported the peer's close (or an error), which no later event repeats, so reading
-    /// goes on to the end of the stream or `WouldBlock`.
+    /// goes on to the end of the stream or `WouldBlock`; so does a read that was put off
+    /// (backpressure, the turn's budget) and resumed by [`NetDriver::read_deferred`].
+    /// (TCP urgent data would also end a read short with bytes left; no peer of pbkv
+    /// sends it.)
     pub(super) fn read_conn(&mut self, key: usize, to_the_end: bool) {
         let mut chunk = std::mem::take(&mut self.io.read_chunk);
         let mut control = std::mem::take(&mut self.io.read_control);
