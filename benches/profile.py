@@ -75,6 +75,14 @@ class Cluster:
         wait_until(120, f"view {primary} / {backup}", lambda: self.view() ==
                    (True, primary, backup))
 
+    def pair(self, primary_wrapper=(), backup_wrapper=()):
+        """s1 as primary, then s2 as its backup: (primary process, backup process)."""
+        primary, p_proc = self.server("s1", primary_wrapper)
+        self.wait(primary)
+        backup, b_proc = self.server("s2", backup_wrapper)
+        self.wait(primary, backup)
+        return p_proc, b_proc
+
     def bench_argv(self, requests, clients):
         return [self.pbkv, "bench", "--json", "--vs", self.vs, "--requests", str(requests),
                 "--clients", str(clients), "--keys", "100000", "--value-size", "16",
@@ -102,10 +110,7 @@ def syscalls(pbkv, dir, requests, clients):
     procs = Processes(dir)
     try:
         c = Cluster(procs, pbkv)
-        primary, p_proc = c.server("s1")
-        c.wait(primary)
-        backup, b_proc = c.server("s2")
-        c.wait(primary, backup)
+        p_proc, b_proc = c.pair()
         events = ",".join(SYSCALLS)
         perfs = []
         for name, proc in (("primary", p_proc), ("backup", b_proc)):
@@ -146,11 +151,10 @@ def node_instructions(pbkv, dir, which, requests, clients):
         out = os.path.join(dir, f"callgrind.{which}.%p")
         grind = ("valgrind", "--tool=callgrind", "--instr-atstart=no",
                  f"--callgrind-out-file={out}")
-        primary, p_proc = c.server("s1", grind if which == "primary" else ())
-        c.wait(primary)
-        backup, b_proc = c.server("s2", grind if which == "backup" else ())
-        c.wait(primary, backup)
-        proc = p_proc if which == "primary" else b_proc
+        if which == "primary":
+            proc, _ = c.pair(primary_wrapper=grind)
+        else:
+            _, proc = c.pair(backup_wrapper=grind)
         subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
                        capture_output=True)
         run = subprocess.run(c.bench_argv(requests, clients), capture_output=True, env=c.env,
@@ -171,10 +175,7 @@ def bench_instructions(pbkv, dir, requests, clients):
     procs = Processes(dir)
     try:
         c = Cluster(procs, pbkv)
-        primary, _ = c.server("s1")
-        c.wait(primary)
-        backup, _ = c.server("s2")
-        c.wait(primary, backup)
+        c.pair()
         totals = {}
         for n in (requests, 2 * requests):
             out = os.path.join(dir, f"callgrind.bench.{n}")

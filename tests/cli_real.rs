@@ -284,9 +284,9 @@ fn bench_reports_json() {
 }
 
 /// Goal: with values over 64 bytes the history holds their length and hash, not the bytes,
-/// and still checks (`pbkv history check`) (equal iff length and hash are); pipelined sessions each get their own
-/// process number. A PutHash history with such values, which no checker could recompute,
-/// is refused.
+/// and still checks (`pbkv history check`: equal iff length and hash are); pipelined
+/// sessions each get their own process number. A PutHash history with such values, which
+/// no checker could recompute, is refused.
 #[test]
 fn bench_history_digests_long_values() {
     let c = cluster();

@@ -51,6 +51,27 @@ fn full_view(c: &mut Cluster, servers: usize) -> View {
     panic!("{}: no full view: {}", c.replay, kv::view_text(&view));
 }
 
+/// Kills `view`'s primary (one of the cluster's three servers) and runs until the stored
+/// view names its backup as primary.
+fn kill_primary_and_await_promotion(c: &mut Cluster, view: View) {
+    let primary = view.primary.expect("a primary");
+    let index = (0..3)
+        .find(|i| c.addr(*i) == primary.addr)
+        .expect("a server");
+    c.kill(index);
+    let backup = view.backup.expect("a backup");
+    let promoted = (0..100).any(|_| {
+        c.sim.run_for(Duration::from_millis(50));
+        stored(c).primary == Some(backup)
+    });
+    assert!(
+        promoted,
+        "{}: the backup was not promoted: {}",
+        c.replay,
+        kv::view_text(&stored(c))
+    );
+}
+
 #[test]
 fn lab_scenarios_hold_with_three_view_service_nodes() {
     for seed in seeds(10) {
@@ -80,26 +101,7 @@ fn the_leader_crashes_and_another_takes_over_then_the_primary_fails_over() {
         let next = next.unwrap_or_else(|| panic!("{}: no new leader", c.replay));
         assert_ne!(next, first, "{}", c.replay);
         // The primary dies: its backup is promoted under the new leader.
-        let primary = view.primary.expect("a primary");
-        let index = (0..3)
-            .find(|i| c.addr(*i) == primary.addr)
-            .expect("a server");
-        c.kill(index);
-        let backup = view.backup.expect("a backup");
-        let mut promoted = false;
-        for _ in 0..100 {
-            c.sim.run_for(Duration::from_millis(50));
-            if stored(&c).primary == Some(backup) {
-                promoted = true;
-                break;
-            }
-        }
-        assert!(
-            promoted,
-            "{}: the backup was not promoted: {}",
-            c.replay,
-            kv::view_text(&stored(&c))
-        );
+        kill_primary_and_await_promotion(&mut c, view);
     }
 }
 
@@ -134,17 +136,7 @@ fn a_leader_stopped_cleanly_hands_over_at_once() {
             })
         });
         assert!(next, "{}: no node leads 5 s after a clean stop", c.replay);
-        let primary = view.primary.expect("a primary");
-        let index = (0..3)
-            .find(|i| c.addr(*i) == primary.addr)
-            .expect("a server");
-        c.kill(index);
-        let backup = view.backup.expect("a backup");
-        let promoted = (0..100).any(|_| {
-            c.sim.run_for(Duration::from_millis(50));
-            stored(&c).primary == Some(backup)
-        });
-        assert!(promoted, "{}: the backup was not promoted", c.replay);
+        kill_primary_and_await_promotion(&mut c, view);
     }
 }
 

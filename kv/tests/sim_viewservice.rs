@@ -123,14 +123,7 @@ impl Harness {
     }
 
     fn view_service_host(&self, addr: Addr) -> Node {
-        let service = match &self.etcd {
-            Some(settings) => {
-                let mut settings = settings.clone();
-                settings.advertise = Some(addr);
-                ViewService::with_store(timing(), settings)
-            }
-            None => ViewService::new(timing()),
-        };
+        let service = kv::testkit::sim::view_service_at(self.etcd.as_ref(), addr);
         Host::with_extra(Clerk::default()).with_view_service(service)
     }
 

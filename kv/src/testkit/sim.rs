@@ -71,6 +71,19 @@ pub fn sim_epoch(seed: u64) -> Incarnation {
     Incarnation(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
 }
 
+/// A view service with the lab's timing for the node at `addr`: embedded, or in the etcd
+/// mode with `etcd`'s settings, advertising `addr`.
+pub fn view_service_at(etcd: Option<&StoreSettings>, addr: Addr) -> ViewService {
+    match etcd {
+        Some(settings) => {
+            let mut settings = settings.clone();
+            settings.advertise = Some(addr);
+            ViewService::with_store(timing(), settings)
+        }
+        None => ViewService::new(timing()),
+    }
+}
+
 /// Keys for a simulated cluster, derived from `seed`: a cluster key and a client key.
 pub fn sim_keys(seed: u64) -> (Keys, Keys) {
     let bytes = |salt: u64| {
@@ -202,15 +215,7 @@ impl Cluster {
 
     /// A view-service host for the node at `addr` (a restart).
     pub fn view_service_host(&self, addr: Addr) -> Host {
-        let service = match &self.etcd {
-            Some(settings) => {
-                let mut settings = settings.clone();
-                settings.advertise = Some(addr);
-                ViewService::with_store(timing(), settings)
-            }
-            None => ViewService::new(timing()),
-        };
-        Host::new().with_view_service(service)
+        Host::new().with_view_service(view_service_at(self.etcd.as_ref(), addr))
     }
 
     /// The view as stored in the simulated etcd (etcd mode), if readable.
