@@ -133,6 +133,7 @@ const EXAMPLES: &[(&[&str], &str)] = &[
         &["demo"],
         "pbkv demo --dir /tmp/pbkv-demo\n  pbkv demo --port-base 7100",
     ),
+    (&["history"], "pbkv history check run.jsonl"),
     (
         &["history", "check"],
         "pbkv bench --vs 127.0.0.1:7100 --history run.jsonl --mix get=50,put=50\n  \
