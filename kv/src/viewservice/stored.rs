@@ -666,12 +666,7 @@ impl ViewService {
             if now < stored.lease_retry_at {
                 return;
             }
-            let id = ctx.store(StoreOp::LeaseRevoke { lease });
-            self.stored_mut().inflight = Some(Inflight {
-                id,
-                kind: OpKind::Revoke,
-                issued: now,
-            });
+            self.issue(ctx, OpKind::Revoke, StoreOp::LeaseRevoke { lease });
             return;
         }
         if now < stored.retry_at {
@@ -765,12 +760,14 @@ impl ViewService {
         } else {
             return;
         };
+        self.issue(ctx, kind, op);
+    }
+
+    /// Sends `op` to the store as the one operation in flight.
+    fn issue(&mut self, ctx: &mut Ctx<ViewServiceTimer>, kind: OpKind, op: StoreOp) {
+        let issued = ctx.now();
         let id = ctx.store(op);
-        self.stored_mut().inflight = Some(Inflight {
-            id,
-            kind,
-            issued: now,
-        });
+        self.stored_mut().inflight = Some(Inflight { id, kind, issued });
     }
 
     /// The view this node, as leader, would make now, if any: from a fresh, acknowledged
