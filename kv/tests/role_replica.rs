@@ -18,7 +18,7 @@ use proto::kv::{
 };
 use proto::viewservice::{Member, PingReply, PingRequest, View};
 use proto::{Incarnation, Message};
-use runtime::{Action, Ctx, Dest, Link, Origin, Role};
+use runtime::{Action, Ctx, Dest, Link, MonoTime, Origin, Role};
 
 use roles::{VS_INC, VS_PORT, addr, event, from_client, from_server, member, ms, reply, view};
 
@@ -293,9 +293,10 @@ fn r2_a_server_acknowledges_a_view_as_soon_as_it_adopts_it() {
         s.take(),
         vec![
             roles::send(addr(VS_PORT), 2, ping),
+            // A quarter interval: a serving primary with no backup (R19).
             Action::SetTimer {
                 timer: ReplicaTimer::Ping,
-                at: ms(200),
+                at: ms(125),
             },
         ]
     );
@@ -306,6 +307,39 @@ fn r2_a_server_acknowledges_a_view_as_soon_as_it_adopts_it() {
         None,
         "a new view needs a new transfer"
     );
+}
+
+/// The Ping timer's next expiry once it fires at `now`.
+fn next_ping_at(node: &mut Node, now_ms: u64) -> MonoTime {
+    node.ctx.set_now(ms(now_ms));
+    node.role.on_timer(&mut node.ctx, ReplicaTimer::Ping);
+    let next = node.take().into_iter().find_map(|action| match action {
+        Action::SetTimer {
+            timer: ReplicaTimer::Ping,
+            at,
+        } => Some(at),
+        _ => None,
+    });
+    next.expect("the Ping timer is set again")
+}
+
+/// R19: a serving primary with no backup pings every quarter interval, so a view adding a
+/// backup reaches it within 25 ms; with a backup, or not serving, every interval.
+#[test]
+fn r19_a_primary_without_a_backup_pings_four_times_as_often() {
+    let mut p = Node::start(s1());
+    assert_eq!(next_ping_at(&mut p, 100), ms(200), "not serving yet");
+    p.adopt(view(1, Some(s1()), None));
+    assert_eq!(next_ping_at(&mut p, 200), ms(225), "serving alone");
+    p.adopt(view(2, Some(s1()), Some(s2())));
+    assert_eq!(next_ping_at(&mut p, 225), ms(325), "serving with a backup");
+    let mut b = Node::start(s2());
+    b.adopt(view(2, Some(s1()), Some(s2())));
+    assert_eq!(next_ping_at(&mut b, 100), ms(200), "a backup");
+    // Named primary of view 3 without having been synced in view 2: it may not serve.
+    b.adopt(view(3, Some(s2()), None));
+    assert!(!b.role.serving());
+    assert_eq!(next_ping_at(&mut b, 200), ms(300), "named, may not serve");
 }
 
 /// R3: on adopting a view in which it may not serve, a server answers every pending client
@@ -870,6 +904,69 @@ fn transfer_waits_for_its_link() {
         3,
         "then the rest, within the window"
     );
+}
+
+/// R12, the window stays full: while it has room after a turn's chunks, the primary asks
+/// for another turn at once (`TransferMore`, due now), so the next batch is cut while the
+/// backup takes the last one; once the window is full it waits for acks.
+#[test]
+fn a_transfer_asks_for_another_turn_while_its_window_has_room() {
+    let mut p = Node::start_with(s1(), |config| {
+        config.transfer_chunk_len_max = 16;
+        config.transfer_chunks_per_turn = 2;
+        config.transfer_window = 4;
+    });
+    let mut b = Node::start(s2());
+    p.adopt(view(1, Some(s1()), None));
+    b.adopt(view(1, Some(s1()), None));
+    let client = from_client(40, 5);
+    p.deliver(&client, OpenSessionRequest { nonce: 8 });
+    p.turn_end();
+    for (seq, key) in ["a", "b", "c", "d", "e", "f"].into_iter().enumerate() {
+        p.deliver(&client, put(1, seq as u64 + 1, key, "0123456789"));
+        p.turn_end();
+    }
+    let now = ms(0);
+    let more = Action::SetTimer {
+        timer: ReplicaTimer::TransferMore,
+        at: now,
+    };
+    let chunks = |actions: &Actions| {
+        sends(actions)
+            .into_iter()
+            .filter(|(_, m)| matches!(m, Message::TransferRequest(_)))
+            .count()
+    };
+    // Six keys of 19 bytes in 16-byte chunks, then the session table: seven chunks.
+    let first = start_transfer_to_s2(&mut p, &mut b);
+    assert_eq!(chunks(&first), 2);
+    assert!(first.contains(&more), "room for 2 more: {first:?}");
+    p.role.on_timer(&mut p.ctx, ReplicaTimer::TransferMore);
+    let second = p.turn_end();
+    assert_eq!(chunks(&second), 2);
+    assert!(!second.contains(&more), "the window is full");
+    // Acks of the first two make room: two more, and another turn for nothing (full).
+    let acks = relay(&p, &mut b, &first);
+    relay_replies(&b, &mut p, &acks);
+    let third = p.turn_end();
+    assert_eq!(chunks(&third), 2);
+    assert!(!third.contains(&more), "the window is full again");
+    // The rest: installed whole, so nothing lingers.
+    let mut pending = [second, third].concat();
+    while !p.role.backup_synced() {
+        let acks = relay(&p, &mut b, &pending);
+        relay_replies(&b, &mut p, &acks);
+        pending = p.turn_end();
+        if pending.contains(&more) {
+            p.role.on_timer(&mut p.ctx, ReplicaTimer::TransferMore);
+            pending.extend(p.turn_end());
+        }
+        assert!(
+            !pending.is_empty() || p.role.backup_synced(),
+            "the transfer stalled"
+        );
+    }
+    assert_eq!(b.role.synced_view(), Some(2));
 }
 
 /// The primary s1 of view 2 as its backup's link carries it.

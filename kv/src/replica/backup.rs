@@ -180,12 +180,12 @@ impl Replica {
         if receiving.id != request.transfer_id || receiving.next_chunk != request.chunk {
             return; // Part of another (older) transfer: never finished here.
         }
-        if let Err(why) = receiving.take_chunk(&request, limits) {
+        let (transfer_id, chunk, installed) = (request.transfer_id, request.chunk, request.last);
+        if let Err(why) = receiving.take_chunk(request, limits) {
             backup.receiving = None;
             self.refuse(ctx.now(), origin, MessageType::TransferRequest, &why);
             return;
         }
-        let installed = request.last;
         if installed {
             let done = backup.receiving.take().expect("checked above");
             backup.synced = true;
@@ -196,8 +196,8 @@ impl Replica {
         let reply = TransferReply {
             view: self.view,
             incarnation: self.me.incarnation,
-            transfer_id: request.transfer_id,
-            chunk: request.chunk,
+            transfer_id,
+            chunk,
             outcome: Outcome::Acked,
             installed,
             applied: self.state.applied,
@@ -210,7 +210,7 @@ impl Replica {
 
     /// Installs a whole received snapshot as this server's state.
     fn install(&mut self, ctx: &mut Ctx<ReplicaTimer>, done: Receiving) {
-        self.state = State::from_parts(done.store, done.sessions, done.snapshot_index);
+        self.state = State::from_parts(done.store, done.sessions, done.snapshot_index, done.len);
         self.stats.transfers_installed += 1;
         ctx.event(format!(
             "installed snapshot at index {}",
@@ -246,10 +246,11 @@ impl Replica {
 
 impl Receiving {
     /// Adds a chunk (already checked in shape) to the snapshot being assembled, within the
-    /// state bounds; on an error the caller abandons the transfer.
+    /// state bounds; on an error the caller abandons the transfer. Its keys and values
+    /// move in: no reference count is touched per item.
     fn take_chunk(
         &mut self,
-        chunk: &TransferRequest,
+        chunk: TransferRequest,
         limits: crate::store::StateLimits,
     ) -> Result<(), String> {
         if chunk.snapshot_index != self.snapshot_index {
@@ -259,14 +260,15 @@ impl Receiving {
             ));
         }
         self.next_chunk = self.next_chunk.saturating_add(1);
-        for (key, value) in &chunk.items {
-            let added = key.len() + value.len();
-            let replaced = self.store.insert(key.clone(), value.clone());
-            self.len = self.len + added - replaced.map_or(0, |old| key.len() + old.len());
+        for (key, value) in chunk.items {
+            let (key_len, added) = (key.len(), key.len() + value.len());
+            let replaced = self.store.insert(key, value);
+            self.len = self.len + added - replaced.map_or(0, |old| key_len + old.len());
         }
-        for record in &chunk.sessions {
-            let replaced = self.sessions.insert(record.session, record.clone());
-            self.len = self.len + record_len(record) - replaced.as_ref().map_or(0, record_len);
+        for record in chunk.sessions {
+            let added = record_len(&record);
+            let replaced = self.sessions.insert(record.session, record);
+            self.len = self.len + added - replaced.as_ref().map_or(0, record_len);
         }
         if self.len > limits.len_max || self.sessions.len() > limits.sessions_max {
             return Err(format!(

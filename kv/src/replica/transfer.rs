@@ -2,6 +2,7 @@
 //! of one transfer id; the backup assembles them and installs the snapshot only whole.
 
 use std::ops::Bound;
+use std::time::Duration;
 
 use bytes::Bytes;
 use imbl::OrdMap;
@@ -218,9 +219,10 @@ impl Replica {
         );
     }
 
-    /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window. Until the
-    /// link to the backup has completed its handshake only one chunk goes (it opens the
-    /// link): a link in its handshake holds at most `connecting_queue_len_max` bytes.
+    /// Sends up to `transfer_chunks_per_turn` chunks, within the transfer window, and asks
+    /// for another turn at once while the window has room. Until the link to the backup has
+    /// completed its handshake only one chunk goes (it opens the link): a link in its
+    /// handshake holds at most `connecting_queue_len_max` bytes.
     pub(super) fn send_transfer_chunks(&mut self, ctx: &mut Ctx<ReplicaTimer>) {
         let Some(dest) = self.backup_dest() else {
             return;
@@ -249,6 +251,12 @@ impl Replica {
                 return;
             }
             ctx.send(dest, transfer.next_chunk(view, limits));
+        }
+        // The window still has room: another turn at once fills it (what came in meanwhile
+        // is served first), so a new batch is cut while the backup takes the last one
+        // instead of after its acks.
+        if !transfer.last_sent && transfer.next_chunk - transfer.chunks_acked < window {
+            ctx.set_timer(ReplicaTimer::TransferMore, Duration::ZERO);
         }
     }
 
