@@ -151,6 +151,8 @@ def transfer_times(path):
     first_ping = installed = None
     with open(path) as f:
         for line in f:
+            if not line.endswith("\n"):
+                break  # Still being written: read again at the next poll.
             event = json.loads(line)
             if first_ping is None and event.get("kind") == "send" \
                     and event.get("type") == "PingRequest":

@@ -4,6 +4,13 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use pbkv_tools::cmd;
 use pbkv_tools::cmd::client::{ClientArgs, DelArgs, GetArgs, InfoArgs, PutArgs, ViewArgs};
 
+/// jemalloc, as Redis uses: freed memory is kept and returned to the system gradually
+/// (over seconds), where glibc's malloc trims its heap on a large `free` and grows it again
+/// on the next allocation, and each trim stalls the loop for milliseconds (a TLB shootdown
+/// on every CPU), as a state transfer's chunks did (docs/performance.md, P6).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// pbkv: a primary/backup replicated key/value service.
 #[derive(Debug, Parser)]
 #[command(
