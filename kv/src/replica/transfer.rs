@@ -95,6 +95,12 @@ impl Transfer {
         Ok(())
     }
 
+    /// Whether another chunk may go: the last one has not, and fewer than `window` are
+    /// unacknowledged.
+    fn may_send(&self, window: u32) -> bool {
+        !self.last_sent && self.next_chunk - self.chunks_acked < window
+    }
+
     /// Cuts the next chunk: items first, then session records, then `last`.
     fn next_chunk(&mut self, view: View, limits: ChunkLimits) -> TransferRequest {
         let items = self.next_items(limits);
@@ -247,7 +253,7 @@ impl Replica {
             return;
         };
         for _ in 0..self.config.transfer_chunks_per_turn {
-            if transfer.last_sent || transfer.next_chunk - transfer.chunks_acked >= window {
+            if !transfer.may_send(window) {
                 return;
             }
             ctx.send(dest, transfer.next_chunk(view, limits));
@@ -255,7 +261,7 @@ impl Replica {
         // The window still has room: another turn at once fills it (what came in meanwhile
         // is served first), so a new batch is cut while the backup takes the last one
         // instead of after its acks.
-        if !transfer.last_sent && transfer.next_chunk - transfer.chunks_acked < window {
+        if transfer.may_send(window) {
             ctx.set_timer(ReplicaTimer::TransferMore, Duration::ZERO);
         }
     }
