@@ -153,6 +153,13 @@ impl State {
         {
             return false;
         }
+        // Nothing is removed by more than the entry adds at most: if even that bound fits,
+        // the exact figure does, and no map is searched.
+        if let Some(grown) = self.len.checked_add(growth_bound(entry))
+            && grown <= limits.len_max
+        {
+            return true;
+        }
         let after = self.len_after(entry);
         after <= limits.len_max || after <= self.len
     }
@@ -161,23 +168,50 @@ impl State {
     /// value; Delete: `1` if the key existed, else `0`; OpenSession: nothing, the session
     /// id is the index).
     pub fn apply(&mut self, entry: &Entry) -> Bytes {
-        self.len = self.len_after(entry);
+        self.apply_recording(entry, None)
+    }
+
+    /// [`State::apply`], noting in `undo` (if given) what it replaced, so that
+    /// [`State::undo`] can put it back.
+    pub fn apply_recording(&mut self, entry: &Entry, mut undo: Option<&mut Undo>) -> Bytes {
+        if let Some(undo) = undo.as_deref_mut()
+            && undo.start.is_none()
+        {
+            undo.start = Some((self.applied, self.len));
+        }
+        // State bytes follow from what each map says it replaced: one search per map, where
+        // computing `len_after` first would search each of them again.
+        let item_len = |key: &Bytes, value: &Bytes| key.len() + value.len();
         let index = self.applied + 1;
         self.applied = index;
         let reply = match &entry.op {
             Op::Noop => Bytes::new(),
             Op::Put { key, value } => {
-                self.store.insert(key.clone(), value.clone());
+                self.len += item_len(key, value);
+                let old = self.store.insert(key.clone(), value.clone());
+                if let Some(old) = &old {
+                    self.len -= item_len(key, old);
+                }
+                note_item(&mut undo, key, old);
                 Bytes::new()
             }
             Op::PutHash { key, value } => {
                 let previous = self.store.get(key).cloned().unwrap_or_default();
-                self.store
-                    .insert(key.clone(), puthash_value(&previous, value));
+                let stored = puthash_value(&previous, value);
+                self.len += item_len(key, &stored);
+                let old = self.store.insert(key.clone(), stored);
+                if let Some(old) = &old {
+                    self.len -= item_len(key, old);
+                }
+                note_item(&mut undo, key, old);
                 previous
             }
             Op::Delete { key } => match self.store.remove(key) {
-                Some(_) => Bytes::from_static(b"1"),
+                Some(old) => {
+                    self.len -= item_len(key, &old);
+                    note_item(&mut undo, key, Some(old));
+                    Bytes::from_static(b"1")
+                }
                 None => Bytes::from_static(b"0"),
             },
             Op::OpenSession { .. } => {
@@ -187,26 +221,108 @@ impl State {
                     index,
                     reply: Bytes::new(),
                 };
-                self.sessions.insert(index, record);
+                self.put_record(record, &mut undo);
                 Bytes::new()
             }
             Op::ExpireSessions { sessions } => {
                 for session in sessions {
-                    self.sessions.remove(session);
+                    if let Some(old) = self.sessions.remove(session) {
+                        self.len -= record_len(&old);
+                        note_record(&mut undo, *session, Some(old));
+                    }
                 }
                 Bytes::new()
             }
         };
         if entry.session != 0 && entry.op.is_write() {
-            let record = SessionRecord {
-                session: entry.session,
-                last_seq: entry.seq,
-                index,
-                reply: reply.clone(),
-            };
-            self.sessions.insert(entry.session, record);
+            self.put_record(
+                SessionRecord {
+                    session: entry.session,
+                    last_seq: entry.seq,
+                    index,
+                    reply: reply.clone(),
+                },
+                &mut undo,
+            );
         }
         reply
+    }
+
+    /// Keeps `record` as its session's, counting the bytes it replaces.
+    fn put_record(&mut self, record: SessionRecord, undo: &mut Option<&mut Undo>) {
+        self.len += record_len(&record);
+        let session = record.session;
+        let old = self.sessions.insert(session, record);
+        if let Some(old) = &old {
+            self.len -= record_len(old);
+        }
+        note_record(undo, session, old);
+    }
+
+    /// Puts back everything `undo` noted, newest first: the state is again as it was before
+    /// the first entry recorded in it.
+    pub fn undo(&mut self, undo: Undo) {
+        let Some((applied, len)) = undo.start else {
+            return;
+        };
+        for (key, old) in undo.items.into_iter().rev() {
+            match old {
+                Some(value) => self.store.insert(key, value),
+                None => self.store.remove(&key),
+            };
+        }
+        for (session, old) in undo.records.into_iter().rev() {
+            match old {
+                Some(record) => self.sessions.insert(session, record),
+                None => self.sessions.remove(&session),
+            };
+        }
+        self.applied = applied;
+        self.len = len;
+    }
+}
+
+/// What entries applied with [`State::apply_recording`] replaced: what a backup needs to
+/// take a forward back when one of its entries fails a check, instead of applying the
+/// forward to a copy (every insert into a copy of a persistent map copies the nodes on
+/// its path, which then serve no one).
+#[derive(Debug, Default)]
+pub struct Undo {
+    /// `applied` and state bytes before the first entry.
+    start: Option<(u64, usize)>,
+    /// Each key written, with the value it had (none: it was absent).
+    items: Vec<(Bytes, Option<Bytes>)>,
+    /// Each session record written or removed, with the record it had.
+    records: Vec<(u64, Option<SessionRecord>)>,
+}
+
+fn note_item(undo: &mut Option<&mut Undo>, key: &Bytes, old: Option<Bytes>) {
+    if let Some(undo) = undo {
+        undo.items.push((key.clone(), old));
+    }
+}
+
+fn note_record(undo: &mut Option<&mut Undo>, session: u64, old: Option<SessionRecord>) {
+    if let Some(undo) = undo {
+        undo.records.push((session, old));
+    }
+}
+
+/// The most state bytes `entry` can add, removing nothing: a bound [`State::admits`] checks
+/// before it computes the exact figure. PutHash's kept reply (the previous value) is not
+/// known without a search, so its bound is unlimited.
+fn growth_bound(entry: &Entry) -> usize {
+    let record = if entry.session != 0 && entry.op.is_write() {
+        SESSION_RECORD_FIXED_LEN + 1
+    } else {
+        0
+    };
+    match &entry.op {
+        Op::Noop | Op::ExpireSessions { .. } => 0,
+        Op::Put { key, value } => key.len() + value.len() + record,
+        Op::PutHash { .. } => usize::MAX,
+        Op::Delete { .. } => record,
+        Op::OpenSession { .. } => SESSION_RECORD_FIXED_LEN,
     }
 }
 
@@ -327,5 +443,72 @@ mod tests {
             sessions_max: 9,
         };
         assert!(state.admits(&entry(0, 0, put("k", "")), tight), "shrinks");
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Entry> {
+        use proptest::prelude::*;
+        let key = (0u8..4).prop_map(|k| Bytes::from(vec![b'k', k]));
+        let value = proptest::collection::vec(any::<u8>(), 0..6).prop_map(Bytes::from);
+        let op = prop_oneof![
+            Just(Op::Noop),
+            (key.clone(), value.clone()).prop_map(|(key, value)| Op::Put { key, value }),
+            (key.clone(), value).prop_map(|(key, value)| Op::PutHash { key, value }),
+            key.prop_map(|key| Op::Delete { key }),
+            any::<u64>().prop_map(|nonce| Op::OpenSession { nonce }),
+            proptest::collection::vec(0u64..12, 0..4)
+                .prop_map(|sessions| Op::ExpireSessions { sessions }),
+        ];
+        (0u64..12, 0u64..5, op).prop_map(|(session, seq, op)| Entry { session, seq, op })
+    }
+
+    proptest::proptest! {
+        /// `apply` counts state bytes from what the maps replaced, `admits` skips the search
+        /// when a bound fits: both agree with `len_after`, the figure computed from scratch.
+        #[test]
+        fn apply_and_admits_agree_with_len_after(
+            entries in proptest::collection::vec(op_strategy(), 1..60),
+            slack in 0usize..40,
+        ) {
+            let mut state = State::default();
+            for entry in &entries {
+                // As primary and backup check (R10): a write names an open session or none.
+                let mut entry = entry.clone();
+                if !state.sessions.contains_key(&entry.session) {
+                    entry.session = 0;
+                }
+                let entry = &entry;
+                let after = state.len_after(entry);
+                let limits = StateLimits { len_max: state.len() + slack, sessions_max: 8 };
+                let exact = !matches!(entry.op, Op::OpenSession { .. }) || state.sessions.len() < 8;
+                let exact = exact && (after <= limits.len_max || after <= state.len());
+                proptest::prop_assert_eq!(state.admits(entry, limits), exact);
+                state.apply(entry);
+                proptest::prop_assert_eq!(state.len(), after);
+                proptest::prop_assert_eq!(state.len(), state.counted_len());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Entries applied with a record of what they replaced, then undone, leave the state
+        /// exactly as it was: maps, index and state bytes.
+        #[test]
+        fn undo_puts_back_what_apply_recording_replaced(
+            before in proptest::collection::vec(op_strategy(), 0..30),
+            taken_back in proptest::collection::vec(op_strategy(), 1..30),
+        ) {
+            let mut state = State::default();
+            for entry in &before {
+                state.apply(entry);
+            }
+            let kept = state.clone();
+            let mut undo = Undo::default();
+            for entry in &taken_back {
+                state.apply_recording(entry, Some(&mut undo));
+            }
+            state.undo(undo);
+            proptest::prop_assert_eq!(&state, &kept);
+            proptest::prop_assert_eq!(state.len(), state.counted_len());
+        }
     }
 }

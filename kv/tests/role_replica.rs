@@ -1331,6 +1331,31 @@ fn backup_refuses_a_forward_past_its_state_bound() {
     assert!(p.role.busy(), "its client still waits");
 }
 
+/// R5: a forward whose later entry fails a check is refused whole: the entries before it,
+/// already applied in place, are put back (store, session table, index and state bytes), so
+/// the backup holds exactly what it held before the forward.
+#[test]
+fn backup_puts_back_a_forward_refused_part_way() {
+    let bound = 2 * SESSION_RECORD_FIXED_LEN + 20;
+    let (mut p, mut b, _) = synced_pair_tuned(|_| {}, |config| config.state_bytes_max = bound);
+    let (c1, c2) = (from_client(40, 5), from_client(41, 6));
+    p.deliver(&c1, OpenSessionRequest { nonce: 1 });
+    p.deliver(&c2, OpenSessionRequest { nonce: 2 });
+    let forward = p.turn_end();
+    let acks = relay(&p, &mut b, &forward);
+    relay_replies(&b, &mut p, &acks);
+    p.deliver(&c1, put(1, 1, "k", "1"));
+    p.deliver(&c2, put(2, 1, "k", "2"));
+    p.deliver(&c1, put(1, 2, "big", &"v".repeat(100)));
+    let before = b.role.state().clone();
+    let forward = p.turn_end();
+    assert_eq!(relay(&p, &mut b, &forward), vec![], "refused, unanswered");
+    assert_eq!(b.role.stats().refused, 1);
+    assert_eq!(b.role.state(), &before, "nothing of the forward is kept");
+    assert_eq!(b.role.state().len(), b.role.state().counted_len());
+    assert_eq!(b.role.state().store.get(&bytes("k")), None);
+}
+
 /// `sessions_max` and `sessions_per_connection_max`: past them OpenSession is answered
 /// ErrFull (never by evicting a session); a closed connection's sessions stop counting.
 #[test]

@@ -11,7 +11,7 @@ use runtime::{Ctx, Origin};
 
 use super::transfer::Receiving;
 use super::{Replica, ReplicaTimer, Standing};
-use crate::store::{State, record_len};
+use crate::store::{State, Undo, record_len};
 
 /// What only the view's backup keeps.
 #[derive(Debug, Default)]
@@ -110,22 +110,23 @@ impl Replica {
             self.reject(ctx, origin, None);
             return;
         }
-        // Applied to a copy (O(1): persistent maps), kept only if every entry passed.
-        let mut next = self.state.clone();
+        // Applied in place, noting what each entry replaced: kept only if every entry
+        // passed, else put back whole.
+        let mut undo = Undo::default();
         for (index, entry) in (first_index..).zip(&request.entries) {
-            if index <= next.applied {
+            if index <= self.state.applied {
                 continue; // Already applied: re-acked below.
             }
-            if index != next.applied + 1 {
+            if index != self.state.applied + 1 {
                 break; // A gap: apply nothing past it; the ack tells the primary where we are.
             }
-            if let Err(why) = self.validate_next_entry(&next, entry) {
+            if let Err(why) = self.validate_next_entry(&self.state, entry) {
+                self.state.undo(undo);
                 self.refuse(ctx.now(), origin, what, &why);
                 return;
             }
-            next.apply(entry);
+            self.state.apply_recording(entry, Some(&mut undo));
         }
-        self.state = next;
         let reply = ForwardReply {
             view: self.view,
             incarnation: self.me.incarnation,

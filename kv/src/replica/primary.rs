@@ -558,7 +558,12 @@ impl Replica {
         // The largest reply this request can have: PutHash's previous value, or a retry's
         // kept reply. Counted before anything is assigned.
         let previous_len = |replica: &Replica| {
-            let stored = replica.state.store.get(&request.key).map_or(0, Bytes::len);
+            // Only PutHash replies with what is stored (a Delete with one byte): a Put's
+            // key is not searched for here.
+            let stored = match request.kind {
+                PutKind::PutHash => replica.state.store.get(&request.key).map_or(0, Bytes::len),
+                PutKind::Put | PutKind::Delete => 1,
+            };
             let kept = (replica.state.sessions.get(&request.session)).map_or(0, |r| r.reply.len());
             stored.max(kept)
         };
@@ -620,21 +625,26 @@ impl Replica {
             return;
         }
         self.stats.ops.count(kind, Status::Ok);
-        let index = self.assign(entry);
-        let previous = self.state.sessions.get(&session).map(|r| r.reply.clone());
+        // The reply is what the session's record now keeps: the one `apply` returned.
+        let (index, previous) = self.assign_with_reply(entry);
         let reply = PutReply {
             status: Status::Ok,
-            previous: previous.unwrap_or_default(),
+            previous,
         };
         self.wait_for(ctx, index, origin.reply_to(), reply.into(), Some(kind));
     }
 
     /// R6: gives `entry` the next index, applies it, and queues it for the backup.
     pub(super) fn assign(&mut self, entry: Entry) -> u64 {
+        self.assign_with_reply(entry).0
+    }
+
+    /// [`Replica::assign`], also returning the operation's reply.
+    pub(super) fn assign_with_reply(&mut self, entry: Entry) -> (u64, Bytes) {
         let Standing::Primary(primary) = &mut self.standing else {
             panic!("only a serving primary assigns indexes");
         };
-        self.state.apply(&entry);
+        let reply = self.state.apply(&entry);
         if self.view.backup.is_some() {
             primary.push_unacked(entry);
         } else {
@@ -642,7 +652,7 @@ impl Replica {
             primary.clear_unacked(self.state.applied);
         }
         primary.assigned_in_turn = true;
-        self.state.applied
+        (self.state.applied, reply)
     }
 
     fn wait_for(
