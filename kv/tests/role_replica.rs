@@ -1331,7 +1331,7 @@ fn backup_refuses_a_forward_past_its_state_bound() {
     assert!(p.role.busy(), "its client still waits");
 }
 
-/// R5: a forward whose later entry fails a check is refused whole: the entries before it,
+/// R5, R15: a forward whose later entry fails a check is refused whole: the entries before it,
 /// already applied in place, are put back (store, session table, index and state bytes), so
 /// the backup holds exactly what it held before the forward.
 #[test]
