@@ -1145,6 +1145,53 @@ fn refuses_a_forward_with_bad_session_ids() {
     );
 }
 
+/// R15: a forward refused at its last entry, after entries that opened a session, wrote to
+/// it, replaced and hashed a value, deleted an absent key and expired a session twice: all
+/// of it is put back, store, session table, index and state bytes alike.
+#[test]
+fn a_forward_refused_at_its_last_entry_leaves_the_state_as_it_was() {
+    let (_, mut b, second) = synced_pair();
+    let good = vec![open_entry(1), put_entry(1, 1, bytes("k"), bytes("a"))];
+    assert_eq!(
+        b.deliver(&from_s1(), forward(second, 1, good)),
+        vec![reply(&from_s1(), ack(second, s2(), 2))]
+    );
+    let before = b.role.state().clone();
+    let entry = |session, seq, op| Entry { session, seq, op };
+    let bad = vec![
+        open_entry(2),
+        put_entry(3, 1, bytes("j"), bytes("b")),
+        put_entry(1, 2, bytes("k"), bytes("c")),
+        entry(
+            1,
+            3,
+            Op::PutHash {
+                key: bytes("k"),
+                value: bytes("x"),
+            },
+        ),
+        entry(
+            1,
+            4,
+            Op::Delete {
+                key: bytes("absent"),
+            },
+        ),
+        entry(
+            0,
+            0,
+            Op::ExpireSessions {
+                sessions: vec![3, 3],
+            },
+        ),
+        put_entry(1, 4, bytes("k"), bytes("stale")),
+    ];
+    assert_eq!(b.deliver(&from_s1(), forward(second, 3, bad)), vec![]);
+    assert_eq!(b.role.stats().refused, 1);
+    assert_eq!(b.role.state(), &before, "nothing of the forward is kept");
+    assert_eq!(b.role.state().len(), b.role.state().counted_len());
+}
+
 /// A one-chunk transfer of view `view` at `snapshot_index`.
 fn chunk(view: View, snapshot_index: u64, items: Vec<(Bytes, Bytes)>) -> TransferRequest {
     TransferRequest {

@@ -155,9 +155,10 @@ impl Replica {
         entries.iter().try_for_each(validate_entry_shape)
     }
 
-    /// An entry about to be applied as the next index of `state` (a working copy): a write
-    /// names a live session and a newer seq, as the primary's session check required, and
-    /// the entry passes the state bounds the primary applied (`State::admits`).
+    /// An entry about to be applied as the next index of `state` (applied in place, put back
+    /// if a later entry fails): a write names a live session and a newer seq, as the
+    /// primary's session check required, and the entry passes the state bounds the primary
+    /// applied (`State::admits`).
     pub(super) fn validate_next_entry(&self, state: &State, entry: &Entry) -> Result<(), String> {
         if entry.op.is_write() {
             let Some(record) = state.sessions.get(&entry.session) else {
