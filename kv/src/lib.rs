@@ -18,6 +18,7 @@
 //!
 //! The rules and the tests named after them are listed in docs/protocol.md.
 
+pub mod blob;
 pub mod client;
 pub mod histogram;
 pub mod host;

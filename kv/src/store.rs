@@ -15,6 +15,8 @@ use bytes::Bytes;
 use imbl::OrdMap;
 use proto::kv::{Entry, INDEX_MAX, Op, SESSION_RECORD_FIXED_LEN, SessionRecord};
 
+use crate::blob::Blob;
+
 /// FNV-1a, 32 bits: PutHash's hash (lab 2 §2.2).
 pub fn fnv1a32(parts: &[&[u8]]) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
@@ -45,8 +47,8 @@ pub struct StateLimits {
 /// Store and session table, as of `applied`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
-    /// Key/value pairs.
-    pub store: OrdMap<Bytes, Bytes>,
+    /// Key/value pairs (short ones inline in the map's nodes: [`Blob`]).
+    pub store: OrdMap<Blob, Blob>,
     /// Session id → its last request and reply.
     pub sessions: OrdMap<u64, SessionRecord>,
     /// Highest index applied.
@@ -66,7 +68,7 @@ impl State {
     /// would visit every key in one turn. The replica's invariant check verifies
     /// `len` against [`State::counted_len`] in debug builds.
     pub fn from_parts(
-        store: OrdMap<Bytes, Bytes>,
+        store: OrdMap<Blob, Blob>,
         sessions: OrdMap<u64, SessionRecord>,
         applied: u64,
         len: usize,
@@ -97,14 +99,14 @@ impl State {
 
     /// State bytes once `entry` is applied, computed without applying it.
     pub fn len_after(&self, entry: &Entry) -> usize {
-        let item_len = |key: &Bytes| self.store.get(key).map_or(0, |v| key.len() + v.len());
+        let item_len = |key: &Bytes| self.store.get(&key[..]).map_or(0, |v| key.len() + v.len());
         let old_record = |session: u64| self.sessions.get(&session).map_or(0, record_len);
         let (added, removed) = match &entry.op {
             Op::Noop => (0, 0),
             Op::Put { key, value } => (key.len() + value.len(), item_len(key)),
             Op::PutHash { key, value } => {
-                let previous = self.store.get(key).cloned().unwrap_or_default();
-                let stored = puthash_value(&previous, value);
+                let previous = self.store.get(&key[..]).map_or(&[][..], Blob::as_slice);
+                let stored = puthash_value(previous, value);
                 (key.len() + stored.len(), item_len(key))
             }
             Op::Delete { key } => (0, item_len(key)),
@@ -124,7 +126,7 @@ impl State {
                 (SESSION_RECORD_FIXED_LEN, old_record(entry.session))
             }
             Op::PutHash { key, .. } if entry.session != 0 => {
-                let previous_len = self.store.get(key).map_or(0, Bytes::len);
+                let previous_len = self.store.get(&key[..]).map_or(0, |value| value.len());
                 (
                     SESSION_RECORD_FIXED_LEN + previous_len,
                     old_record(entry.session),
@@ -181,39 +183,32 @@ impl State {
         }
         // State bytes follow from what each map says it replaced: one search per map, where
         // computing `len_after` first would search each of them again.
-        let item_len = |key: &Bytes, value: &Bytes| key.len() + value.len();
         let index = self.applied + 1;
         self.applied = index;
         let reply = match &entry.op {
             Op::Noop => Bytes::new(),
             Op::Put { key, value } => {
-                self.len += item_len(key, value);
-                let old = self.store.insert(key.clone(), value.clone());
-                if let Some(old) = &old {
-                    self.len -= item_len(key, old);
-                }
-                note_item(&mut undo, key, old);
+                self.put_item(Blob::from(key), Blob::from(value), &mut undo);
                 Bytes::new()
             }
             Op::PutHash { key, value } => {
-                let previous = self.store.get(key).cloned().unwrap_or_default();
+                let key = Blob::from(key);
+                let previous = self.store.get(&key).map(Blob::to_bytes).unwrap_or_default();
                 let stored = puthash_value(&previous, value);
-                self.len += item_len(key, &stored);
-                let old = self.store.insert(key.clone(), stored);
-                if let Some(old) = &old {
-                    self.len -= item_len(key, old);
-                }
-                note_item(&mut undo, key, old);
+                self.put_item(key, Blob::from(stored), &mut undo);
                 previous
             }
-            Op::Delete { key } => match self.store.remove(key) {
-                Some(old) => {
-                    self.len -= item_len(key, &old);
-                    note_item(&mut undo, key, Some(old));
-                    Bytes::from_static(b"1")
+            Op::Delete { key } => {
+                let key = Blob::from(key);
+                match self.store.remove(&key) {
+                    Some(old) => {
+                        self.len -= key.len() + old.len();
+                        note_item(&mut undo, &key, Some(old));
+                        Bytes::from_static(b"1")
+                    }
+                    None => Bytes::from_static(b"0"),
                 }
-                None => Bytes::from_static(b"0"),
-            },
+            }
             Op::OpenSession { .. } => {
                 let record = SessionRecord {
                     session: index,
@@ -246,6 +241,23 @@ impl State {
             );
         }
         reply
+    }
+
+    /// Stores `value` under `key`, counting the bytes it replaces.
+    fn put_item(&mut self, key: Blob, value: Blob, undo: &mut Option<&mut Undo>) {
+        let key_len = key.len();
+        self.len += key_len + value.len();
+        let old = match undo {
+            Some(undo) => {
+                let old = self.store.insert(key.clone(), value);
+                undo.items.push((key, old.clone()));
+                old
+            }
+            None => self.store.insert(key, value),
+        };
+        if let Some(old) = old {
+            self.len -= key_len + old.len();
+        }
     }
 
     /// Keeps `record` as its session's, counting the bytes it replaces.
@@ -291,12 +303,12 @@ pub struct Undo {
     /// `applied` and state bytes before the first entry.
     start: Option<(u64, usize)>,
     /// Each key written, with the value it had (none: it was absent).
-    items: Vec<(Bytes, Option<Bytes>)>,
+    items: Vec<(Blob, Option<Blob>)>,
     /// Each session record written or removed, with the record it had.
     records: Vec<(u64, Option<SessionRecord>)>,
 }
 
-fn note_item(undo: &mut Option<&mut Undo>, key: &Bytes, old: Option<Bytes>) {
+fn note_item(undo: &mut Option<&mut Undo>, key: &Blob, old: Option<Blob>) {
     if let Some(undo) = undo {
         undo.items.push((key.clone(), old));
     }
@@ -363,8 +375,8 @@ mod tests {
         assert_eq!(previous_values[5], "4175298000");
         assert_eq!(previous_values[99], "1507674645");
         assert_eq!(
-            state.store.get(&key).cloned().unwrap_or_default(),
-            "3868028174"
+            state.store.get(&key[..]).map(Blob::as_slice),
+            Some(&b"3868028174"[..])
         );
     }
 

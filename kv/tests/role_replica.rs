@@ -649,7 +649,10 @@ fn r10_a_retry_gets_the_original_reply_and_old_requests_are_refused() {
         s.turn_end(),
         vec![reply(&client, put_err(Status::ErrSessionExpired))]
     );
-    assert_eq!(s.role.state().store.get(&bytes("k")), Some(&bytes("b")));
+    assert_eq!(
+        s.role.state().store.get(&b"k"[..]),
+        Some(&kv::blob::Blob::from("b"))
+    );
     assert_eq!(
         s.role.state().applied,
         applied + 2,
@@ -678,7 +681,7 @@ fn r10_a_retried_delete_gets_its_original_reply() {
     assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))]);
     s.deliver(&client, delete(2, "k"));
     assert_eq!(s.turn_end(), vec![reply(&client, put_ok("1"))]);
-    assert_eq!(s.role.state().store.get(&bytes("k")), None);
+    assert_eq!(s.role.state().store.get(&b"k"[..]), None);
     let applied = s.role.state().applied;
     assert_eq!(
         s.deliver(&client, delete(2, "k")),
@@ -1350,7 +1353,7 @@ fn full_store_answers_writes_with_err_full() {
     assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))]);
     assert_eq!(s.deliver(&client, put(1, 2, "j", "12")), vec![]);
     assert_eq!(s.turn_end(), vec![reply(&client, put_err(Status::ErrFull))]);
-    assert_eq!(s.role.state().store.get(&bytes("j")), None);
+    assert_eq!(s.role.state().store.get(&b"j"[..]), None);
     s.deliver(&client, put(1, 2, "k", "1"));
     assert_eq!(s.turn_end(), vec![reply(&client, put_ok(""))], "shrinks");
     assert_eq!(s.role.stats().full, 1);
@@ -1400,7 +1403,7 @@ fn backup_puts_back_a_forward_refused_part_way() {
     assert_eq!(b.role.stats().refused, 1);
     assert_eq!(b.role.state(), &before, "nothing of the forward is kept");
     assert_eq!(b.role.state().len(), b.role.state().counted_len());
-    assert_eq!(b.role.state().store.get(&bytes("k")), None);
+    assert_eq!(b.role.state().store.get(&b"k"[..]), None);
 }
 
 /// `sessions_max` and `sessions_per_connection_max`: past them OpenSession is answered

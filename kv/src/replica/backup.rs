@@ -11,6 +11,7 @@ use runtime::{Ctx, Origin};
 
 use super::transfer::Receiving;
 use super::{Replica, ReplicaTimer, Standing};
+use crate::blob::Blob;
 use crate::store::{State, Undo, record_len};
 
 /// What only the view's backup keeps.
@@ -263,7 +264,7 @@ impl Receiving {
         self.next_chunk = self.next_chunk.saturating_add(1);
         for (key, value) in chunk.items {
             let (key_len, added) = (key.len(), key.len() + value.len());
-            let replaced = self.store.insert(key, value);
+            let replaced = self.store.insert(Blob::from(key), Blob::from(value));
             self.len = self.len + added - replaced.map_or(0, |old| key_len + old.len());
         }
         for record in chunk.sessions {

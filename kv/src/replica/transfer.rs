@@ -16,6 +16,7 @@ use rand::RngExt;
 use runtime::{Ctx, Origin};
 
 use super::{Replica, ReplicaTimer, Standing};
+use crate::blob::Blob;
 use crate::store::State;
 
 /// A state transfer in progress, as primary.
@@ -24,7 +25,7 @@ pub(super) struct Transfer {
     id: u64,
     snapshot: State,
     /// Last key sent; `None` before the first.
-    key_cursor: Option<Bytes>,
+    key_cursor: Option<Blob>,
     items_done: bool,
     session_cursor: Option<u64>,
     next_chunk: u32,
@@ -38,7 +39,7 @@ pub(super) struct Receiving {
     pub(super) id: u64,
     pub(super) next_chunk: u32,
     pub(super) snapshot_index: u64,
-    pub(super) store: OrdMap<Bytes, Bytes>,
+    pub(super) store: OrdMap<Blob, Blob>,
     pub(super) sessions: OrdMap<u64, SessionRecord>,
     /// State bytes received so far (as `State::len` counts them).
     pub(super) len: usize,
@@ -148,14 +149,14 @@ impl Transfer {
                 break;
             };
             len += key.len() + value.len() + 8;
-            items.push((key.clone(), value.clone()));
+            items.push((key.to_bytes(), value.to_bytes()));
             // Never more items than a backup takes in one chunk.
             if len >= limits.len_max || items.len() >= TRANSFER_ITEMS_MAX {
                 break;
             }
         }
         if let Some((key, _)) = items.last() {
-            self.key_cursor = Some(key.clone());
+            self.key_cursor = Some(Blob::from(key));
         }
         items
     }

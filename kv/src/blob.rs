@@ -1,0 +1,253 @@
+//! [`Blob`]: the byte strings the state keeps, keys and values. Those of up to
+//! [`INLINE_LEN`] bytes live inside the map's own nodes; longer ones are shared [`Bytes`].
+//!
+//! Why: a key that arrived in a request is a slice of the frame it came in. Kept as such in
+//! the ordered map, every comparison of a search followed a pointer to bytes stored apart
+//! from the node, one cache miss per level (a quarter of a backup's time went to these
+//! comparisons, docs/performance.md), and each key kept its frame's whole buffer alive. An
+//! inline key is compared in place, a word at a time, and holds no buffer.
+//!
+//! The order is the byte strings' lexicographic order, as for `[u8]` and [`Bytes`], whatever
+//! the representation, so the map iterates (and a transfer cuts its chunks) as before.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+
+/// Byte strings of at most this many bytes are kept inline.
+pub const INLINE_LEN: usize = 32;
+
+/// A key or value of the state: inline up to [`INLINE_LEN`] bytes, else shared.
+#[derive(Clone)]
+pub struct Blob(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    /// `bytes[..len]`; every byte after `len` is zero, which the word-wise order relies on.
+    Inline { len: u8, bytes: [u8; INLINE_LEN] },
+    /// Always longer than [`INLINE_LEN`]: each byte string has exactly one representation.
+    Shared(Bytes),
+}
+
+impl Blob {
+    /// The empty byte string.
+    pub const fn new() -> Blob {
+        Blob(Repr::Inline {
+            len: 0,
+            bytes: [0; INLINE_LEN],
+        })
+    }
+
+    /// `bytes` copied in if short, else shared.
+    pub fn from_slice(bytes: &[u8]) -> Blob {
+        match inline(bytes) {
+            Some(blob) => blob,
+            None => Blob(Repr::Shared(Bytes::copy_from_slice(bytes))),
+        }
+    }
+
+    /// The bytes as [`Bytes`]: a copy if inline (they are short), else shared.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self),
+            Repr::Shared(bytes) => bytes.clone(),
+        }
+    }
+
+    /// The bytes themselves.
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(bytes) => bytes,
+        }
+    }
+
+    /// Whether the bytes live inline.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+}
+
+/// `bytes` inline, if short enough.
+fn inline(bytes: &[u8]) -> Option<Blob> {
+    let len = u8::try_from(bytes.len())
+        .ok()
+        .filter(|&len| usize::from(len) <= INLINE_LEN)?;
+    let mut inline = [0; INLINE_LEN];
+    inline[..bytes.len()].copy_from_slice(bytes);
+    Some(Blob(Repr::Inline { len, bytes: inline }))
+}
+
+impl Default for Blob {
+    fn default() -> Blob {
+        Blob::new()
+    }
+}
+
+impl From<Bytes> for Blob {
+    /// Short bytes are copied in (the frame they came from is not kept); long ones shared.
+    fn from(bytes: Bytes) -> Blob {
+        match inline(&bytes) {
+            Some(blob) => blob,
+            None => Blob(Repr::Shared(bytes)),
+        }
+    }
+}
+
+impl From<&Bytes> for Blob {
+    fn from(bytes: &Bytes) -> Blob {
+        match inline(bytes) {
+            Some(blob) => blob,
+            None => Blob(Repr::Shared(bytes.clone())),
+        }
+    }
+}
+
+impl From<&[u8]> for Blob {
+    fn from(bytes: &[u8]) -> Blob {
+        Blob::from_slice(bytes)
+    }
+}
+
+impl From<&str> for Blob {
+    fn from(text: &str) -> Blob {
+        Blob::from_slice(text.as_bytes())
+    }
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// Lookups by `[u8]` agree with [`Blob`]'s own order and equality (both are the bytes').
+impl Borrow<[u8]> for Blob {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for Blob {
+    fn eq(&self, other: &Blob) -> bool {
+        match (&self.0, &other.0) {
+            (
+                Repr::Inline { len, bytes },
+                Repr::Inline {
+                    len: other_len,
+                    bytes: other_bytes,
+                },
+            ) => len == other_len && bytes == other_bytes,
+            _ => self.as_slice() == other.as_slice(),
+        }
+    }
+}
+
+impl Eq for Blob {}
+
+impl PartialOrd for Blob {
+    fn partial_cmp(&self, other: &Blob) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Blob {
+    fn cmp(&self, other: &Blob) -> Ordering {
+        match (&self.0, &other.0) {
+            (
+                Repr::Inline { len, bytes },
+                Repr::Inline {
+                    len: other_len,
+                    bytes: other_bytes,
+                },
+            ) => inline_cmp(bytes, other_bytes).then(len.cmp(other_len)),
+            _ => self.as_slice().cmp(other.as_slice()),
+        }
+    }
+}
+
+/// Two inline byte strings' order, zero-padded: the first differing byte decides, as in
+/// lexicographic order, since a string's padding is lower than or equal to any byte that
+/// the other has there; if the padded forms are equal, the shorter string (a prefix of
+/// the other, which goes on with zeros) is first, which the caller settles by length.
+fn inline_cmp(a: &[u8; INLINE_LEN], b: &[u8; INLINE_LEN]) -> Ordering {
+    let (a, _) = a.as_chunks::<8>();
+    let (b, _) = b.as_chunks::<8>();
+    for (a, b) in a.iter().zip(b) {
+        let order = u64::from_be_bytes(*a).cmp(&u64::from_be_bytes(*b));
+        if order != Ordering::Equal {
+            return order;
+        }
+    }
+    Ordering::Equal
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&Bytes::copy_from_slice(self), f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn bytes_up_to(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        // Few distinct bytes, zero among them, so prefixes and padding-like tails are common.
+        proptest::collection::vec(
+            prop_oneof![Just(0u8), Just(1u8), Just(255u8), any::<u8>()],
+            0..len,
+        )
+    }
+
+    proptest! {
+        /// Order and equality are the bytes' own, across representations and lengths
+        /// around the inline bound.
+        #[test]
+        fn order_and_equality_are_the_bytes(a in bytes_up_to(40), b in bytes_up_to(40)) {
+            let (x, y) = (Blob::from_slice(&a), Blob::from_slice(&b));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x == y, a == b);
+            prop_assert_eq!(x.as_slice(), &a[..]);
+            prop_assert_eq!(x.is_inline(), a.len() <= INLINE_LEN);
+            prop_assert_eq!(Blob::from(Bytes::from(a.clone())), x.clone());
+            prop_assert_eq!(&x.to_bytes()[..], &a[..]);
+        }
+
+        /// A string and the same string with zeros appended: the padding never makes
+        /// them equal.
+        #[test]
+        fn trailing_zeros_make_a_longer_string(a in bytes_up_to(30), zeros in 1usize..4) {
+            let mut longer = a.clone();
+            longer.resize(a.len() + zeros, 0);
+            let (x, y) = (Blob::from_slice(&a), Blob::from_slice(&longer));
+            prop_assert!(x < y);
+            prop_assert!(x != y);
+        }
+    }
+
+    #[test]
+    fn short_bytes_do_not_keep_their_buffer() {
+        let frame = Bytes::from(vec![7u8; 4096]);
+        let key = Blob::from(frame.slice(10..20));
+        assert!(key.is_inline());
+        assert!(
+            frame.is_unique(),
+            "the inline key holds no reference to the frame"
+        );
+        let long = Blob::from(frame.slice(0..INLINE_LEN + 1));
+        assert!(!long.is_inline());
+    }
+}
