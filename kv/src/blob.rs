@@ -58,11 +58,18 @@ impl Blob {
     }
 
     /// The bytes themselves.
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
             Repr::Shared(bytes) => bytes,
         }
+    }
+
+    /// `bytes` as a blob if they fit inline (a key to search with, made without allocating).
+    #[inline]
+    pub fn inline(bytes: &[u8]) -> Option<Blob> {
+        inline(bytes)
     }
 
     /// Whether the bytes live inline.
@@ -72,6 +79,7 @@ impl Blob {
 }
 
 /// `bytes` inline, if short enough.
+#[inline]
 fn inline(bytes: &[u8]) -> Option<Blob> {
     let len = u8::try_from(bytes.len())
         .ok()
@@ -89,6 +97,7 @@ impl Default for Blob {
 
 impl From<Bytes> for Blob {
     /// Short bytes are copied in (the frame they came from is not kept); long ones shared.
+    #[inline]
     fn from(bytes: Bytes) -> Blob {
         match inline(&bytes) {
             Some(blob) => blob,
@@ -98,6 +107,7 @@ impl From<Bytes> for Blob {
 }
 
 impl From<&Bytes> for Blob {
+    #[inline]
     fn from(bytes: &Bytes) -> Blob {
         match inline(bytes) {
             Some(blob) => blob,
@@ -121,12 +131,14 @@ impl From<&str> for Blob {
 impl Deref for Blob {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl AsRef<[u8]> for Blob {
+    #[inline]
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
     }
@@ -134,12 +146,14 @@ impl AsRef<[u8]> for Blob {
 
 /// Lookups by `[u8]` agree with [`Blob`]'s own order and equality (both are the bytes').
 impl Borrow<[u8]> for Blob {
+    #[inline]
     fn borrow(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl PartialEq for Blob {
+    #[inline]
     fn eq(&self, other: &Blob) -> bool {
         match (&self.0, &other.0) {
             (
@@ -157,12 +171,14 @@ impl PartialEq for Blob {
 impl Eq for Blob {}
 
 impl PartialOrd for Blob {
+    #[inline]
     fn partial_cmp(&self, other: &Blob) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
 impl Ord for Blob {
+    #[inline]
     fn cmp(&self, other: &Blob) -> Ordering {
         match (&self.0, &other.0) {
             (
@@ -181,6 +197,7 @@ impl Ord for Blob {
 /// lexicographic order, since a string's padding is lower than or equal to any byte that
 /// the other has there; if the padded forms are equal, the shorter string (a prefix of
 /// the other, which goes on with zeros) is first, which the caller settles by length.
+#[inline]
 fn inline_cmp(a: &[u8; INLINE_LEN], b: &[u8; INLINE_LEN]) -> Ordering {
     let (a, _) = a.as_chunks::<8>();
     let (b, _) = b.as_chunks::<8>();

@@ -569,7 +569,7 @@ impl<E: Role> Role for Host<E> {
         let value_len = self
             .replica
             .as_ref()
-            .and_then(|replica| replica.state().store.get(&key[..]).map(|value| value.len()));
+            .and_then(|replica| replica.state().get(key).map(|value| value.len()));
         REPLY_LEN_HINT_DEFAULT + value_len.unwrap_or(0)
     }
 

@@ -81,6 +81,15 @@ impl State {
         }
     }
 
+    /// The value stored under `key`. A short key is searched for inline, so each step of
+    /// the search compares words in place.
+    pub fn get(&self, key: &[u8]) -> Option<&Blob> {
+        match Blob::inline(key) {
+            Some(key) => self.store.get(&key),
+            None => self.store.get(key),
+        }
+    }
+
     /// State bytes: keys, values and session records.
     pub fn len(&self) -> usize {
         self.len
@@ -99,13 +108,13 @@ impl State {
 
     /// State bytes once `entry` is applied, computed without applying it.
     pub fn len_after(&self, entry: &Entry) -> usize {
-        let item_len = |key: &Bytes| self.store.get(&key[..]).map_or(0, |v| key.len() + v.len());
+        let item_len = |key: &Bytes| self.get(key).map_or(0, |v| key.len() + v.len());
         let old_record = |session: u64| self.sessions.get(&session).map_or(0, record_len);
         let (added, removed) = match &entry.op {
             Op::Noop => (0, 0),
             Op::Put { key, value } => (key.len() + value.len(), item_len(key)),
             Op::PutHash { key, value } => {
-                let previous = self.store.get(&key[..]).map_or(&[][..], Blob::as_slice);
+                let previous = self.get(key).map_or(&[][..], Blob::as_slice);
                 let stored = puthash_value(previous, value);
                 (key.len() + stored.len(), item_len(key))
             }
@@ -126,7 +135,7 @@ impl State {
                 (SESSION_RECORD_FIXED_LEN, old_record(entry.session))
             }
             Op::PutHash { key, .. } if entry.session != 0 => {
-                let previous_len = self.store.get(&key[..]).map_or(0, |value| value.len());
+                let previous_len = self.get(key).map_or(0, |value| value.len());
                 (
                     SESSION_RECORD_FIXED_LEN + previous_len,
                     old_record(entry.session),

@@ -503,7 +503,7 @@ impl Replica {
             return;
         }
         // R8: read at its place in the order; answered once a later index commits.
-        let reply = match self.state.store.get(&request.key[..]) {
+        let reply = match self.state.get(&request.key) {
             Some(value) => GetReply {
                 status: Status::Ok,
                 value: value.to_bytes(),
@@ -561,11 +561,7 @@ impl Replica {
             // Only PutHash replies with what is stored (a Delete with one byte): a Put's
             // key is not searched for here.
             let stored = match request.kind {
-                PutKind::PutHash => replica
-                    .state
-                    .store
-                    .get(&request.key[..])
-                    .map_or(0, |value| value.len()),
+                PutKind::PutHash => replica.state.get(&request.key).map_or(0, |v| v.len()),
                 PutKind::Put | PutKind::Delete => 1,
             };
             let kept = (replica.state.sessions.get(&request.session)).map_or(0, |r| r.reply.len());
