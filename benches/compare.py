@@ -132,6 +132,18 @@ class Processes:
                 total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         return total
 
+    def switches(self, prefix):
+        """Context switches so far (voluntary: it slept; involuntary: it was preempted)
+        of the processes whose name starts with prefix."""
+        total = 0
+        for name, proc in self.procs:
+            if name.startswith(prefix):
+                with open(f"/proc/{proc.pid}/status") as f:
+                    total += sum(int(line.split()[1]) for line in f
+                                 if line.startswith(("voluntary_ctxt_switches",
+                                                     "nonvoluntary_ctxt_switches")))
+        return total
+
     def stop_all(self):
         for name, proc in reversed(self.procs):
             if proc.poll() is None:
@@ -221,6 +233,7 @@ class Bench:
         env = dict(os.environ)
         env.pop("PBKV_KEY_FILE", None)
         servers_before = self.procs.cpu_seconds(target)
+        switches_before = self.procs.switches(target)
         busy_before, steal_before = machine_cpu()
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -231,6 +244,7 @@ class Bench:
             err.seek(0)
             stdout, stderr = out.read(), err.read()
         servers = self.procs.cpu_seconds(target) - servers_before
+        server_switches = self.procs.switches(target) - switches_before
         wall = time.monotonic() - started
         busy_after, steal_after = machine_cpu()
         bench_cpu = usage.ru_utime + usage.ru_stime
@@ -245,6 +259,9 @@ class Bench:
         ops = max(report["ops"], 1)
         report["bench_cpu_us_per_op"] = bench_cpu / ops * 1e6
         report["server_cpu_us_per_op"] = servers / ops * 1e6
+        # Context switches per operation: each one a sleep and a wake-up (or a preemption).
+        report["bench_switches_per_op"] = (usage.ru_nvcsw + usage.ru_nivcsw) / ops
+        report["server_switches_per_op"] = server_switches / ops
         # Interference: CPUs busy with anything else, and stolen by the hypervisor.
         report["others_cpus"] = max(0.0, busy_after - busy_before - bench_cpu - servers) / wall
         report["steal_cpus"] = (steal_after - steal_before) / wall
@@ -257,6 +274,8 @@ def figures(report, kind):
             "p99_us": latency["p99"], "ops": report["ops"],
             "bench_cpu_us": report["bench_cpu_us_per_op"],
             "server_cpu_us": report["server_cpu_us_per_op"],
+            "bench_switches": report["bench_switches_per_op"],
+            "server_switches": report["server_switches_per_op"],
             "others_cpus": report["others_cpus"], "steal_cpus": report["steal_cpus"]}
 
 
@@ -329,8 +348,10 @@ def main():
                 print(f"round {r + 1} {name:<15} {f['ops_per_sec']:>10.0f} ops/s  "
                       f"p50 {f['p50_us'] / 1000:.3f} ms  p99 {f['p99_us'] / 1000:.3f} ms  "
                       f"CPU/op: bench {f['bench_cpu_us']:.1f} us, "
-                      f"servers {f['server_cpu_us']:.1f} us; others {f['others_cpus']:.2f} "
-                      f"CPUs, steal {f['steal_cpus']:.2f}", flush=True)
+                      f"servers {f['server_cpu_us']:.1f} us; switches/op: bench "
+                      f"{f['bench_switches']:.2f}, servers {f['server_switches']:.2f}; "
+                      f"others {f['others_cpus']:.2f} CPUs, steal {f['steal_cpus']:.2f}",
+                      flush=True)
         info["loadavg_end"] = os.getloadavg()
     except (RuntimeError, KeyboardInterrupt) as e:
         sys.exit(f"compare: {e or 'interrupted'}")
@@ -343,9 +364,11 @@ def main():
     hi = lambda name, key: max(f[key] for f in results[name])
     print()
     print("medians over the rounds; min..max across rounds; spread = (max - min) / median;")
-    print("CPU per operation in microseconds: the bench's, and the servers' together")
+    print("CPU per operation in microseconds: the bench's, and the servers' together;")
+    print("context switches per operation (sw): the bench's, and the servers'")
     print(f"{'case':<15} {'ops/s':>8} {'min..max':>15} {'spread':>7} {'p50 ms':>7}"
-          f" {'p99 ms':>7} {'p99 min..max':>13} {'bench':>6} {'servers':>7}")
+          f" {'p99 ms':>7} {'p99 min..max':>13} {'bench':>6} {'servers':>7}"
+          f" {'sw bench':>8} {'sw srv':>6}")
     for name, *_ in CASES:
         m = med(name, "ops_per_sec")
         spread = (hi(name, "ops_per_sec") - lo(name, "ops_per_sec")) / m * 100
@@ -353,7 +376,8 @@ def main():
         p99 = f"{lo(name, 'p99_us') / 1000:.3f}..{hi(name, 'p99_us') / 1000:.3f}"
         print(f"{name:<15} {m:>8.0f} {span:>15} {spread:>6.1f}% "
               f"{med(name, 'p50_us') / 1000:>7.3f} {med(name, 'p99_us') / 1000:>7.3f} {p99:>13}"
-              f" {med(name, 'bench_cpu_us'):>6.1f} {med(name, 'server_cpu_us'):>7.1f}")
+              f" {med(name, 'bench_cpu_us'):>6.1f} {med(name, 'server_cpu_us'):>7.1f}"
+              f" {med(name, 'bench_switches'):>8.2f} {med(name, 'server_switches'):>6.2f}")
 
     def per_round(a, b, key):
         return [x[key] / y[key] for x, y in zip(results[a], results[b])]
