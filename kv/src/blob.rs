@@ -4,8 +4,15 @@
 //! Why: a key that arrived in a request is a slice of the frame it came in. Kept as such in
 //! the ordered map, every comparison of a search followed a pointer to bytes stored apart
 //! from the node, one cache miss per level (a quarter of a backup's time went to these
-//! comparisons, docs/performance.md), and each key kept its frame's whole buffer alive. An
-//! inline key is compared in place, a word at a time, and holds no buffer.
+//! comparisons, docs/performance.md). An inline key is compared in place, a word at a time.
+//!
+//! **Memory.** A blob never keeps the buffer its bytes arrived in: a frame is a slice of a
+//! connection's read buffer (which can hold other frames, a 1 MiB value among them) and a
+//! backup's forward holds several writes, so a kept slice would pin all of it, and the
+//! state's bound (`state_bytes_max`, which counts keys and values) would not bound memory:
+//! a client could pin a megabyte with every 33-byte value it leaves behind. Long bytes are
+//! copied into an allocation of their own once, when they enter the state
+//! ([`Blob::from`]); clones after that share it.
 //!
 //! The order is the byte strings' lexicographic order, as for `[u8]` and [`Bytes`], whatever
 //! the representation, so the map iterates (and a transfer cuts its chunks) as before.
@@ -41,7 +48,7 @@ impl Blob {
         })
     }
 
-    /// `bytes` copied in if short, else shared.
+    /// `bytes` copied in: inline if short, else into an allocation of their own.
     pub fn from_slice(bytes: &[u8]) -> Blob {
         match inline(bytes) {
             Some(blob) => blob,
@@ -96,23 +103,18 @@ impl Default for Blob {
 }
 
 impl From<Bytes> for Blob {
-    /// Short bytes are copied in (the frame they came from is not kept); long ones shared.
+    /// The bytes copied, inline or into an allocation of their own: the buffer they are a
+    /// slice of is not kept (see the module docs).
     #[inline]
     fn from(bytes: Bytes) -> Blob {
-        match inline(&bytes) {
-            Some(blob) => blob,
-            None => Blob(Repr::Shared(bytes)),
-        }
+        Blob::from_slice(&bytes)
     }
 }
 
 impl From<&Bytes> for Blob {
     #[inline]
     fn from(bytes: &Bytes) -> Blob {
-        match inline(bytes) {
-            Some(blob) => blob,
-            None => Blob(Repr::Shared(bytes.clone())),
-        }
+        Blob::from_slice(bytes)
     }
 }
 
@@ -256,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn short_bytes_do_not_keep_their_buffer() {
+    fn no_blob_keeps_the_buffer_it_came_from() {
         let frame = Bytes::from(vec![7u8; 4096]);
         let key = Blob::from(frame.slice(10..20));
         assert!(key.is_inline());
@@ -266,5 +268,11 @@ mod tests {
         );
         let long = Blob::from(frame.slice(0..INLINE_LEN + 1));
         assert!(!long.is_inline());
+        let longer = Blob::from(&frame.slice(100..1100));
+        assert!(frame.is_unique(), "long bytes are copied out of the frame");
+        assert_eq!((long.len(), longer.len()), (INLINE_LEN + 1, 1000));
+        // Clones share the blob's own allocation.
+        let shared = longer.clone().to_bytes();
+        assert_eq!(shared.as_ptr(), longer.to_bytes().as_ptr());
     }
 }

@@ -421,6 +421,46 @@ mod tests {
         assert_eq!(state.len(), state.counted_len());
     }
 
+    /// Nothing the state keeps points into the frame its entries came in (keys, values,
+    /// kept replies; short and long), so `state_bytes_max` bounds what the state holds.
+    #[test]
+    fn the_state_keeps_no_part_of_a_frame() {
+        let frame = Bytes::from(vec![b'a'; 8192]);
+        let mut state = State::default();
+        state.apply(&Entry {
+            session: 0,
+            seq: 0,
+            op: Op::OpenSession { nonce: 1 },
+        });
+        let ops = [
+            Op::Put {
+                key: frame.slice(0..3),
+                value: frame.slice(0..5000),
+            },
+            Op::Put {
+                key: frame.slice(0..100),
+                value: frame.slice(0..10),
+            },
+            Op::PutHash {
+                key: frame.slice(0..3),
+                value: frame.slice(0..40),
+            },
+            Op::Put {
+                key: frame.slice(0..4),
+                value: frame.slice(10..60),
+            },
+        ];
+        for (seq, op) in (1..).zip(ops) {
+            state.apply(&Entry {
+                session: 1,
+                seq,
+                op,
+            });
+        }
+        assert_eq!(state.store.len(), 3);
+        assert!(frame.is_unique(), "the state holds a slice of the frame");
+    }
+
     /// State bytes follow every kind of entry, and the bound rule admits what fits, what
     /// does not grow the state, and nothing past the session limit.
     #[test]

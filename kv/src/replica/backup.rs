@@ -3,6 +3,7 @@
 //! is checked whole first (`validate`), and a forward is applied to a copy of the state
 //! that replaces it only if every entry passed: a forward is taken entirely or not at all.
 
+use bytes::Bytes;
 use imbl::OrdMap;
 use proto::MessageType;
 use proto::kv::{ForwardReply, ForwardRequest, Outcome, TransferReply, TransferRequest};
@@ -248,8 +249,8 @@ impl Replica {
 
 impl Receiving {
     /// Adds a chunk (already checked in shape) to the snapshot being assembled, within the
-    /// state bounds; on an error the caller abandons the transfer. Its keys and values
-    /// move in: no reference count is touched per item.
+    /// state bounds; on an error the caller abandons the transfer. Its keys and values are
+    /// copied into blobs, so the chunk's frame is freed once it is taken.
     fn take_chunk(
         &mut self,
         chunk: TransferRequest,
@@ -267,7 +268,12 @@ impl Receiving {
             let replaced = self.store.insert(Blob::from(key), Blob::from(value));
             self.len = self.len + added - replaced.map_or(0, |old| key_len + old.len());
         }
-        for record in chunk.sessions {
+        for mut record in chunk.sessions {
+            // The kept reply is copied out of the chunk's frame, which it would keep alive
+            // (as the items' blobs do, `crate::blob`).
+            if !record.reply.is_empty() {
+                record.reply = Bytes::copy_from_slice(&record.reply);
+            }
             let added = record_len(&record);
             let replaced = self.sessions.insert(record.session, record);
             self.len = self.len + added - replaced.as_ref().map_or(0, record_len);
