@@ -572,4 +572,73 @@ mod tests {
             proptest::prop_assert_eq!(state.len(), state.counted_len());
         }
     }
+
+    /// Keys and values around the inline bound (`crate::blob::INLINE_LEN`), with prefixes
+    /// and trailing zeros: where an inline and a shared blob, or two padded forms, meet.
+    fn edge_bytes() -> impl proptest::strategy::Strategy<Value = Bytes> {
+        use proptest::prelude::*;
+        let len = prop_oneof![
+            Just(0usize),
+            Just(1),
+            Just(31),
+            Just(32),
+            Just(33),
+            0usize..40
+        ];
+        (
+            len,
+            prop_oneof![Just(0u8), Just(1u8), Just(255u8)],
+            0usize..4,
+        )
+            .prop_map(|(len, fill, zeros)| {
+                let mut bytes = vec![fill; len];
+                bytes.resize(len + zeros, 0);
+                Bytes::from(bytes)
+            })
+    }
+
+    proptest::proptest! {
+        /// The state against a plain ordered map of byte vectors, with keys and values
+        /// around the inline bound: replies, every way of looking a key up, the iteration
+        /// order (a transfer's chunk order) and the state bytes agree after every step.
+        #[test]
+        fn the_store_behaves_as_an_ordered_map_of_bytes(
+            steps in proptest::collection::vec((0u8..3, edge_bytes(), edge_bytes()), 1..80),
+        ) {
+            use std::collections::BTreeMap;
+            let mut state = State::default();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for (kind, key, value) in steps {
+                let previous = model.get(&key[..]).cloned().unwrap_or_default();
+                let (op, expected) = match kind {
+                    0 => {
+                        model.insert(key.to_vec(), value.to_vec());
+                        (Op::Put { key: key.clone(), value }, Vec::new())
+                    }
+                    1 => {
+                        let stored = puthash_value(&previous, &value);
+                        model.insert(key.to_vec(), stored.to_vec());
+                        (Op::PutHash { key: key.clone(), value }, previous)
+                    }
+                    _ => {
+                        let existed = model.remove(&key[..]).is_some();
+                        (Op::Delete { key: key.clone() }, if existed { b"1" } else { b"0" }.to_vec())
+                    }
+                };
+                let reply = state.apply(&Entry { session: 0, seq: 0, op });
+                proptest::prop_assert_eq!(&reply[..], &expected[..]);
+                let found = model.get(&key[..]).map(Vec::as_slice);
+                proptest::prop_assert_eq!(state.get(&key).map(Blob::as_slice), found);
+                proptest::prop_assert_eq!(state.store.get(&key[..]).map(Blob::as_slice), found);
+                let blob = Blob::from(&key);
+                proptest::prop_assert_eq!(state.store.get(&blob).map(Blob::as_slice), found);
+                let items: Vec<(&[u8], &[u8])> =
+                    state.store.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+                let expected_items: Vec<(&[u8], &[u8])> =
+                    model.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+                proptest::prop_assert_eq!(items, expected_items);
+                proptest::prop_assert_eq!(state.len(), state.counted_len());
+            }
+        }
+    }
 }
