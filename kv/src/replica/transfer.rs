@@ -320,3 +320,84 @@ impl Replica {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proto::kv::{Entry, Op};
+    use proto::viewservice::View;
+
+    use super::{ChunkLimits, Transfer};
+    use crate::blob::Blob;
+    use crate::store::State;
+
+    /// A snapshot whose keys sit on every edge of the inline bound (prefixes, trailing
+    /// zeros, 31, 32 and 33 bytes, long), cut into chunks of one or two items: every key
+    /// goes exactly once, in order, and the chunks put back together are the snapshot's
+    /// store, whichever side of an inline/shared boundary the cursor stops on.
+    #[test]
+    fn chunks_carry_every_key_once_in_order_across_the_inline_bound() {
+        let mut keys: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"a".to_vec(),
+            b"a\0".to_vec(),
+            b"a\0\0".to_vec(),
+            vec![b'k'; 31],
+            vec![b'k'; 300],
+        ];
+        let mut zeros_32 = vec![b'k'; 30];
+        zeros_32.extend([0, 0]);
+        let mut plus_one = zeros_32.clone();
+        plus_one.push(1);
+        let mut zero_33 = vec![b'k'; 32];
+        zero_33.push(0);
+        keys.extend([zeros_32, plus_one, zero_33]);
+        let mut state = State::default();
+        for (i, key) in keys.iter().enumerate() {
+            let value = Bytes::from(vec![b'v'; [0, 32, 33][i % 3]]);
+            let op = Op::Put {
+                key: Bytes::from(key.clone()),
+                value,
+            };
+            state.apply(&Entry {
+                session: 0,
+                seq: 0,
+                op,
+            });
+        }
+        let mut transfer = Transfer {
+            id: 1,
+            snapshot: state.clone(),
+            key_cursor: None,
+            items_done: false,
+            session_cursor: None,
+            next_chunk: 0,
+            chunks_acked: 0,
+            last_sent: false,
+        };
+        let view = View::initial(proto::Incarnation(1));
+        let limits = ChunkLimits {
+            len_max: 40,
+            sessions_max: 1,
+        };
+        let mut received = imbl::OrdMap::new();
+        let mut sent: Vec<Bytes> = Vec::new();
+        for _ in 0..keys.len() + 2 {
+            let chunk = transfer.next_chunk(view, limits);
+            assert!(chunk.items.len() <= 2, "chunks of one or two items");
+            for (key, value) in chunk.items {
+                sent.push(key.clone());
+                received.insert(Blob::from(key), Blob::from(value));
+            }
+            if chunk.last {
+                break;
+            }
+        }
+        assert!(transfer.last_sent, "the transfer ended");
+        keys.sort();
+        let sent: Vec<&[u8]> = sent.iter().map(|key| &key[..]).collect();
+        let expected: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        assert_eq!(sent, expected, "every key once, in order");
+        assert_eq!(received, state.store);
+    }
+}
