@@ -621,8 +621,8 @@ mod tests {
                         (Op::PutHash { key: key.clone(), value }, previous)
                     }
                     _ => {
-                        let existed = model.remove(&key[..]).is_some();
-                        (Op::Delete { key: key.clone() }, if existed { b"1" } else { b"0" }.to_vec())
+                        let reply = if model.remove(&key[..]).is_some() { b"1" } else { b"0" };
+                        (Op::Delete { key: key.clone() }, reply.to_vec())
                     }
                 };
                 let reply = state.apply(&Entry { session: 0, seq: 0, op });
