@@ -157,16 +157,7 @@ impl Borrow<[u8]> for Blob {
 impl PartialEq for Blob {
     #[inline]
     fn eq(&self, other: &Blob) -> bool {
-        match (&self.0, &other.0) {
-            (
-                Repr::Inline { len, bytes },
-                Repr::Inline {
-                    len: other_len,
-                    bytes: other_bytes,
-                },
-            ) => len == other_len && bytes == other_bytes,
-            _ => self.as_slice() == other.as_slice(),
-        }
+        self.cmp(other) == Ordering::Equal
     }
 }
 

@@ -66,6 +66,20 @@ struct ChunkLimits {
 }
 
 impl Transfer {
+    /// A transfer of `snapshot`, nothing cut yet.
+    fn new(id: u64, snapshot: State) -> Transfer {
+        Transfer {
+            id,
+            snapshot,
+            key_cursor: None,
+            items_done: false,
+            session_cursor: None,
+            next_chunk: 0,
+            chunks_acked: 0,
+            last_sent: false,
+        }
+    }
+
     /// Progress for `pbkv info`.
     pub(super) fn info(&self) -> serde_json::Value {
         serde_json::json!({
@@ -203,16 +217,7 @@ impl Replica {
         let Standing::Primary(primary) = &mut self.standing else {
             return;
         };
-        primary.transfer = Some(Transfer {
-            id,
-            snapshot,
-            key_cursor: None,
-            items_done: false,
-            session_cursor: None,
-            next_chunk: 0,
-            chunks_acked: 0,
-            last_sent: false,
-        });
+        primary.transfer = Some(Transfer::new(id, snapshot));
         primary.clear_unacked(self.state.applied);
         log::info!(
             "state transfer {id:016x} started in view {}: snapshot at index {}, {} keys, to \
@@ -365,16 +370,7 @@ mod tests {
                 op,
             });
         }
-        let mut transfer = Transfer {
-            id: 1,
-            snapshot: state.clone(),
-            key_cursor: None,
-            items_done: false,
-            session_cursor: None,
-            next_chunk: 0,
-            chunks_acked: 0,
-            last_sent: false,
-        };
+        let mut transfer = Transfer::new(1, state.clone());
         let view = View::initial(proto::Incarnation(1));
         let limits = ChunkLimits {
             len_max: 40,
