@@ -40,17 +40,9 @@ enum Repr {
 }
 
 impl Blob {
-    /// The empty byte string.
-    pub const fn new() -> Blob {
-        Blob(Repr::Inline {
-            len: 0,
-            bytes: [0; INLINE_LEN],
-        })
-    }
-
     /// `bytes` copied in: inline if short, else into an allocation of their own.
     pub fn from_slice(bytes: &[u8]) -> Blob {
-        match inline(bytes) {
+        match Blob::inline(bytes) {
             Some(blob) => blob,
             None => Blob(Repr::Shared(Bytes::copy_from_slice(bytes))),
         }
@@ -76,29 +68,17 @@ impl Blob {
     /// `bytes` as a blob if they fit inline (a key to search with, made without allocating).
     #[inline]
     pub fn inline(bytes: &[u8]) -> Option<Blob> {
-        inline(bytes)
+        let len = u8::try_from(bytes.len())
+            .ok()
+            .filter(|&len| usize::from(len) <= INLINE_LEN)?;
+        let mut inline = [0; INLINE_LEN];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Some(Blob(Repr::Inline { len, bytes: inline }))
     }
 
     /// Whether the bytes live inline.
     pub fn is_inline(&self) -> bool {
         matches!(self.0, Repr::Inline { .. })
-    }
-}
-
-/// `bytes` inline, if short enough.
-#[inline]
-fn inline(bytes: &[u8]) -> Option<Blob> {
-    let len = u8::try_from(bytes.len())
-        .ok()
-        .filter(|&len| usize::from(len) <= INLINE_LEN)?;
-    let mut inline = [0; INLINE_LEN];
-    inline[..bytes.len()].copy_from_slice(bytes);
-    Some(Blob(Repr::Inline { len, bytes: inline }))
-}
-
-impl Default for Blob {
-    fn default() -> Blob {
-        Blob::new()
     }
 }
 
@@ -118,12 +98,6 @@ impl From<&Bytes> for Blob {
     }
 }
 
-impl From<&[u8]> for Blob {
-    fn from(bytes: &[u8]) -> Blob {
-        Blob::from_slice(bytes)
-    }
-}
-
 impl From<&str> for Blob {
     fn from(text: &str) -> Blob {
         Blob::from_slice(text.as_bytes())
@@ -135,13 +109,6 @@ impl Deref for Blob {
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl AsRef<[u8]> for Blob {
-    #[inline]
-    fn as_ref(&self) -> &[u8] {
         self.as_slice()
     }
 }

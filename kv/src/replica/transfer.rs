@@ -164,13 +164,11 @@ impl Transfer {
             };
             len += key.len() + value.len() + 8;
             items.push((key.to_bytes(), value.to_bytes()));
+            self.key_cursor = Some(key.clone());
             // Never more items than a backup takes in one chunk.
             if len >= limits.len_max || items.len() >= TRANSFER_ITEMS_MAX {
                 break;
             }
-        }
-        if let Some((key, _)) = items.last() {
-            self.key_cursor = Some(Blob::from(key));
         }
         items
     }
