@@ -163,7 +163,7 @@ struct BenchHost {
     sessions: Vec<Session>,
     pipeline: u32,
     /// Correlation id awaited → session index.
-    owners: HashMap<u64, u32>,
+    owners: HashMap<u64, u32, foldhash::fast::RandomState>,
     /// Sessions with nothing outstanding.
     idle: Vec<u32>,
     workload: Workload,
@@ -536,7 +536,10 @@ fn host(args: &BenchArgs, plan: &Plan) -> BenchHost {
     BenchHost {
         sessions,
         pipeline: args.pipeline,
-        owners: HashMap::with_capacity(session_count as usize * 2),
+        owners: HashMap::with_capacity_and_hasher(
+            session_count as usize * 2,
+            foldhash::fast::RandomState::default(),
+        ),
         // Popped from the end: session 0 starts first.
         idle: (0..session_count).rev().collect(),
         workload,
