@@ -704,11 +704,13 @@ impl LinkEnd {
 /// not reading them, or asks for more than it reads), while it has `requests_in_flight_max`
 /// requests unanswered, while the node's output (`node_queued_len`) passes
 /// `output_len_max`, and while any of this node's own links is past the write bound
-/// (`own_link_backed_up`: new requests would only add forwards that cannot leave).
+/// (`own_link_backed_up`: new requests would only add forwards that cannot leave). That last
+/// one is a scan of the node's links, asked for only when the other checks leave it to
+/// decide: the driver runs this rule before every frame it reads.
 pub fn reads_paused(
     end: &LinkEnd,
     own_queued_len: usize,
-    own_link_backed_up: bool,
+    own_link_backed_up: impl FnOnce() -> bool,
     node_queued_len: usize,
     options: &LinkOptions,
 ) -> bool {
@@ -721,7 +723,7 @@ pub fn reads_paused(
     // A server's connection (a member with an address: pings, forwards, transfers) waits
     // only on its own bound, so no client's backlog can stop a backup's acks or a ping.
     own_bound
-        || (!end.is_server() && (node_queued_len > options.output_len_max || own_link_backed_up))
+        || (!end.is_server() && (node_queued_len > options.output_len_max || own_link_backed_up()))
 }
 
 /// Whether a link with `queued_len` bytes waiting is past the write bound.
@@ -1128,11 +1130,11 @@ mod tests {
             ..LinkOptions::default()
         };
         let (_, _, mut acceptor) = handshake(&Keys::keyless(), &Keys::keyless());
-        assert!(!reads_paused(&acceptor, 0, false, 0, &options));
+        assert!(!reads_paused(&acceptor, 0, || false, 0, &options));
         acceptor.owe(1, 60, MonoTime(0));
-        assert!(!reads_paused(&acceptor, 40, false, 0, &options));
+        assert!(!reads_paused(&acceptor, 40, || false, 0, &options));
         assert!(
-            reads_paused(&acceptor, 41, false, 0, &options),
+            reads_paused(&acceptor, 41, || false, 0, &options),
             "owed bytes count"
         );
         assert_eq!(
@@ -1140,12 +1142,12 @@ mod tests {
             Err(Refusal::DuplicateRequest(1))
         );
         acceptor.paid(1);
-        assert!(!reads_paused(&acceptor, 41, false, 0, &options));
+        assert!(!reads_paused(&acceptor, 41, || false, 0, &options));
         for corr in 2..5 {
             acceptor.owe(corr, 1, MonoTime(0));
         }
         assert!(
-            reads_paused(&acceptor, 0, false, 0, &options),
+            reads_paused(&acceptor, 0, || false, 0, &options),
             "three in flight"
         );
         acceptor.forget_stale_owed(MonoTime(0).plus(options.owed_reply_timeout), &options);
@@ -1153,7 +1155,7 @@ mod tests {
         assert!(reads_paused(
             &acceptor,
             0,
-            false,
+            || false,
             options.output_len_max + 1,
             &options
         ));
@@ -1228,10 +1230,16 @@ mod tests {
             ..LinkOptions::default()
         };
         let (outbound, inbound) = pair(1);
-        assert!(!reads_paused(&inbound, 100, false, 0, &options));
-        assert!(reads_paused(&inbound, 101, false, 0, &options));
-        assert!(reads_paused(&inbound, 0, true, 0, &options));
-        assert!(!reads_paused(&outbound, 1_000, true, usize::MAX, &options));
+        assert!(!reads_paused(&inbound, 100, || false, 0, &options));
+        assert!(reads_paused(&inbound, 101, || false, 0, &options));
+        assert!(reads_paused(&inbound, 0, || true, 0, &options));
+        assert!(!reads_paused(
+            &outbound,
+            1_000,
+            || true,
+            usize::MAX,
+            &options
+        ));
         // A server's link (a member with an address) waits only on its own bound.
         let (_, _, server) = handshake(&Keys::keyless(), &Keys::keyless());
         let mut server = server;
@@ -1239,7 +1247,7 @@ mod tests {
             peer.addr = Some(Addr::v4(127, 0, 0, 1, 7101));
         }
         assert!(server.is_server() && !inbound.is_server());
-        assert!(!reads_paused(&server, 0, true, usize::MAX, &options));
-        assert!(reads_paused(&server, 101, false, 0, &options));
+        assert!(!reads_paused(&server, 0, || true, usize::MAX, &options));
+        assert!(reads_paused(&server, 101, || false, 0, &options));
     }
 }

@@ -158,11 +158,13 @@ impl Io {
         if !conn.link.is_inbound() {
             return false;
         }
-        let own_link_backed_up = self.links.values().any(|key| {
-            self.conns
-                .get(*key)
-                .is_some_and(|link| link::backed_up(link.write_buffer.len(), &self.options.links))
-        });
+        let own_link_backed_up = || {
+            self.links.values().any(|key| {
+                self.conns.get(*key).is_some_and(|link| {
+                    link::backed_up(link.write_buffer.len(), &self.options.links)
+                })
+            })
+        };
         link::reads_paused(
             &conn.link,
             conn.write_buffer.len(),

@@ -736,12 +736,14 @@ impl Net {
         }
         let options = &self.config.links;
         let own_queued_len = conn.flows[1 - direction].queued_len;
-        let own_link_backed_up = end.is_inbound()
-            && self.endpoints[node].links.values().any(|link| {
-                self.conns
-                    .get(link)
-                    .is_some_and(|c| link::backed_up(c.flows[TO_SERVER].queued_len, options))
-            });
+        let own_link_backed_up = || {
+            end.is_inbound()
+                && self.endpoints[node].links.values().any(|link| {
+                    self.conns
+                        .get(link)
+                        .is_some_and(|c| link::backed_up(c.flows[TO_SERVER].queued_len, options))
+                })
+        };
         let endpoint = &self.endpoints[node];
         let node_queued_len: usize = endpoint
             .links
