@@ -76,7 +76,9 @@ pub struct ReplicaConfig {
     pub transfer_chunk_sessions_max: usize,
     /// Transfer chunks produced per loop turn.
     pub transfer_chunks_per_turn: usize,
-    /// Transfer chunks sent and not yet acknowledged.
+    /// Transfer chunks sent and not yet acknowledged. The default window of full chunks
+    /// (16 × 256 KiB) is half the link's write bound (`LinkOptions::write_buffer_len_max`,
+    /// 8 MiB), so a transfer alone never backs the link up and holds clients' reads back.
     pub transfer_window: u32,
     /// Sessions idle longer than this expire.
     pub session_idle_max: Duration,
@@ -112,7 +114,7 @@ impl ReplicaConfig {
             transfer_chunk_len_max: 256 * 1024,
             transfer_chunk_sessions_max: 4096,
             transfer_chunks_per_turn: 4,
-            transfer_window: 8,
+            transfer_window: 16,
             session_idle_max: Duration::from_secs(600),
             state_bytes_max: 1 << 30,
             sessions_max: 100_000,

@@ -332,7 +332,24 @@ mod tests {
 
     use super::{ChunkLimits, Transfer};
     use crate::blob::Blob;
+    use crate::replica::ReplicaConfig;
     use crate::store::State;
+
+    /// A full window of chunks (the most a primary has sent and not seen acknowledged) fits
+    /// in half the link's write bound by default: the transfer leaves room for forwards, and
+    /// never alone makes the link count as backed up, which pauses clients' reads.
+    #[test]
+    fn the_default_transfer_window_fits_in_half_the_links_write_bound() {
+        let addr = "127.0.0.1:1".parse().expect("an address");
+        let config = ReplicaConfig::new(addr, addr);
+        let window_len = usize::try_from(config.transfer_window).expect("a small window")
+            * config.transfer_chunk_len_max;
+        let write_bound = runtime::link::LinkOptions::default().write_buffer_len_max;
+        assert!(
+            window_len <= write_bound / 2,
+            "{window_len} bytes in flight against a write bound of {write_bound}"
+        );
+    }
 
     /// A snapshot whose keys sit on every edge of the inline bound (prefixes, trailing
     /// zeros, 31, 32 and 33 bytes, long), cut into chunks of one or two items: every key
