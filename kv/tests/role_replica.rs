@@ -739,7 +739,10 @@ fn r11_idle_sessions_expire_on_the_primarys_clock() {
 /// restarts the transfer with a new id.
 #[test]
 fn r12_a_state_transfer_is_installed_only_whole() {
-    let mut p = Node::start_with(s1(), |config| config.transfer_chunk_len_max = 16);
+    let mut p = Node::start_with(s1(), |config| {
+        config.transfer_chunk_len_max = 16;
+        config.transfer_chunks_per_turn = 4;
+    });
     let mut b = Node::start(s2());
     let first = view(1, Some(s1()), None);
     p.adopt(first);
@@ -882,7 +885,10 @@ fn start_transfer_to_s2(p: &mut Node, b: &mut Node) -> Actions {
 /// window.
 #[test]
 fn transfer_waits_for_its_link() {
-    let mut p = Node::start_with(s1(), |config| config.transfer_chunk_len_max = 16);
+    let mut p = Node::start_with(s1(), |config| {
+        config.transfer_chunk_len_max = 16;
+        config.transfer_chunks_per_turn = 4;
+    });
     p.adopt(view(1, Some(s1()), None));
     let client = from_client(40, 5);
     p.deliver(&client, OpenSessionRequest { nonce: 8 });

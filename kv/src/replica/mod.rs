@@ -74,7 +74,8 @@ pub struct ReplicaConfig {
     pub transfer_chunk_len_max: usize,
     /// Session records in one transfer chunk.
     pub transfer_chunk_sessions_max: usize,
-    /// Transfer chunks produced per loop turn.
+    /// Transfer chunks produced per loop turn: few, so the primary's turns stay short; the
+    /// window, not this, keeps the backup fed (`TransferMore` asks for the next turn).
     pub transfer_chunks_per_turn: usize,
     /// Transfer chunks sent and not yet acknowledged. The default window of full chunks
     /// (16 × 256 KiB) is half the link's write bound (`LinkOptions::write_buffer_len_max`,
@@ -113,7 +114,7 @@ impl ReplicaConfig {
             forward_batch_len_max: 1024 * 1024,
             transfer_chunk_len_max: 256 * 1024,
             transfer_chunk_sessions_max: 4096,
-            transfer_chunks_per_turn: 4,
+            transfer_chunks_per_turn: 2,
             transfer_window: 16,
             session_idle_max: Duration::from_secs(600),
             state_bytes_max: 1 << 30,
