@@ -483,6 +483,79 @@ mod tests {
         assert!(check(&history).is_ok());
     }
 
+    /// Small one-key histories: puts of distinct values, gets that return one of the first
+    /// three values or "missing", deletes, puts and deletes of unknown outcome; times from
+    /// a small range, so operations overlap often.
+    fn small_history() -> impl proptest::strategy::Strategy<Value = Vec<Operation>> {
+        use proptest::prelude::*;
+        let spec = (
+            0u8..3,
+            0u64..20,
+            1u64..8,
+            0u8..4,
+            any::<bool>(),
+            proptest::bool::weighted(0.2),
+        );
+        proptest::collection::vec(spec, 1..8).prop_map(|specs| {
+            let ops = specs.into_iter().enumerate();
+            ops.map(|(i, (kind, invoked, len, seen, present, unknown))| {
+                let completed = (!unknown).then_some(invoked + len);
+                match kind {
+                    0 => put(&format!("v{i}"), invoked, completed),
+                    1 => {
+                        let value = (seen > 0).then(|| format!("v{}", seen - 1));
+                        get(value.as_deref(), invoked, invoked + len)
+                    }
+                    _ => delete(present, invoked, completed),
+                }
+            })
+            .collect()
+        })
+    }
+
+    /// Every order of every choice of the unknown operations, with no pruning and no
+    /// memo: an operation may come next if no unplaced completed one finished before it
+    /// began.
+    fn linearizable_by_brute_force(ops: &[Operation]) -> bool {
+        fn place(ops: &[Operation], used: &mut [bool], state: &Option<Bytes>) -> bool {
+            if (0..ops.len()).all(|i| used[i] || ops[i].completed.is_none()) {
+                return true;
+            }
+            for i in 0..ops.len() {
+                let blocked = (0..ops.len())
+                    .any(|j| !used[j] && ops[j].completed.is_some_and(|c| c < ops[i].invoked));
+                if used[i] || blocked {
+                    continue;
+                }
+                let Some(next) = apply(&ops[i], state) else {
+                    continue;
+                };
+                used[i] = true;
+                let found = place(ops, used, &next);
+                used[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        place(ops, &mut vec![false; ops.len()], &None)
+    }
+
+    proptest::proptest! {
+        /// The search (its memo, its prunings of unknown outcomes, its levels on the heap)
+        /// finds a linearization exactly when trying every order does.
+        #[test]
+        fn the_search_agrees_with_trying_every_order(history in small_history()) {
+            proptest::prop_assert_eq!(
+                check(&history).is_ok(),
+                linearizable_by_brute_force(&history),
+                "{:?}",
+                history
+            );
+        }
+    }
+
     /// One key, 30 000 operations one after another: the search goes one level deeper per
     /// operation, further than a thread's stack holds frames (the recursive search this
     /// replaced overflowed it), and a stale read at the very end is still found.
