@@ -83,6 +83,15 @@ pub struct Violation {
 /// # Errors
 /// The first key whose operations cannot be linearized.
 pub fn check(history: &[Operation]) -> Result<usize, Violation> {
+    if let Some(op) = history
+        .iter()
+        .find(|op| op.completed.is_some_and(|at| at < op.invoked))
+    {
+        return Err(Violation {
+            key: op.key.clone(),
+            explanation: format!("an operation completed before it was invoked: {op:?}"),
+        });
+    }
     let mut by_key: BTreeMap<&Bytes, Vec<&Operation>> = BTreeMap::new();
     for op in history {
         by_key.entry(&op.key).or_default().push(op);
@@ -210,15 +219,27 @@ impl Search<'_> {
         while frontier < self.ops.len() && self.placed[frontier] {
             frontier += 1;
         }
-        // Done once every completed operation is placed.
-        let deadline = (frontier..self.ops.len())
-            .filter(|i| !self.placed[*i])
-            .filter_map(|i| self.ops[i].completed)
-            .min();
+        // The earliest completion among the unplaced completed operations; done once every
+        // completed operation is placed. Operations are sorted by invocation and none
+        // completes before it was invoked (`check`), so past one invoked after the earliest
+        // completion so far, none completes sooner: the scan covers the operations that
+        // overlap the frontier, not the rest of the history.
+        let mut deadline: Option<u64> = None;
+        for (op, placed) in self.ops[frontier..].iter().zip(&self.placed[frontier..]) {
+            if deadline.is_some_and(|at| op.invoked > at) {
+                break;
+            }
+            if let (false, Some(completed)) = (placed, op.completed) {
+                deadline = Some(deadline.map_or(completed, |at| at.min(completed)));
+            }
+        }
         let Some(deadline) = deadline else {
             return Entered::Done;
         };
-        let extras: Vec<u32> = (frontier..self.ops.len())
+        // Every operation placed beyond the frontier was a candidate once, invoked no later
+        // than the deadline of then, which is no later than this one.
+        let window = || (frontier..self.ops.len()).take_while(|i| self.ops[*i].invoked <= deadline);
+        let extras: Vec<u32> = window()
             .filter(|i| self.placed[*i])
             .map(|i| u32::try_from(i).expect("histories are far below 2^32 operations"))
             .collect();
@@ -227,10 +248,7 @@ impl Search<'_> {
         }
         // Candidates: unplaced operations invoked no later than the earliest completion
         // among unplaced completed ones (which must then come before anything later).
-        let candidates: Vec<usize> = (frontier..self.ops.len())
-            .take_while(|i| self.ops[*i].invoked <= deadline)
-            .filter(|i| !self.placed[*i])
-            .collect();
+        let candidates: Vec<usize> = window().filter(|i| !self.placed[*i]).collect();
         Entered::Level(Level {
             frontier,
             state,
