@@ -574,6 +574,15 @@ mod tests {
         }
     }
 
+    /// An operation that completed before it was invoked makes the history malformed: it
+    /// is refused, never passed (the search's scan of overlapping operations relies on it).
+    #[test]
+    fn an_operation_completing_before_its_invocation_is_refused() {
+        let history = vec![put("a", 10, Some(5)), get(Some("a"), 20, 21)];
+        let violation = check(&history).expect_err("malformed");
+        assert!(violation.explanation.contains("before it was invoked"));
+    }
+
     /// One key, 30 000 operations one after another: the search goes one level deeper per
     /// operation, further than a thread's stack holds frames (the recursive search this
     /// replaced overflowed it), and a stale read at the very end is still found.
