@@ -502,12 +502,14 @@ mod tests {
     }
 
     /// Small one-key histories: puts of distinct values, gets that return one of the first
-    /// three values or "missing", deletes, puts and deletes of unknown outcome; times from
-    /// a small range, so operations overlap often.
+    /// three values or "missing", deletes, PutHashes that report "" or one of those values
+    /// as the previous one, and puts, deletes and PutHashes of unknown outcome (which the
+    /// search's prunings treat apart); times from a small range, so operations overlap
+    /// often.
     fn small_history() -> impl proptest::strategy::Strategy<Value = Vec<Operation>> {
         use proptest::prelude::*;
         let spec = (
-            0u8..3,
+            0u8..4,
             0u64..20,
             1u64..8,
             0u8..4,
@@ -524,7 +526,23 @@ mod tests {
                         let value = (seen > 0).then(|| format!("v{}", seen - 1));
                         get(value.as_deref(), invoked, invoked + len)
                     }
-                    _ => delete(present, invoked, completed),
+                    2 => delete(present, invoked, completed),
+                    _ => {
+                        let previous = match seen {
+                            0 => Bytes::new(),
+                            seen => b(&format!("v{}", seen - 1)),
+                        };
+                        let output = match completed {
+                            Some(_) => Output::Previous(previous),
+                            None => Output::Unknown,
+                        };
+                        op(
+                            Kind::PutHash(b(&format!("v{i}"))),
+                            output,
+                            invoked,
+                            completed,
+                        )
+                    }
                 }
             })
             .collect()
