@@ -1,8 +1,6 @@
 //! What the bench sends: the operation mix, keys and unique values, made without an
 //! allocation per operation.
 
-use std::fmt::Write as _;
-
 use bytes::{Bytes, BytesMut};
 use kv::client::ClientOp;
 use rand::rngs::StdRng;
@@ -133,8 +131,8 @@ impl Arena {
 
 /// Digits of a `u64` in decimal.
 const U64_DIGITS_MAX: usize = 20;
-/// `key:` and the digits of the largest key index.
-const KEY_LEN_MAX: usize = 4 + U64_DIGITS_MAX;
+/// What every key starts with; the key index follows in decimal.
+const KEY_PREFIX: &[u8] = b"key:";
 const ARENA_CHUNK_LEN: usize = 64 * 1024;
 
 /// Makes the operations: keys at random (or in order with `fill`), kinds by the mix, and
@@ -186,9 +184,11 @@ impl Workload {
             self.rng.random_range(0..self.key_count)
         };
         self.next_index += 1;
-        let key = self.keys.make(KEY_LEN_MAX, |buffer| {
-            // Writing into a BytesMut cannot fail: it grows (here it never needs to).
-            let _ = write!(buffer, "key:{key_index}");
+        let mut digits = [0u8; U64_DIGITS_MAX];
+        let index = decimal(key_index, &mut digits);
+        let key = self.keys.make(KEY_PREFIX.len() + index.len(), |buffer| {
+            buffer.extend_from_slice(KEY_PREFIX);
+            buffer.extend_from_slice(index);
         });
         let kind = self.mix.pick(self.rng.random_range(0..100));
         match kind {
