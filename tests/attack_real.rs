@@ -492,7 +492,7 @@ fn without_the_cluster_key_nobody_acts_as_a_member() {
     for (name, to, claimed, message) in &attacks {
         // No key: a keyless proof, then the forged frame at once (no waiting).
         let mut raw = Raw::connect(*to);
-        let mut bytes = frame(&Message::Hello(claimed.clone()), 0);
+        let mut bytes = frame(&Message::from(claimed.clone()), 0);
         bytes.extend_from_slice(&frame(&Message::Auth(proto::Auth::KEYLESS), 0));
         bytes.extend_from_slice(&frame(message, 1));
         raw.write(&bytes);
@@ -629,7 +629,7 @@ fn a_squatter_on_a_dead_backups_port_receives_nothing() {
         while Instant::now() < deadline {
             if let Ok((mut stream, _)) = listener.accept() {
                 stream.set_nonblocking(true).expect("nonblocking");
-                let hello = frame(&Message::Hello(hello("s2", 13, Some(backup))), 0);
+                let hello = frame(&Message::from(hello("s2", 13, Some(backup))), 0);
                 let _ = stream.write_all(&hello);
                 conns.push(stream);
             }
@@ -733,7 +733,7 @@ fn memory_and_connections_stay_bounded() {
         }
     }
     let mut half = Raw::connect(primary);
-    let hello_bytes = frame(&Message::Hello(hello("half", 30, None)), 0);
+    let hello_bytes = frame(&Message::from(hello("half", 30, None)), 0);
     half.write(&hello_bytes[..hello_bytes.len() / 2]);
     let started = Instant::now();
     put(&client, "during-idle", b"ok");

@@ -169,7 +169,7 @@ fn a_client_that_never_reads_is_paused_and_hurts_no_one() {
         nonce: [7; proto::NONCE_LEN],
     };
     flood
-        .write_all(&frame(Message::Hello(hello)))
+        .write_all(&frame(Message::from(hello)))
         .expect("hello");
     // The responder holds no key (protected mode): a keyless proof opens the connection.
     flood

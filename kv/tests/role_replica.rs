@@ -757,7 +757,7 @@ fn r12_a_state_transfer_is_installed_only_whole() {
     let chunks: Vec<TransferRequest> = sends(&start_transfer_to_s2(&mut p, &mut b))
         .into_iter()
         .map(|(_, message)| match message {
-            Message::TransferRequest(chunk) => chunk,
+            Message::TransferRequest(chunk) => *chunk,
             other => panic!("a chunk, not {other:?}"),
         })
         .collect();
@@ -1263,7 +1263,7 @@ fn abandons_a_transfer_whose_last_chunk_never_arrives() {
     let chunks: Vec<TransferRequest> = sends(&start_transfer_to_s2(&mut p, &mut b))
         .into_iter()
         .filter_map(|(_, message)| match message {
-            Message::TransferRequest(chunk) => Some(chunk),
+            Message::TransferRequest(chunk) => Some(*chunk),
             _ => None,
         })
         .collect();

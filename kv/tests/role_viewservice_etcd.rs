@@ -8,7 +8,7 @@ mod roles;
 use std::time::Duration;
 
 use kv::viewservice::{StoreSettings, StoredRecord, ViewService, ViewServiceTimer, ViewTiming};
-use proto::viewservice::{GetViewRequest, Member, PingReply, PingRequest, View};
+use proto::viewservice::{GetViewRequest, Member, PingRequest, View};
 use proto::{Incarnation, Message};
 use runtime::store::{Compare, KeyValue, StoreOp, StoreResult, Txn, TxnOp, TxnResult};
 use runtime::{Action, Ctx, Role};
@@ -56,9 +56,9 @@ fn ping_replies(actions: &Actions) -> Vec<View> {
         .iter()
         .filter_map(|action| match action {
             Action::Reply {
-                message: Message::PingReply(PingReply { view }),
+                message: Message::PingReply(reply),
                 ..
-            } => Some(*view),
+            } => Some(reply.view),
             _ => None,
         })
         .collect()

@@ -2,6 +2,11 @@
 //!
 //! Codes appear only in the `messages!` invocation below. Codes are never reused; a retired
 //! code stays listed in docs/wire-format.md as reserved.
+//!
+//! Each entry names the type and how a [`Message`] holds it. The large payloads that are rare
+//! per operation (the handshake's hello, views, forward batches, transfer chunks) are boxed,
+//! so that a `Message`, which every frame moves several times between the socket and the
+//! role, stays the size of a `PutRequest` and moves without a call to `memcpy`.
 
 use bytes::BytesMut;
 
@@ -18,7 +23,7 @@ use crate::viewservice::{
 };
 
 macro_rules! messages {
-    ($($code:literal => $name:ident,)*) => {
+    ($($code:literal => $name:ident: $payload:ty,)*) => {
         /// Every message type, with its wire code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         #[repr(u16)]
@@ -56,7 +61,7 @@ macro_rules! messages {
         pub enum Message {
             $(
                 #[doc = concat!("`", stringify!($name), "`")]
-                $name($name),
+                $name($payload),
             )*
         }
 
@@ -84,7 +89,7 @@ macro_rules! messages {
                 reader: &mut Reader,
             ) -> Result<Message, DecodeError> {
                 let message = match message_type {
-                    $(MessageType::$name => Message::$name($name::decode(reader)?),)*
+                    $(MessageType::$name => Message::$name($name::decode(reader)?.into()),)*
                 };
                 Ok(message)
             }
@@ -93,38 +98,41 @@ macro_rules! messages {
         $(
             impl From<$name> for Message {
                 fn from(body: $name) -> Message {
-                    Message::$name(body)
+                    Message::$name(body.into())
                 }
             }
         )*
     };
 }
 
+/// The most a [`Message`] may take in memory; `message_stays_small` holds it to this.
+pub const MESSAGE_SIZE_MAX: usize = 88;
+
 messages! {
-    1 => Hello,
-    4 => Auth,
-    2 => EchoRequest,
-    3 => EchoReply,
-    10 => PingRequest,
-    11 => PingReply,
-    12 => GetViewRequest,
-    13 => GetViewReply,
-    14 => PingRelayRequest,
-    15 => PingRelayReply,
-    20 => OpenSessionRequest,
-    21 => OpenSessionReply,
-    22 => GetRequest,
-    23 => GetReply,
-    24 => PutRequest,
-    25 => PutReply,
-    30 => ForwardRequest,
-    31 => ForwardReply,
-    32 => TransferRequest,
-    33 => TransferReply,
-    40 => InfoRequest,
-    41 => InfoReply,
-    50 => TimeRequest,
-    51 => TimeReply,
+    1 => Hello: Box<Hello>,
+    4 => Auth: Auth,
+    2 => EchoRequest: EchoRequest,
+    3 => EchoReply: EchoReply,
+    10 => PingRequest: PingRequest,
+    11 => PingReply: Box<PingReply>,
+    12 => GetViewRequest: GetViewRequest,
+    13 => GetViewReply: Box<GetViewReply>,
+    14 => PingRelayRequest: PingRelayRequest,
+    15 => PingRelayReply: PingRelayReply,
+    20 => OpenSessionRequest: OpenSessionRequest,
+    21 => OpenSessionReply: OpenSessionReply,
+    22 => GetRequest: GetRequest,
+    23 => GetReply: GetReply,
+    24 => PutRequest: PutRequest,
+    25 => PutReply: PutReply,
+    30 => ForwardRequest: Box<ForwardRequest>,
+    31 => ForwardReply: Box<ForwardReply>,
+    32 => TransferRequest: Box<TransferRequest>,
+    33 => TransferReply: Box<TransferReply>,
+    40 => InfoRequest: InfoRequest,
+    41 => InfoReply: InfoReply,
+    50 => TimeRequest: TimeRequest,
+    51 => TimeReply: TimeReply,
 }
 
 impl MessageType {
@@ -171,5 +179,19 @@ impl MessageType {
 impl std::fmt::Display for MessageType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_stays_small() {
+        let size = std::mem::size_of::<Message>();
+        assert!(
+            size <= MESSAGE_SIZE_MAX,
+            "a Message takes {size} bytes: box the payload that grew"
+        );
     }
 }

@@ -87,7 +87,7 @@ fn v() -> Bytes {
 fn golden() -> Vec<(Message, &'static str)> {
     vec![
         (
-            Message::Hello(Hello {
+            Message::from(Hello {
                 protocol: 1,
                 software: "0.1.0".into(),
                 node: NodeId::new("s1").expect("valid"),
@@ -138,7 +138,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // Payload: a 48-byte view. len 68.
         (
-            Message::PingReply(PingReply { view: view2() }),
+            Message::from(PingReply { view: view2() }),
             "00000044 02 00 000b 0000000000000005 0000000000000009 \
              0000000000000002 \
              01 047f000001 1bbd 0000000000000011 \
@@ -152,7 +152,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // A view with a primary and no backup: 8 + 1 + 15 + 1 + 8 = 33 bytes. len 53.
         (
-            Message::GetViewReply(GetViewReply {
+            Message::from(GetViewReply {
                 view: View {
                     viewnum: 1,
                     primary: Some(m1()),
@@ -233,7 +233,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // Payload 48 + 8 + 4 + entries (17 + 27 + 27 + 25 + 37 + 22 = 155) = 215. len 235.
         (
-            Message::ForwardRequest(ForwardRequest {
+            Message::from(ForwardRequest {
                 view: view2(),
                 first_index: 10,
                 entries: vec![
@@ -292,7 +292,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // Payload 48 + 8 + 1 + 8 = 65. len 85.
         (
-            Message::ForwardReply(ForwardReply {
+            Message::from(ForwardReply {
                 view: view2(),
                 incarnation: Incarnation(0x22),
                 outcome: Outcome::Acked,
@@ -307,7 +307,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // Payload 48 + 8 + 4 + 8 + 1 + (4 + 10) + (4 + 29) = 116. len 136.
         (
-            Message::TransferRequest(TransferRequest {
+            Message::from(TransferRequest {
                 view: view2(),
                 transfer_id: 3,
                 chunk: 1,
@@ -332,7 +332,7 @@ fn golden() -> Vec<(Message, &'static str)> {
         ),
         // Payload 48 + 8 + 8 + 4 + 1 + 1 + 8 = 78. len 98.
         (
-            Message::TransferReply(TransferReply {
+            Message::from(TransferReply {
                 view: view2(),
                 incarnation: Incarnation(0x22),
                 transfer_id: 3,
@@ -538,9 +538,9 @@ fn viewservice_message() -> impl Strategy<Value = Message> {
                 viewnum,
             })
         }),
-        view().prop_map(|view| Message::PingReply(PingReply { view })),
+        view().prop_map(|view| Message::from(PingReply { view })),
         Just(Message::GetViewRequest(GetViewRequest {})),
-        view().prop_map(|view| Message::GetViewReply(GetViewReply { view })),
+        view().prop_map(|view| Message::from(GetViewReply { view })),
     ]
 }
 
@@ -591,7 +591,7 @@ fn replication_message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(entry(), 0..8)
         )
             .prop_map(|(view, first_index, entries)| {
-                Message::ForwardRequest(ForwardRequest {
+                Message::from(ForwardRequest {
                     view,
                     first_index,
                     entries,
@@ -599,7 +599,7 @@ fn replication_message() -> impl Strategy<Value = Message> {
             }),
         (view(), incarnation(), outcome(), any::<u64>()).prop_map(
             |(view, incarnation, outcome, applied)| {
-                Message::ForwardReply(ForwardReply {
+                Message::from(ForwardReply {
                     view,
                     incarnation,
                     outcome,
@@ -618,7 +618,7 @@ fn replication_message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(view, transfer_id, chunk, snapshot_index, last, items, sessions)| {
-                    Message::TransferRequest(TransferRequest {
+                    Message::from(TransferRequest {
                         view,
                         transfer_id,
                         chunk,
@@ -640,7 +640,7 @@ fn replication_message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(view, incarnation, transfer_id, chunk, outcome, installed, applied)| {
-                    Message::TransferReply(TransferReply {
+                    Message::from(TransferReply {
                         view,
                         incarnation,
                         transfer_id,
@@ -671,7 +671,7 @@ fn message() -> impl Strategy<Value = Message> {
         )
             .prop_map(
                 |(protocol, software, node, incarnation, addr, run, logs, nonce)| {
-                    Message::Hello(Hello {
+                    Message::from(Hello {
                         protocol,
                         software,
                         node,
@@ -832,7 +832,7 @@ fn corrupted_fields_give_typed_errors() {
 /// Goal: a hello whose fields break their rules is rejected by name.
 #[test]
 fn invalid_hello_fields_are_named() {
-    let hello = Message::Hello(Hello {
+    let hello = Message::from(Hello {
         protocol: 1,
         software: "x".into(),
         node: NodeId::new("ab").expect("valid"),

@@ -220,7 +220,7 @@ pub fn admitted(class: PeerClass, message_type: MessageType) -> bool {
 /// # Panics
 /// If the hello does not fit `frame_len_max` (its fields are bounded far below it).
 pub fn hello_frame(template: &Hello, nonce: [u8; NONCE_LEN], frame_len_max: usize) -> Bytes {
-    let message = Message::Hello(Hello {
+    let message = Message::from(Hello {
         nonce,
         ..template.clone()
     });
@@ -459,7 +459,7 @@ impl LinkEnd {
                 {
                     return Err(Refusal::WrongPeer(hello.addr));
                 }
-                self.handshake.peer_hello = Some((raw, hello));
+                self.handshake.peer_hello = Some((raw, *hello));
                 self.phase = Phase::AwaitingProof;
                 if self.is_inbound() {
                     return Ok(HandshakeStep::Wait);

@@ -700,10 +700,10 @@ impl Role for Replica {
             Message::PutRequest(request) => {
                 self.on_client_request(ctx, origin, ClientRequest::Put(request))
             }
-            Message::ForwardRequest(request) => self.on_forward(ctx, origin, request),
-            Message::ForwardReply(reply) => self.on_forward_reply(ctx, origin, reply),
-            Message::TransferRequest(request) => self.on_transfer(ctx, origin, request),
-            Message::TransferReply(reply) => self.on_transfer_reply(ctx, origin, reply),
+            Message::ForwardRequest(request) => self.on_forward(ctx, origin, *request),
+            Message::ForwardReply(reply) => self.on_forward_reply(ctx, origin, *reply),
+            Message::TransferRequest(request) => self.on_transfer(ctx, origin, *request),
+            Message::TransferReply(reply) => self.on_transfer_reply(ctx, origin, *reply),
             Message::InfoRequest(_) => {
                 let json = self.info().to_string();
                 ctx.reply(origin, InfoReply { json });
