@@ -60,11 +60,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu():
-    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    """(busy, steal, idle) CPU seconds of the whole machine so far, from /proc/stat."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return ((user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS,
+            (idle + iowait) / CLOCK_TICKS)
 
 
 def free_port():
@@ -123,14 +124,15 @@ class Processes:
         return proc
 
     def cpu_seconds(self, prefix):
-        """User + system CPU time so far of the processes whose name starts with prefix."""
-        total = 0.0
+        """(user, system) CPU time so far of the processes whose name starts with prefix."""
+        user = system = 0.0
         for name, proc in self.procs:
             if name.startswith(prefix):
                 with open(f"/proc/{proc.pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        return total
+                user += int(fields[11]) / CLOCK_TICKS
+                system += int(fields[12]) / CLOCK_TICKS
+        return user, system
 
     def switches(self, prefix):
         """Context switches so far (voluntary: it slept; involuntary: it was preempted)
@@ -234,7 +236,7 @@ class Bench:
         env.pop("PBKV_KEY_FILE", None)
         servers_before = self.procs.cpu_seconds(target)
         switches_before = self.procs.switches(target)
-        busy_before, steal_before = machine_cpu()
+        busy_before, steal_before, idle_before = machine_cpu()
         started = time.monotonic()
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
@@ -243,10 +245,12 @@ class Bench:
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
-        servers = self.procs.cpu_seconds(target) - servers_before
+        servers_after = self.procs.cpu_seconds(target)
+        servers_system = servers_after[1] - servers_before[1]
+        servers = servers_after[0] - servers_before[0] + servers_system
         server_switches = self.procs.switches(target) - switches_before
         wall = time.monotonic() - started
-        busy_after, steal_after = machine_cpu()
+        busy_after, steal_after, idle_after = machine_cpu()
         bench_cpu = usage.ru_utime + usage.ru_stime
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: "
@@ -259,12 +263,17 @@ class Bench:
         ops = max(report["ops"], 1)
         report["bench_cpu_us_per_op"] = bench_cpu / ops * 1e6
         report["server_cpu_us_per_op"] = servers / ops * 1e6
+        # Of which in the kernel (system time): sockets, wake-ups, the loopback device.
+        report["bench_system_us_per_op"] = usage.ru_stime / ops * 1e6
+        report["server_system_us_per_op"] = servers_system / ops * 1e6
         # Context switches per operation: each one a sleep and a wake-up (or a preemption).
         report["bench_switches_per_op"] = (usage.ru_nvcsw + usage.ru_nivcsw) / ops
         report["server_switches_per_op"] = server_switches / ops
         # Interference: CPUs busy with anything else, and stolen by the hypervisor.
         report["others_cpus"] = max(0.0, busy_after - busy_before - bench_cpu - servers) / wall
         report["steal_cpus"] = (steal_after - steal_before) / wall
+        # CPUs left idle: everything waited on something (a wake-up, a reply).
+        report["idle_cpus"] = (idle_after - idle_before) / wall
         return report
 
 
@@ -274,6 +283,9 @@ def figures(report, kind):
             "p99_us": latency["p99"], "ops": report["ops"],
             "bench_cpu_us": report["bench_cpu_us_per_op"],
             "server_cpu_us": report["server_cpu_us_per_op"],
+            "bench_system_us": report["bench_system_us_per_op"],
+            "server_system_us": report["server_system_us_per_op"],
+            "idle_cpus": report["idle_cpus"],
             "bench_switches": report["bench_switches_per_op"],
             "server_switches": report["server_switches_per_op"],
             "others_cpus": report["others_cpus"], "steal_cpus": report["steal_cpus"]}
@@ -347,8 +359,10 @@ def main():
                 results[name].append(f)
                 print(f"round {r + 1} {name:<15} {f['ops_per_sec']:>10.0f} ops/s  "
                       f"p50 {f['p50_us'] / 1000:.3f} ms  p99 {f['p99_us'] / 1000:.3f} ms  "
-                      f"CPU/op: bench {f['bench_cpu_us']:.1f} us, "
-                      f"servers {f['server_cpu_us']:.1f} us; switches/op: bench "
+                      f"CPU/op: bench {f['bench_cpu_us']:.1f} us "
+                      f"({f['bench_system_us']:.1f} kernel), servers "
+                      f"{f['server_cpu_us']:.1f} us ({f['server_system_us']:.1f} kernel); "
+                      f"idle {f['idle_cpus']:.2f} CPUs; switches/op: bench "
                       f"{f['bench_switches']:.2f}, servers {f['server_switches']:.2f}; "
                       f"others {f['others_cpus']:.2f} CPUs, steal {f['steal_cpus']:.2f}",
                       flush=True)
@@ -364,11 +378,12 @@ def main():
     hi = lambda name, key: max(f[key] for f in results[name])
     print()
     print("medians over the rounds; min..max across rounds; spread = (max - min) / median;")
-    print("CPU per operation in microseconds: the bench's, and the servers' together;")
-    print("context switches per operation (sw): the bench's, and the servers'")
+    print("CPU per operation in microseconds: the bench's, and the servers' together, each")
+    print("with its kernel (system) time (k); CPUs left idle; context switches per")
+    print("operation (sw): the bench's, and the servers'")
     print(f"{'case':<15} {'ops/s':>8} {'min..max':>15} {'spread':>7} {'p50 ms':>7}"
-          f" {'p99 ms':>7} {'p99 min..max':>13} {'bench':>6} {'servers':>7}"
-          f" {'sw bench':>8} {'sw srv':>6}")
+          f" {'p99 ms':>7} {'p99 min..max':>13} {'bench':>6} {'k':>5} {'servers':>7}"
+          f" {'k':>5} {'idle':>5} {'sw bench':>8} {'sw srv':>6}")
     for name, *_ in CASES:
         m = med(name, "ops_per_sec")
         spread = (hi(name, "ops_per_sec") - lo(name, "ops_per_sec")) / m * 100
@@ -376,8 +391,9 @@ def main():
         p99 = f"{lo(name, 'p99_us') / 1000:.3f}..{hi(name, 'p99_us') / 1000:.3f}"
         print(f"{name:<15} {m:>8.0f} {span:>15} {spread:>6.1f}% "
               f"{med(name, 'p50_us') / 1000:>7.3f} {med(name, 'p99_us') / 1000:>7.3f} {p99:>13}"
-              f" {med(name, 'bench_cpu_us'):>6.1f} {med(name, 'server_cpu_us'):>7.1f}"
-              f" {med(name, 'bench_switches'):>8.2f} {med(name, 'server_switches'):>6.2f}")
+              f" {med(name, 'bench_cpu_us'):>6.1f} {med(name, 'bench_system_us'):>5.1f}"
+              f" {med(name, 'server_cpu_us'):>7.1f} {med(name, 'server_system_us'):>5.1f}"
+              f" {med(name, 'idle_cpus'):>5.2f} {med(name, 'bench_switches'):>8.2f} {med(name, 'server_switches'):>6.2f}")
 
     def per_round(a, b, key):
         return [x[key] / y[key] for x, y in zip(results[a], results[b])]

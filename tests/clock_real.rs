@@ -89,6 +89,70 @@ fn probe_finds_the_injected_offset() {
     assert!(text.contains(" ms slow)"), "{text}");
 }
 
+/// The node's count of connections whose reads took kernel receive timestamps.
+fn stamped_connections(addr: &str) -> Option<u64> {
+    let info = pbkv(&["info", "--node", addr, "--json"]);
+    if info.status.code() != Some(0) {
+        return None;
+    }
+    json(&info)["loop"]["stamped_connections"].as_u64()
+}
+
+/// Goal: only connections that carry the time protocol ask the kernel for receive
+/// timestamps (which, once asked for, the kernel takes for every packet of the host): the
+/// `pbkv info` connections never do, a probe's connection does, once.
+#[test]
+fn only_time_protocol_connections_take_kernel_stamps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = time_server(dir.path());
+    let deadline = std::time::Instant::now() + STARTUP;
+    let before = loop {
+        if let Some(count) = stamped_connections(&server.addr) {
+            break count;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no info from {}",
+            server.addr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        before, 0,
+        "a connection that never carried a time frame asked for stamps"
+    );
+    let probe = pbkv(&[
+        "clock",
+        "probe",
+        "--server",
+        &server.addr,
+        "--samples",
+        "4",
+        "--interval-ms",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(probe.status.code(), Some(0), "{probe:?}");
+    // The figure is published between turns, at most a second late.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let count = stamped_connections(&server.addr).expect("info");
+        if count >= 1 {
+            assert_eq!(count, 1, "more stamped connections than the probe's");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe's connection took no stamps"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // More info connections later still take none.
+    for _ in 0..3 {
+        assert_eq!(stamped_connections(&server.addr), Some(1));
+    }
+}
+
 /// Goal: exit 1 and a clear message when no time server answers; exit 2 for usage.
 #[test]
 fn probe_exit_codes() {

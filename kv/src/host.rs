@@ -107,6 +107,9 @@ pub struct ProcessInfo {
     pub received_len: u64,
     /// Bytes written to sockets.
     pub sent_len: u64,
+    /// Connections since start whose reads took the kernel's receive timestamps (those of
+    /// the time protocol).
+    pub stamped_connections: u64,
     /// The longest event-loop turn since start.
     pub turn_longest: std::time::Duration,
     /// Resident set size in bytes.
@@ -419,6 +422,7 @@ impl<E: Role> Host<E> {
                 "turn_longest_ms": process.map(|p| p.turn_longest.as_secs_f64() * 1000.0),
                 "received_bytes": process.map(|p| p.received_len),
                 "sent_bytes": process.map(|p| p.sent_len),
+                "stamped_connections": process.map(|p| p.stamped_connections),
             }),
         );
         if let Some(view_service) = &self.view_service {

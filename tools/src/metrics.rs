@@ -65,6 +65,7 @@ pub fn publisher(slot: Option<Published>) -> TurnObserver<Host> {
                 connection_count: driver.connection_count,
                 received_len: driver.received_len,
                 sent_len: driver.sent_len,
+                stamped_connections: driver.stamped_connections,
                 turn_longest: driver.turn_longest,
                 rss_len: rss_len(),
             });

@@ -45,9 +45,33 @@ pub(super) struct Conn {
     pub(super) created: MonoTime,
     /// When a frame last arrived (the idle timeout of client connections).
     pub(super) last_frame: MonoTime,
+    /// The connection carries the time protocol (a time frame went or came on it), so its
+    /// reads take the kernel's receive timestamps.
+    pub(super) time_protocol: bool,
+    /// `SO_TIMESTAMPNS` was asked for on the socket (reads are `recvmsg` with a control
+    /// buffer from then on; before, plain reads).
+    pub(super) stamps_on: bool,
 }
 
 impl Conn {
+    /// Notes that the connection carries the time protocol, and asks the kernel for receive
+    /// timestamps on its socket if not done yet (once there is a socket); true if it asked
+    /// now.
+    pub(super) fn carries_time_protocol(&mut self) -> bool {
+        self.time_protocol = true;
+        if self.stamps_on {
+            return false;
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return false; // Asked for when the socket exists, before its first read.
+        };
+        self.stamps_on = true;
+        if let Err(error) = super::stamped::enable(stream) {
+            log::debug!("no kernel receive timestamps: {error}");
+        }
+        true
+    }
+
     /// The other end for a log line: its socket address, and the node id its hello claims
     /// (marked unverified until the handshake completed).
     pub(super) fn describe(&self) -> String {
@@ -139,6 +163,8 @@ pub(super) struct Io {
     pub(super) received_len: u64,
     /// Bytes written to sockets since start (for metrics).
     pub(super) sent_len: u64,
+    /// Connections since start on which kernel receive timestamps were asked for.
+    pub(super) stamped_connections: u64,
     /// The buffer every socket read goes into ([`READ_CHUNK_LEN`]), made once: zeroing a
     /// fresh one per read cost the primary more than everything else it does for a put.
     pub(super) read_chunk: Box<[u8]>,
@@ -213,9 +239,6 @@ impl Io {
             .with_interval(Duration::from_secs(1))
             .with_retries(3);
         socket.set_tcp_keepalive(&keepalive)?;
-        if let Err(error) = super::stamped::enable(stream) {
-            log::debug!("no kernel receive timestamps: {error}");
-        }
         Ok(())
     }
 
@@ -241,6 +264,8 @@ impl Io {
             remote,
             created: self.now,
             last_frame: self.now,
+            time_protocol: false,
+            stamps_on: false,
         }
     }
 

@@ -99,6 +99,9 @@ pub struct DriverStats {
     pub received_len: u64,
     /// Bytes written to sockets since start.
     pub sent_len: u64,
+    /// Connections since start whose reads took the kernel's receive timestamps: those
+    /// that carried the time protocol, and only those.
+    pub stamped_connections: u64,
     /// The longest turn since start, from reading `now` to the last flush.
     pub turn_longest: Duration,
 }
@@ -276,6 +279,7 @@ impl<R: Role> NetDriver<R> {
             store_local: Vec::new(),
             received_len: 0,
             sent_len: 0,
+            stamped_connections: 0,
             read_chunk: vec![0; super::connection::READ_CHUNK_LEN].into_boxed_slice(),
             read_control: super::stamped::control_buffer(),
         };
@@ -311,6 +315,7 @@ impl<R: Role> NetDriver<R> {
             connection_count: self.io.conns.len(),
             received_len: self.io.received_len,
             sent_len: self.io.sent_len,
+            stamped_connections: self.io.stamped_connections,
             turn_longest: self.turn_longest,
         }
     }

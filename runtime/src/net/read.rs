@@ -95,9 +95,14 @@ impl<R: Role> NetDriver<R> {
                 return;
             }
             let conn = &mut self.io.conns[key];
+            if conn.time_protocol && !conn.stamps_on && conn.carries_time_protocol() {
+                self.io.stamped_connections += 1;
+            }
+            let conn = &mut self.io.conns[key];
             let Some(stream) = conn.stream.as_mut() else {
                 return;
             };
+            let control = conn.stamps_on.then_some(&mut *control);
             match super::stamped::read(stream, chunk, control) {
                 Ok((0, _)) => {
                     self.io.fail(key, "closed by peer");
@@ -193,6 +198,11 @@ impl<R: Role> NetDriver<R> {
                 }
             };
             conn.last_frame = self.io.now;
+            if proto::clock::transmit_stamp_offset(frame.header.message_type).is_some()
+                && conn.carries_time_protocol()
+            {
+                self.io.stamped_connections += 1;
+            }
             if let Err(refusal) = conn.link.admit(&frame.header) {
                 let who = conn.describe();
                 let inbound = conn.link.is_inbound();

@@ -9,6 +9,11 @@
 //!
 //! For TCP the stamp is that of the last segment a read consumed: for every byte it
 //! returns, no earlier than its arrival.
+//!
+//! Stamps are asked for only on connections that carry the time protocol. Once any socket
+//! asks, the kernel stamps every packet the host receives, and a stamped read is a
+//! `recvmsg` with a control buffer where a plain read would do: on loopback that cost a
+//! replicated Put or Get about a microsecond of the servers' CPU (docs/performance.md).
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -29,12 +34,17 @@ pub(crate) fn control_buffer() -> Vec<u8> {
 }
 
 /// Reads into `buf`: the byte count and, if the kernel sent one, the receive timestamp in
-/// nanoseconds since the Unix epoch on the host's real-time clock.
+/// nanoseconds since the Unix epoch on the host's real-time clock. Without a `control`
+/// buffer, a plain read (no stamp).
 pub(crate) fn read(
     stream: &TcpStream,
     buf: &mut [u8],
-    control: &mut [u8],
+    control: Option<&mut [u8]>,
 ) -> io::Result<(usize, Option<i64>)> {
+    let Some(control) = control else {
+        let mut reader = stream;
+        return io::Read::read(&mut reader, buf).map(|len| (len, None));
+    };
     let mut iov = [io::IoSliceMut::new(buf)];
     let message = recvmsg::<()>(
         stream.as_raw_fd(),

@@ -74,8 +74,9 @@ impl Io {
 }
 
 /// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any;
-/// on a link still in its handshake, to the frames it holds until then.
-fn queue_frame(conn: &mut Conn, frame: &[u8]) {
+/// on a link still in its handshake, to the frames it holds until then. True if the frame
+/// (one of the time protocol's) made the connection ask for kernel receive timestamps.
+fn queue_frame(conn: &mut Conn, frame: &[u8]) -> bool {
     let (buffer, stamps) = if conn.link.is_open() {
         (&mut conn.write_buffer, &mut conn.stamps)
     } else {
@@ -83,8 +84,11 @@ fn queue_frame(conn: &mut Conn, frame: &[u8]) {
     };
     if let Some(offset) = proto::clock::frame_transmit_stamp_offset(frame) {
         stamps.push(buffer.len() + offset);
+        buffer.extend_from_slice(frame);
+        return conn.carries_time_protocol();
     }
     buffer.extend_from_slice(frame);
+    false
 }
 
 impl Transport for Io {
@@ -128,7 +132,9 @@ impl Transport for Io {
         }
         conn.link
             .await_reply(corr, message_type, &self.options.links);
-        queue_frame(conn, frame);
+        if queue_frame(conn, frame) {
+            self.stamped_connections += 1;
+        }
     }
 
     fn peer_name(&self, conn: ConnId) -> Option<&str> {
@@ -143,7 +149,9 @@ impl Transport for Io {
                 self.fail(key, "injected drop");
                 return;
             }
-            queue_frame(&mut self.conns[key], frame);
+            if queue_frame(&mut self.conns[key], frame) {
+                self.stamped_connections += 1;
+            }
         }
     }
 
