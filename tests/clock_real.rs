@@ -29,6 +29,15 @@ fn number(value: &serde_json::Value) -> f64 {
     value.as_f64().expect("a number")
 }
 
+/// `pbkv clock probe --json` against `server`: `samples` samples 5 ms apart, then `extra`.
+fn probe(server: &str, samples: u32, extra: &[&str]) -> Output {
+    let samples = samples.to_string();
+    let mut args = vec!["clock", "probe", "--server", server, "--samples", &samples];
+    args.extend(["--interval-ms", "5", "--json"]);
+    args.extend_from_slice(extra);
+    pbkv(&args)
+}
+
 fn time_server(dir: &std::path::Path) -> Node {
     let config = "node_id = \"gps\"\nlisten = \"127.0.0.1:0\"\nroles = [\"timeserver\"]\n";
     Node::start(dir, "gps", config, STARTUP)
@@ -40,19 +49,7 @@ fn time_server(dir: &std::path::Path) -> Node {
 fn probe_finds_the_injected_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = time_server(dir.path());
-    let probe = pbkv(&[
-        "clock",
-        "probe",
-        "--server",
-        &server.addr,
-        "--samples",
-        "16",
-        "--interval-ms",
-        "5",
-        "--offset-ms",
-        "250",
-        "--json",
-    ]);
+    let probe = probe(&server.addr, 16, &["--offset-ms", "250"]);
     assert_eq!(probe.status.code(), Some(0), "{probe:?}");
     let report = json(&probe);
     assert_eq!(report["samples"], 16, "{report}");
@@ -121,17 +118,7 @@ fn only_time_protocol_connections_take_kernel_stamps() {
         before, 0,
         "a connection that never carried a time frame asked for stamps"
     );
-    let probe = pbkv(&[
-        "clock",
-        "probe",
-        "--server",
-        &server.addr,
-        "--samples",
-        "4",
-        "--interval-ms",
-        "5",
-        "--json",
-    ]);
+    let probe = probe(&server.addr, 4, &[]);
     assert_eq!(probe.status.code(), Some(0), "{probe:?}");
     // The figure is published between turns, at most a second late.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
