@@ -15,8 +15,10 @@ P5  failover under load: a view service and three replicas; `pbkv bench` (8 clie
 P6  state transfer: a primary alone holds 1 M keys of 100 B (`bench --fill`); while a
     bench keeps writing (open loop, --rate 2000), a new replica starts with its event log
     on, and the time from its first Ping to the "installed snapshot" event is measured on
-    its own clock. The primary's longest loop turn (`pbkv info`, loop.turn_longest_ms)
-    before and after, and the writers' p99 and max during the transfer, are reported.
+    its own clock. The primary's longest loop turn while the writers run and the transfer
+    goes on (`pbkv info` polled every ~100 ms from 2.5 s after the fill until 1 s after
+    the install, loop.turn_longest_recent_ms: the last one to two seconds), its longest
+    since start (the fill included), and the writers' p99 and max, are reported.
     Target: <= 0.5 s, no turn over 10 ms.
 P7  event logs: replicated put and linearizable get throughput (50 clients, 10 s, 100,000
     keys, 16 B) with every node's event log on and off, alternating within each round.
@@ -177,19 +179,34 @@ def p6_round(pbkv, dir, keys):
         writers = c.bench_in_background("--clients", "8", "--duration", "8", "--rate", "2000",
                                         "--keys", str(keys), "--value-size", "100",
                                         "--mix", "put=100")
-        time.sleep(1.0)
+        # Long enough for the primary's recent-turn figure (the last one to two seconds)
+        # to have forgotten the fill.
+        time.sleep(2.5)
+        recent = []
+
+        def poll_recent():
+            info = pbkv_info(pbkv, primary) or {}
+            value = info.get("loop", {}).get("turn_longest_recent_ms")
+            if value is not None:
+                recent.append(value)
+        poll_recent()
         c.server("s2", events=True)
         events = os.path.join(dir, "s2.events.jsonl")
 
         def installed():
+            poll_recent()
             return os.path.exists(events) and transfer_times(events)[1] is not None
         wait_until(60, "the new backup to install the snapshot", installed)
+        # The figure is published at most 100 ms late and covers at least the last second.
+        for _ in range(5):
+            time.sleep(0.2)
+            poll_recent()
         first_ping, done = transfer_times(events)
         report = finished(writers)
-        time.sleep(0.3)  # The next published snapshot of the primary's loop figures.
         after = pbkv_info(pbkv, primary)["loop"]["turn_longest_ms"]
         put = report["latency_us"]["put"]
         return {"transfer_s": (done - first_ping) / 1e9, "keys": keys,
+                "turn_longest_ms_during": max(recent), "turn_longest_ms_at_start": recent[0],
                 "turn_longest_ms_before": before, "turn_longest_ms_after": after,
                 "writers_p99_ms": put["p99"] / 1e3, "writers_max_ms": put["max"] / 1e3,
                 "writers_ops_per_sec": report["ops_per_sec"]}
@@ -257,11 +274,11 @@ def main():
               f"dead time (target <= 1.2); every history linearizable")
     if p6:
         transfer = summary([r["transfer_s"] for r in p6])
-        turn = summary([r["turn_longest_ms_after"] for r in p6])
+        turn = summary([r["turn_longest_ms_during"] for r in p6])
         results["p6"] = {"rounds": p6, "transfer_s": transfer, "turn_longest_ms": turn}
         print(f"P6 state transfer of {args.keys_p6} x 100 B: median {transfer['median']:.3f} s "
               f"({transfer['min']:.3f}-{transfer['max']:.3f}; target <= 0.5); the primary's "
-              f"longest turn {turn['median']:.1f} ms ({turn['min']:.1f}-{turn['max']:.1f}; "
+              f"longest turn during it {turn['median']:.1f} ms ({turn['min']:.1f}-{turn['max']:.1f}; "
               f"target <= 10)")
     if p7["on"]:
         for kind in ("put", "get"):

@@ -112,6 +112,8 @@ pub struct ProcessInfo {
     pub stamped_connections: u64,
     /// The longest event-loop turn since start.
     pub turn_longest: std::time::Duration,
+    /// The longest event-loop turn of the last one to two seconds.
+    pub turn_longest_recent: std::time::Duration,
     /// Resident set size in bytes.
     pub rss_len: u64,
 }
@@ -420,6 +422,8 @@ impl<E: Role> Host<E> {
             "loop".into(),
             json!({
                 "turn_longest_ms": process.map(|p| p.turn_longest.as_secs_f64() * 1000.0),
+                "turn_longest_recent_ms": process
+                    .map(|p| p.turn_longest_recent.as_secs_f64() * 1000.0),
                 "received_bytes": process.map(|p| p.received_len),
                 "sent_bytes": process.map(|p| p.sent_len),
                 "stamped_connections": process.map(|p| p.stamped_connections),

@@ -67,6 +67,7 @@ pub fn publisher(slot: Option<Published>) -> TurnObserver<Host> {
                 sent_len: driver.sent_len,
                 stamped_connections: driver.stamped_connections,
                 turn_longest: driver.turn_longest,
+                turn_longest_recent: driver.turn_longest_recent,
                 rss_len: rss_len(),
             });
             let Some(slot) = slot.as_ref() else {

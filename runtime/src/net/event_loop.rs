@@ -104,6 +104,8 @@ pub struct DriverStats {
     pub stamped_connections: u64,
     /// The longest turn since start, from reading `now` to the last flush.
     pub turn_longest: Duration,
+    /// The longest turn of the current second of monotonic time and the one before.
+    pub turn_longest_recent: Duration,
 }
 
 /// Called by the loop after every turn with the role, the driver's numbers and the turn's
@@ -187,6 +189,7 @@ pub struct NetDriver<R: Role> {
     start: Instant,
     shutdown_grace: Duration,
     turn_longest: Duration,
+    turn_longest_recent: super::turns::RecentLongest,
     observer: Option<TurnObserver<R>>,
 }
 
@@ -295,6 +298,7 @@ impl<R: Role> NetDriver<R> {
             start,
             shutdown_grace: options.shutdown_grace,
             turn_longest: Duration::ZERO,
+            turn_longest_recent: super::turns::RecentLongest::default(),
             observer: None,
         })
     }
@@ -317,13 +321,16 @@ impl<R: Role> NetDriver<R> {
             sent_len: self.io.sent_len,
             stamped_connections: self.io.stamped_connections,
             turn_longest: self.turn_longest,
+            turn_longest_recent: self.turn_longest_recent.longest(self.io.now),
         }
     }
 
     /// Measures the turn that began at `self.io.now` and shows it to the observer.
     fn observe_turn(&mut self) {
         let elapsed_ns = self.io.mono_now().0.saturating_sub(self.io.now.0);
-        self.turn_longest = self.turn_longest.max(Duration::from_nanos(elapsed_ns));
+        let turn = Duration::from_nanos(elapsed_ns);
+        self.turn_longest = self.turn_longest.max(turn);
+        self.turn_longest_recent.record(self.io.now, turn);
         let stats = self.stats();
         if let Some(observer) = self.observer.as_mut() {
             observer(self.core.role_mut(), &stats, self.io.now);

@@ -38,6 +38,7 @@ pub mod etcd;
 mod event_loop;
 mod read;
 mod stamped;
+mod turns;
 mod write;
 
 pub use connection::ConnectionLimits;
