@@ -56,8 +56,8 @@ pub(super) struct Conn {
 impl Conn {
     /// Notes that the connection carries the time protocol, and asks the kernel for receive
     /// timestamps on its socket if not done yet (once there is a socket); true if it asked
-    /// now.
-    pub(super) fn carries_time_protocol(&mut self) -> bool {
+    /// now. Through [`Io::carries_time_protocol`], which counts.
+    fn carries_time_protocol(&mut self) -> bool {
         self.time_protocol = true;
         if self.stamps_on {
             return false;
@@ -353,6 +353,17 @@ impl Io {
                     .saturating_sub(limits.member_connections_reserved);
                 others <= for_others && total <= limits.connections_max
             }
+        }
+    }
+
+    /// [`Conn::carries_time_protocol`] for `key`, counted for `pbkv info`.
+    pub(super) fn carries_time_protocol(&mut self, key: usize) {
+        if self
+            .conns
+            .get_mut(key)
+            .is_some_and(Conn::carries_time_protocol)
+        {
+            self.stamped_connections += 1;
         }
     }
 

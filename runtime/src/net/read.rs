@@ -94,9 +94,8 @@ impl<R: Role> NetDriver<R> {
                 self.io.conns[key].read_deferred = true;
                 return;
             }
-            let conn = &mut self.io.conns[key];
-            if conn.time_protocol && !conn.stamps_on && conn.carries_time_protocol() {
-                self.io.stamped_connections += 1;
+            if self.io.conns[key].time_protocol && !self.io.conns[key].stamps_on {
+                self.io.carries_time_protocol(key); // Its socket came after its first frame.
             }
             let conn = &mut self.io.conns[key];
             let Some(stream) = conn.stream.as_mut() else {
@@ -198,11 +197,10 @@ impl<R: Role> NetDriver<R> {
                 }
             };
             conn.last_frame = self.io.now;
-            if proto::clock::transmit_stamp_offset(frame.header.message_type).is_some()
-                && conn.carries_time_protocol()
-            {
-                self.io.stamped_connections += 1;
+            if proto::clock::transmit_stamp_offset(frame.header.message_type).is_some() {
+                self.io.carries_time_protocol(key);
             }
+            let conn = &mut self.io.conns[key];
             if let Err(refusal) = conn.link.admit(&frame.header) {
                 let who = conn.describe();
                 let inbound = conn.link.is_inbound();

@@ -75,7 +75,7 @@ impl Io {
 
 /// Appends `frame` to `conn`'s write buffer, noting where its transmit stamp is, if any;
 /// on a link still in its handshake, to the frames it holds until then. True if the frame
-/// (one of the time protocol's) made the connection ask for kernel receive timestamps.
+/// is one of the time protocol's.
 fn queue_frame(conn: &mut Conn, frame: &[u8]) -> bool {
     let (buffer, stamps) = if conn.link.is_open() {
         (&mut conn.write_buffer, &mut conn.stamps)
@@ -85,7 +85,7 @@ fn queue_frame(conn: &mut Conn, frame: &[u8]) -> bool {
     if let Some(offset) = proto::clock::frame_transmit_stamp_offset(frame) {
         stamps.push(buffer.len() + offset);
         buffer.extend_from_slice(frame);
-        return conn.carries_time_protocol();
+        return true;
     }
     buffer.extend_from_slice(frame);
     false
@@ -133,7 +133,7 @@ impl Transport for Io {
         conn.link
             .await_reply(corr, message_type, &self.options.links);
         if queue_frame(conn, frame) {
-            self.stamped_connections += 1;
+            self.carries_time_protocol(key);
         }
     }
 
@@ -150,7 +150,7 @@ impl Transport for Io {
                 return;
             }
             if queue_frame(&mut self.conns[key], frame) {
-                self.stamped_connections += 1;
+                self.carries_time_protocol(key);
             }
         }
     }
