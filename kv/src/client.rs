@@ -170,6 +170,12 @@ pub struct Client {
     epoch: Option<proto::Incarnation>,
     /// Whether the gather timer is armed.
     gather_armed: bool,
+    /// When the retry (C1) is due: no answer by then, or the pause before retrying is over.
+    retry_due: Option<MonoTime>,
+    /// When the driver's `Retry` timer fires, if armed. It may fire before `retry_due`
+    /// (then it is armed again for the rest) or when nothing is due (then it does nothing),
+    /// so a request answered in time costs no timer operation at all.
+    retry_armed: Option<MonoTime>,
     completed: Vec<Completed>,
     view_requests: u64,
 }
@@ -191,6 +197,8 @@ impl Client {
             gathered: None,
             epoch: None,
             gather_armed: false,
+            retry_due: None,
+            retry_armed: None,
             completed: Vec::new(),
             view_requests: 0,
         }
@@ -246,6 +254,11 @@ impl Client {
     /// The view requests awaiting an answer: correlation id and view-service node.
     pub fn awaiting_views(&self) -> &[(u64, Addr)] {
         &self.view_asks
+    }
+
+    /// When the retry of the outstanding request is due (C1), if one is.
+    pub fn retry_due(&self) -> Option<MonoTime> {
+        self.retry_due
     }
 
     /// GetView requests sent so far (the client asks only when something failed).
@@ -314,7 +327,7 @@ impl Client {
                         .get_or_insert_with(|| ctx.rng().random::<u64>());
                     let corr = ctx.send(to, OpenSessionRequest { nonce });
                     self.awaiting = Some(corr);
-                    ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+                    self.arm_retry(ctx, self.config.retry_after);
                     return;
                 };
                 let seq = *current.seq.get_or_insert_with(|| {
@@ -341,7 +354,7 @@ impl Client {
         };
         current.sent = true;
         self.awaiting = Some(corr);
-        ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+        self.arm_retry(ctx, self.config.retry_after);
     }
 
     /// Asks every view-service node at once (C7).
@@ -358,7 +371,7 @@ impl Client {
             let corr = ctx.send(self.dest(addr), GetViewRequest {});
             self.view_asks.push((corr, addr));
         }
-        ctx.set_timer(ClientTimer::Retry, self.config.retry_after);
+        self.arm_retry(ctx, self.config.retry_after);
     }
 
     /// One view-service node answered: the newest view of the known epoch is kept; once
@@ -409,7 +422,7 @@ impl Client {
         self.awaiting = None;
         self.view_asks.clear();
         self.gathered = None;
-        ctx.set_timer(ClientTimer::Retry, self.config.retry_pause);
+        self.arm_retry(ctx, self.config.retry_pause);
     }
 
     fn finish(&mut self, ctx: &mut Ctx<ClientTimer>, outcome: Outcome) {
@@ -418,8 +431,36 @@ impl Client {
         };
         self.finish_with(ctx, current, outcome);
         self.awaiting = None;
-        ctx.cancel_timer(ClientTimer::Retry);
+        self.retry_due = None;
         self.next(ctx);
+    }
+
+    /// The retry is due `after` from now, replacing any earlier due time. The driver's
+    /// timer is moved only if it would fire later than that.
+    fn arm_retry(&mut self, ctx: &mut Ctx<ClientTimer>, after: Duration) {
+        let due = ctx.now().plus(after);
+        self.retry_due = Some(due);
+        if self.retry_armed.is_none_or(|armed| armed > due) {
+            ctx.set_timer(ClientTimer::Retry, after);
+            self.retry_armed = Some(due);
+        }
+    }
+
+    /// The driver's `Retry` timer fired: whether the retry is due now. If it is due later,
+    /// the timer is armed again for then.
+    fn retry_is_due(&mut self, ctx: &mut Ctx<ClientTimer>) -> bool {
+        self.retry_armed = None;
+        let Some(due) = self.retry_due else {
+            return false;
+        };
+        let now = ctx.now();
+        if due > now {
+            ctx.set_timer(ClientTimer::Retry, due.since(now));
+            self.retry_armed = Some(due);
+            return false;
+        }
+        self.retry_due = None;
+        true
     }
 
     fn finish_with(&mut self, ctx: &mut Ctx<ClientTimer>, current: Current, outcome: Outcome) {
@@ -553,7 +594,7 @@ impl Role for Client {
     fn on_timer(&mut self, ctx: &mut Ctx<ClientTimer>, timer: ClientTimer) {
         match timer {
             ClientTimer::Retry => {
-                if self.current.is_some() {
+                if self.retry_is_due(ctx) && self.current.is_some() {
                     self.view = None;
                     self.view_asks.clear();
                     self.send_current(ctx);

@@ -73,8 +73,11 @@ impl Ck {
         self.ctx.take_actions()
     }
 
-    fn timer(&mut self) -> Actions {
+    /// The driver's `Retry` timer fires at `at`.
+    fn timer_at(&mut self, at: MonoTime) -> Actions {
+        self.ctx.set_now(at);
         self.role.on_timer(&mut self.ctx, ClientTimer::Retry);
+        self.role.check_invariants();
         self.ctx.take_actions()
     }
 
@@ -153,14 +156,15 @@ fn c1_the_client_caches_the_view_and_asks_again_only_after_a_failure() {
         vec![send(vs(), 1, GetViewRequest {}), retry_at(ms(1000))]
     );
     let first = view(1, Some(s1()), None);
+    // The timer armed for the view request already fires by the Get's due time.
     assert_eq!(
         ck.answer(1, GetViewReply { view: first }),
-        vec![send(s1().addr, 2, get_request("k")), retry_at(ms(1000))]
+        vec![send(s1().addr, 2, get_request("k"))]
     );
-    assert_eq!(
-        ck.answer(2, ok("v")),
-        vec![Action::CancelTimer(ClientTimer::Retry)]
-    );
+    assert_eq!(ck.role.retry_due(), Some(ms(1000)));
+    // An answer in time costs no timer operation: nothing is due any more.
+    assert_eq!(ck.answer(2, ok("v")), vec![]);
+    assert_eq!(ck.role.retry_due(), None);
     assert_eq!(
         ck.role.completed()[0].outcome,
         Outcome::Done(Bytes::from_static(b"v"))
@@ -169,25 +173,29 @@ fn c1_the_client_caches_the_view_and_asks_again_only_after_a_failure() {
     ck.ctx.set_now(ms(10));
     assert_eq!(
         ck.submit(get("k")),
-        vec![send(s1().addr, 3, get_request("k")), retry_at(ms(1010))]
+        vec![send(s1().addr, 3, get_request("k"))]
     );
+    assert_eq!(ck.role.retry_due(), Some(ms(1010)));
+    // The timer fires before the Get is due: it is armed again for the rest, nothing sent.
+    assert_eq!(ck.timer_at(ms(1000)), vec![retry_at(ms(1010))]);
+    assert_eq!(ck.role.view_requests(), 1);
     // A timeout: ask the view service again, then resend the same request.
-    ck.ctx.set_now(ms(1010));
     assert_eq!(
-        ck.timer(),
+        ck.timer_at(ms(1010)),
         vec![send(vs(), 4, GetViewRequest {}), retry_at(ms(2010))]
     );
     assert_eq!(
         ck.answer(4, GetViewReply { view: first }),
-        vec![send(s1().addr, 5, get_request("k")), retry_at(ms(2010))]
+        vec![send(s1().addr, 5, get_request("k"))]
     );
-    // A broken link: pause, then ask again.
+    assert_eq!(ck.role.retry_due(), Some(ms(2010)));
+    // A broken link: pause (the timer moves earlier), then ask again.
     let link = Dest::from(s1().addr);
     ck.role.on_link(&mut ck.ctx, link, Link::Down);
     assert_eq!(ck.ctx.take_actions(), vec![retry_at(ms(1110))]);
     assert_eq!(
-        ck.timer(),
-        vec![send(vs(), 6, GetViewRequest {}), retry_at(ms(2010))]
+        ck.timer_at(ms(1110)),
+        vec![send(vs(), 6, GetViewRequest {}), retry_at(ms(2110))]
     );
     assert_eq!(ck.role.view_requests(), 3);
 }
@@ -204,24 +212,17 @@ fn c1_a_retried_put_keeps_its_session_and_seq() {
         nonce,
         session: 9,
     };
-    assert_eq!(
-        open,
-        vec![
-            send(s1().addr, 3, OpenSessionRequest { nonce }),
-            retry_at(ms(1000))
-        ]
-    );
+    assert_eq!(open, vec![send(s1().addr, 3, OpenSessionRequest { nonce })]);
+    assert_eq!(ck.role.retry_due(), Some(ms(1000)));
     assert_eq!(
         ck.answer(3, session),
-        vec![
-            send(s1().addr, 4, put_request(9, 1, "k", "x")),
-            retry_at(ms(1000))
-        ]
+        vec![send(s1().addr, 4, put_request(9, 1, "k", "x"))]
     );
+    assert_eq!(ck.role.retry_due(), Some(ms(1000)));
     ck.role
         .on_link(&mut ck.ctx, Dest::from(s1().addr), Link::Down);
     ck.ctx.take_actions();
-    ck.timer();
+    ck.timer_at(ms(100));
     assert_eq!(
         ck.answer(
             5,
@@ -229,12 +230,10 @@ fn c1_a_retried_put_keeps_its_session_and_seq() {
                 view: view(1, Some(s1()), None)
             }
         ),
-        vec![
-            send(s1().addr, 6, put_request(9, 1, "k", "x")),
-            retry_at(ms(1000))
-        ],
+        vec![send(s1().addr, 6, put_request(9, 1, "k", "x"))],
         "same session, same seq"
     );
+    assert_eq!(ck.role.retry_due(), Some(ms(1100)));
 }
 
 /// C2: one outstanding request per session: the second Put waits for the first.
@@ -257,12 +256,9 @@ fn c2_one_outstanding_request_per_session() {
     );
     assert_eq!(
         ck.answer(4, put_status(Status::Ok)),
-        vec![
-            Action::CancelTimer(ClientTimer::Retry),
-            send(s1().addr, 5, put_request(9, 2, "b", "2")),
-            retry_at(ms(1000)),
-        ]
+        vec![send(s1().addr, 5, put_request(9, 2, "b", "2"))]
     );
+    assert_eq!(ck.role.retry_due(), Some(ms(1000)));
 }
 
 /// C3: ErrWrongServer means "ask again elsewhere", never "not applied": the operation is
@@ -277,8 +273,8 @@ fn c3_wrong_server_is_retried_never_reported() {
     assert_eq!(ck.answer(2, wrong), vec![retry_at(ms(100))]);
     assert!(ck.role.completed().is_empty());
     assert_eq!(
-        ck.timer(),
-        vec![send(vs(), 3, GetViewRequest {}), retry_at(ms(1000))]
+        ck.timer_at(ms(100)),
+        vec![send(vs(), 3, GetViewRequest {}), retry_at(ms(1100))]
     );
 }
 
@@ -306,11 +302,9 @@ fn c4_an_expired_session_ends_the_request_as_unknown() {
     let fresh = ck.nonce(&again);
     assert_eq!(
         again,
-        vec![
-            send(s1().addr, 5, OpenSessionRequest { nonce: fresh }),
-            retry_at(ms(1000))
-        ]
+        vec![send(s1().addr, 5, OpenSessionRequest { nonce: fresh })]
     );
+    assert_eq!(ck.role.retry_due(), Some(ms(1000)));
 }
 
 /// C5: with no primary, a request blocks, and whoever waits can tell "nothing was sent"
@@ -327,8 +321,8 @@ fn c5_with_no_primary_the_request_blocks_unsent() {
     let sent = ck.role.outstanding().expect("still outstanding").sent;
     assert!(!sent, "nothing left the client");
     assert_eq!(
-        ck.timer(),
-        vec![send(vs(), 2, GetViewRequest {}), retry_at(ms(1000))]
+        ck.timer_at(ms(100)),
+        vec![send(vs(), 2, GetViewRequest {}), retry_at(ms(1100))]
     );
     ck.answer(
         2,
@@ -358,8 +352,7 @@ fn refuses_an_open_session_reply_naming_session_0() {
     };
     assert_eq!(ck.answer(3, zero), vec![], "refused: nothing sent");
     assert_eq!(ck.role.completed().len(), 1, "only the Get finished");
-    ck.ctx.set_now(ms(1000));
-    let Action::Send { corr, .. } = ck.timer()[0] else {
+    let Action::Send { corr, .. } = ck.timer_at(ms(1000))[0] else {
         panic!("the retry asks for the view");
     };
     let retried = ck.answer(

@@ -106,8 +106,10 @@ pub(super) struct Primary {
     pub(super) sent: u64,
     /// The last index of each forward in flight, oldest first.
     pub(super) in_flight: VecDeque<u64>,
-    /// Replies waiting for their index to commit.
-    pub(super) waiting: BTreeMap<u64, Vec<Waiting>>,
+    /// Replies waiting for their index to commit, in index order (in arrival order within
+    /// an index). Indexes are assigned in order, so a reply almost always goes at the back;
+    /// only a retry waiting on its original index goes further in.
+    pub(super) waiting: VecDeque<(u64, Waiting)>,
     /// Answers read at their place in the order (Gets, session errors), waiting for the end
     /// of the turn to be given an index to commit.
     pub(super) reads_waiting: Vec<Waiting>,
@@ -138,7 +140,7 @@ impl Primary {
             backup_acked: 0,
             sent: state.applied,
             in_flight: VecDeque::new(),
-            waiting: BTreeMap::new(),
+            waiting: VecDeque::new(),
             reads_waiting: Vec::new(),
             assigned_in_turn: false,
             transfer: None,
@@ -157,9 +159,7 @@ impl Primary {
 
     /// Replies waiting, for a commit or for the end of the turn, and requests held.
     pub(super) fn waiting_count(&self) -> usize {
-        self.waiting.values().map(Vec::len).sum::<usize>()
-            + self.reads_waiting.len()
-            + self.held.len()
+        self.waiting.len() + self.reads_waiting.len() + self.held.len()
     }
 
     /// Every pending reply, for stepping down: held requests get the answer a reply of
@@ -172,8 +172,8 @@ impl Primary {
             since: MonoTime(0),
         });
         self.waiting
-            .into_values()
-            .flatten()
+            .into_iter()
+            .map(|(_, waiting)| waiting)
             .chain(self.reads_waiting)
             .chain(held)
     }
@@ -216,20 +216,22 @@ impl Primary {
 
     fn push_waiting(&mut self, index: u64, waiting: Waiting) {
         self.count_in(reply_len(&waiting.reply));
-        self.waiting.entry(index).or_default().push(waiting);
+        if self.waiting.back().is_none_or(|(last, _)| *last <= index) {
+            self.waiting.push_back((index, waiting));
+        } else {
+            let at = self.waiting.partition_point(|(other, _)| *other <= index);
+            self.waiting.insert(at, (index, waiting));
+        }
     }
 
-    /// The replies waiting on indexes up to `index`, taken out.
-    fn take_waiting_through(&mut self, index: u64) -> Vec<Waiting> {
-        let later = self.waiting.split_off(&(index + 1));
-        let due: Vec<Waiting> = std::mem::replace(&mut self.waiting, later)
-            .into_values()
-            .flatten()
-            .collect();
-        for waiting in &due {
-            self.count_out(reply_len(&waiting.reply));
+    /// The oldest reply waiting on an index up to `index`, taken out.
+    fn pop_waiting_through(&mut self, index: u64) -> Option<Waiting> {
+        if self.waiting.front().is_none_or(|(other, _)| *other > index) {
+            return None;
         }
-        due
+        let (_, waiting) = self.waiting.pop_front()?;
+        self.count_out(reply_len(&waiting.reply));
+        Some(waiting)
     }
 
     fn push_read(&mut self, waiting: Waiting) {
@@ -286,7 +288,14 @@ impl Primary {
         assert_eq!(self.pending_count, self.waiting_count(), "pending count");
         let unacked_len: usize = self.unacked.iter().map(Entry::len_hint).sum();
         debug_assert_eq!(self.unacked_len, unacked_len, "unacknowledged bytes");
-        let pending_len: usize = (self.waiting.values().flatten())
+        assert!(
+            self.waiting
+                .iter()
+                .zip(self.waiting.iter().skip(1))
+                .all(|((a, _), (b, _))| a <= b),
+            "waiting replies out of index order"
+        );
+        let pending_len: usize = (self.waiting.iter().map(|(_, waiting)| waiting))
             .chain(&self.reads_waiting)
             .map(|waiting| reply_len(&waiting.reply))
             .chain(self.held.iter().map(|held| held.request.len()))
@@ -699,10 +708,10 @@ impl Replica {
             return;
         }
         self.committed = index;
-        let Standing::Primary(primary) = &mut self.standing else {
-            return;
-        };
-        for pending in primary.take_waiting_through(index) {
+        while let Standing::Primary(primary) = &mut self.standing {
+            let Some(pending) = primary.pop_waiting_through(index) else {
+                return;
+            };
             self.answer(ctx, pending);
         }
     }
