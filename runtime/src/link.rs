@@ -27,7 +27,7 @@
 //! - **where drops are injected** ([`DropInjector`]): a frame this node sends is discarded
 //!   and its connection broken, as a lost segment that is never retransmitted would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt;
 use std::time::Duration;
 
@@ -652,9 +652,9 @@ impl LinkEnd {
         if message_type.reply_type().is_some() {
             return Err(Refusal::WrongDirection(message_type));
         }
-        match self.awaited.get(&header.corr) {
-            Some(expected) if *expected == message_type => {
-                self.awaited.remove(&header.corr);
+        match self.awaited.entry(header.corr) {
+            btree_map::Entry::Occupied(awaited) if *awaited.get() == message_type => {
+                awaited.remove();
                 Ok(())
             }
             _ => Err(Refusal::Unrequested(message_type, header.corr)),

@@ -132,7 +132,10 @@ pub(super) struct IoOptions {
 pub(super) struct Io {
     pub(super) poll: Poll,
     pub(super) conns: Slab<Conn>,
-    pub(super) links: BTreeMap<Dest, usize>,
+    /// The connection of each link this node dialed. Looked up on every send; its keys are
+    /// this node's own destinations (its roles' choice, bounded by `LinkOptions`), hashed
+    /// with a per-process random seed.
+    pub(super) links: foldhash::HashMap<Dest, usize>,
     pub(super) backoffs: Backoffs,
     pub(super) reports: Vec<Report>,
     pub(super) next_generation: u64,

@@ -249,7 +249,7 @@ impl<R: Role> NetDriver<R> {
         let io = Io {
             poll,
             conns: Slab::new(),
-            links: std::collections::BTreeMap::new(),
+            links: foldhash::HashMap::default(),
             backoffs: Backoffs::new(&options.links),
             reports: Vec::new(),
             next_generation: 1,
