@@ -68,6 +68,29 @@ fn event_log(c: &mut Criterion) {
             }
         })
     });
+    let client = NodeId::new("bench-17510").expect("valid");
+    group.bench_function("format_one_recv_line", |b| {
+        b.iter(|| {
+            lamport += 1;
+            log.record(&EventRecord {
+                lamport,
+                kind: EventKind::Recv,
+                message: Some(MessageId {
+                    node: &client,
+                    incarnation: Incarnation(0x5eed_f00d_cafe_0001),
+                    lamport: lamport - 1,
+                }),
+                peer: client.as_str(),
+                message_type: "PutRequest",
+                text: "",
+                wall_ns: 1_767_225_600_000_000_000,
+                external: true,
+            });
+            if lamport % 64 == 0 {
+                log.flush_turn().expect("null sink");
+            }
+        })
+    });
     group.finish();
 }
 
