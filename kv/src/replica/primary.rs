@@ -564,23 +564,22 @@ impl Replica {
             ctx.reply(origin, put_reply(Status::ErrTooLarge));
             return;
         }
+        let (check, kept) = self.check_session(&request);
         // The largest reply this request can have: PutHash's previous value, or a retry's
-        // kept reply. Counted before anything is assigned.
-        let previous_len = |replica: &Replica| {
-            // Only PutHash replies with what is stored (a Delete with one byte): a Put's
-            // key is not searched for here.
-            let stored = match request.kind {
-                PutKind::PutHash => replica.state.get(&request.key).map_or(0, |v| v.len()),
-                PutKind::Put | PutKind::Delete => 1,
-            };
-            let kept = (replica.state.sessions.get(&request.session)).map_or(0, |r| r.reply.len());
-            stored.max(kept)
+        // kept reply. Counted before anything is assigned. Only PutHash replies with what
+        // is stored (a Delete with one byte): a Put's key is not searched for here.
+        let stored = match request.kind {
+            PutKind::PutHash => self.state.get(&request.key).map_or(0, |v| v.len()),
+            PutKind::Put | PutKind::Delete => 1,
         };
-        if !self.room_for(16 + previous_len(self)) {
+        if !self.room_for(16 + stored.max(kept)) {
             self.shed(origin);
             return;
         }
-        match self.check_session(ctx, &request) {
+        if !matches!(check, SessionCheck::Unknown) {
+            self.touch_session(ctx, request.session);
+        }
+        match check {
             // R10: session errors are answers read from everything assigned so far (an
             // uncommitted expiry included), so they wait for a commit like a Get's.
             SessionCheck::Unknown => {

@@ -33,26 +33,27 @@ pub(super) enum SessionCheck {
 }
 
 impl Replica {
-    /// R10: checks `request` against its session's record; a known session counts as
-    /// active now, on this primary's clock.
-    pub(super) fn check_session(
-        &mut self,
-        ctx: &mut Ctx<ReplicaTimer>,
-        request: &PutRequest,
-    ) -> SessionCheck {
+    /// R10: checks `request` against its session's record (one search), with the length
+    /// of the reply the record keeps (what a retry would be answered with).
+    pub(super) fn check_session(&self, request: &PutRequest) -> (SessionCheck, usize) {
         let Some(record) = self.state.sessions.get(&request.session) else {
-            return SessionCheck::Unknown;
+            return (SessionCheck::Unknown, 0);
         };
-        if let Standing::Primary(primary) = &mut self.standing {
-            primary.last_active.insert(request.session, ctx.now());
-        }
-        match request.seq.cmp(&record.last_seq) {
+        let check = match request.seq.cmp(&record.last_seq) {
             std::cmp::Ordering::Less => SessionCheck::Stale,
             std::cmp::Ordering::Equal => SessionCheck::Retry {
                 index: record.index,
                 reply: record.reply.clone(),
             },
             std::cmp::Ordering::Greater => SessionCheck::Fresh,
+        };
+        (check, record.reply.len())
+    }
+
+    /// A known session counts as active now, on this primary's clock (R11).
+    pub(super) fn touch_session(&mut self, ctx: &Ctx<ReplicaTimer>, session: u64) {
+        if let Standing::Primary(primary) = &mut self.standing {
+            primary.last_active.insert(session, ctx.now());
         }
     }
 

@@ -75,8 +75,10 @@ impl<R: Role> NetDriver<R> {
             return;
         }
         let id = conn.id;
+        // Whether the rule was just checked with nothing delivered since.
+        let mut just_checked = conn.read_buffer.is_empty();
         // Frames already buffered (held back by backpressure) go before new bytes.
-        if !conn.read_buffer.is_empty() {
+        if !just_checked {
             let received_ns = self.physical_now_ns();
             if !self.deliver_frames(key, id, received_ns) {
                 return;
@@ -90,7 +92,8 @@ impl<R: Role> NetDriver<R> {
             // Re-checked after every chunk: the replies this connection's requests produce
             // can fill its own write buffer within one call. Past the turn's budget the rest
             // waits for the next turn, so one busy peer cannot starve the others.
-            if budget == 0 || self.io.reads_paused_for(conn) {
+            let checked = std::mem::take(&mut just_checked);
+            if budget == 0 || !checked && self.io.reads_paused_for(conn) {
                 self.io.conns[key].read_deferred = true;
                 return;
             }
