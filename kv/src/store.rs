@@ -317,6 +317,23 @@ pub struct Undo {
     records: Vec<(u64, Option<SessionRecord>)>,
 }
 
+/// Entries an [`Undo`] makes room for at once; past it, it grows as entries come.
+const UNDO_ROOM_MAX: usize = 1024;
+
+impl Undo {
+    /// An empty record with room for about `entries` entries (at most [`UNDO_ROOM_MAX`]),
+    /// so that taking a forward of that many costs one allocation per list, not one per
+    /// doubling.
+    pub fn for_entries(entries: usize) -> Undo {
+        let room = entries.min(UNDO_ROOM_MAX);
+        Undo {
+            start: None,
+            items: Vec::with_capacity(room),
+            records: Vec::with_capacity(room),
+        }
+    }
+}
+
 fn note_item(undo: &mut Option<&mut Undo>, key: &Blob, old: Option<Blob>) {
     if let Some(undo) = undo {
         undo.items.push((key.clone(), old));

@@ -114,7 +114,7 @@ impl Replica {
         }
         // Applied in place, noting what each entry replaced: kept only if every entry
         // passed, else put back whole.
-        let mut undo = Undo::default();
+        let mut undo = Undo::for_entries(request.entries.len());
         for (index, entry) in (first_index..).zip(&request.entries) {
             if index <= self.state.applied {
                 continue; // Already applied: re-acked below.

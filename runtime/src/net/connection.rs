@@ -149,6 +149,8 @@ pub(super) struct Io {
     pub(super) warnings: Warnings,
     /// The bytes queued on all connections as of the last flush.
     pub(super) queued_estimate: usize,
+    /// The connections with bytes to write, gathered by `flush_all` (kept to reuse its room).
+    pub(super) flush_keys: Vec<usize>,
     /// When owed replies were last checked for staleness.
     pub(super) owed_checked_at: MonoTime,
     pub(super) drops: DropInjector,

@@ -264,6 +264,7 @@ impl<R: Role> NetDriver<R> {
             ),
             warnings: crate::warn::Warnings::default(),
             queued_estimate: 0,
+            flush_keys: Vec::new(),
             owed_checked_at: MonoTime(0),
             drops: DropInjector::new(options.links.drop_rate, rand::rng().random()),
             options: IoOptions {

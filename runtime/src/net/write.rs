@@ -14,15 +14,18 @@ use crate::role::{ConnId, Dest};
 
 impl Io {
     pub(super) fn flush_all(&mut self) {
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| !conn.write_buffer.is_empty())
-            .map(|(key, _)| key)
-            .collect();
-        for key in keys {
+        let mut keys = std::mem::take(&mut self.flush_keys);
+        keys.clear();
+        keys.extend(
+            self.conns
+                .iter()
+                .filter(|(_, conn)| !conn.write_buffer.is_empty())
+                .map(|(key, _)| key),
+        );
+        for &key in &keys {
             self.flush(key);
         }
+        self.flush_keys = keys;
         // What stays queued, for the node-wide output bound until the next flush (reading
         // that bound per frame would cost a pass over every connection).
         self.queued_estimate = self.queued_len();
