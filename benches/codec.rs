@@ -40,15 +40,36 @@ impl EventSink for NullSink {
     }
 }
 
-fn event_log(c: &mut Criterion) {
-    let node = NodeId::new("s1").expect("valid");
-    let mut log = EventLog::new("bench", &node, Incarnation(77), Some(Box::new(NullSink)));
+/// The cost of formatting one line like `line(lamport)`, a turn's lines written every 64.
+fn bench_line(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    log: &mut EventLog,
+    line: impl Fn(u64, &mut EventLog),
+) {
     let mut lamport = 0;
-    let mut group = c.benchmark_group("event_log");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("format_one_send_line", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             lamport += 1;
+            line(lamport, log);
+            if lamport % 64 == 0 {
+                log.flush_turn().expect("null sink");
+            }
+        })
+    });
+}
+
+fn event_log(c: &mut Criterion) {
+    let node = NodeId::new("s1").expect("valid");
+    let client = NodeId::new("bench-17510").expect("valid");
+    let mut log = EventLog::new("bench", &node, Incarnation(77), Some(Box::new(NullSink)));
+    let mut group = c.benchmark_group("event_log");
+    group.throughput(Throughput::Elements(1));
+    bench_line(
+        &mut group,
+        "format_one_send_line",
+        &mut log,
+        |lamport, log| {
             log.record(&EventRecord {
                 lamport,
                 kind: EventKind::Send,
@@ -63,15 +84,13 @@ fn event_log(c: &mut Criterion) {
                 wall_ns: 1_767_225_600_000_000_000,
                 external: false,
             });
-            if lamport % 64 == 0 {
-                log.flush_turn().expect("null sink");
-            }
-        })
-    });
-    let client = NodeId::new("bench-17510").expect("valid");
-    group.bench_function("format_one_recv_line", |b| {
-        b.iter(|| {
-            lamport += 1;
+        },
+    );
+    bench_line(
+        &mut group,
+        "format_one_recv_line",
+        &mut log,
+        |lamport, log| {
             log.record(&EventRecord {
                 lamport,
                 kind: EventKind::Recv,
@@ -86,11 +105,8 @@ fn event_log(c: &mut Criterion) {
                 wall_ns: 1_767_225_600_000_000_000,
                 external: true,
             });
-            if lamport % 64 == 0 {
-                log.flush_turn().expect("null sink");
-            }
-        })
-    });
+        },
+    );
     group.finish();
 }
 
