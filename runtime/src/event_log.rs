@@ -169,8 +169,10 @@ pub struct EventLog {
 struct Keys {
     /// `,"lc":`
     lamport: Vec<u8>,
-    /// `,"kind":"send"` and so on, by kind (in the order of [`EventKind::ALL`]).
-    kind: [Vec<u8>; 3],
+    /// `,"kind":"send"`, `,"kind":"recv"`, `,"kind":"local"`.
+    kind_send: Vec<u8>,
+    kind_recv: Vec<u8>,
+    kind_local: Vec<u8>,
     /// `,"msg":{"node":"<this node>","inc":"<this incarnation>","lc":`: a message this
     /// incarnation sent.
     own_message: Vec<u8>,
@@ -201,11 +203,11 @@ impl Keys {
             push_key(&mut out, separator, field);
             out
         };
-        let kind = EventKind::ALL.map(|kind| {
+        let kind = |kind: EventKind| {
             let mut out = key(b',', Field::Kind);
             push_json_string(&mut out, kind.name());
             out
-        });
+        };
         let message_node = [key(b',', Field::Message), key(b'{', Field::Node)].concat();
         let mut message_incarnation = key(b',', Field::Incarnation);
         message_incarnation.push(b'"');
@@ -220,7 +222,9 @@ impl Keys {
         external.extend_from_slice(b"true");
         Keys {
             lamport: key(b',', Field::Lamport),
-            kind,
+            kind_send: kind(EventKind::Send),
+            kind_recv: kind(EventKind::Recv),
+            kind_local: kind(EventKind::Local),
             own_message,
             message_node,
             message_incarnation,
@@ -233,15 +237,12 @@ impl Keys {
             external,
         }
     }
-}
 
-impl Keys {
     fn kind(&self, kind: EventKind) -> &[u8] {
-        let [send, recv, local] = &self.kind;
         match kind {
-            EventKind::Send => send,
-            EventKind::Recv => recv,
-            EventKind::Local => local,
+            EventKind::Send => &self.kind_send,
+            EventKind::Recv => &self.kind_recv,
+            EventKind::Local => &self.kind_local,
         }
     }
 }
